@@ -1,0 +1,27 @@
+// Schemas of fastconv's private backend kernels, defined once here.
+//
+// The public ops (fastconv::conv2d_relu, ...) are defined in Python with torch.library so they
+// exist without this extension; they call these private ops, which every backend implements
+// with the same "write into out" contract:
+//   padding is [top, bottom, left, right]; out has the output's shape and any strides (a
+//   channel slice of a larger NCHW or NHWC buffer included) and shares no memory with inputs.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// An empty module: importing fastconv._C only has to load this library so that the
+// TORCH_LIBRARY registrations below run (as pytorch/extension-cpp does).
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY_FRAGMENT(fastconv, m) {
+  m.def(
+      "_conv2d_relu_cpu(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int[] stride, "
+      "int[] padding, int[] dilation, int groups, bool relu, Tensor(a!) out) -> ()");
+  m.def(
+      "_conv2d_relu_cuda(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int[] stride, "
+      "int[] padding, int[] dilation, int groups, bool relu, Tensor(a!) out) -> ()");
+}

@@ -1,0 +1,15 @@
+"""fastconv: fused CNN inference kernels (Triton, C++/CUDA, C++ CPU) registered as torch custom ops."""
+from ._version import __version__
+from . import _ext
+from ._backend import available_backends, backend_status, use_backend
+from .ops import conv2d_relu
+
+_ext.load_error()  # load the C++ extension now (warns once if it cannot be used)
+
+__all__ = [
+    "__version__",
+    "available_backends",
+    "backend_status",
+    "conv2d_relu",
+    "use_backend",
+]

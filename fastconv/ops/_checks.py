@@ -1,0 +1,148 @@
+"""Argument checks shared by every public op.
+
+Every check runs before any kernel, on every backend, and raises an error that names the
+offending argument: TypeError for a wrong type or dtype, ValueError for a wrong value or
+shape, RuntimeError for device mismatches and memory overlap (as torch does).
+"""
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+IntPair = Union[int, Sequence[int]]
+
+
+def check_tensor(op: str, t, name: str, ndims: Sequence[int] = ()) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"fastconv.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"fastconv.{op}: {name} must be a floating tensor (float16, bfloat16, float32, float64), got {t.dtype}"
+        )
+    if ndims and t.dim() not in ndims:
+        want = " or ".join(f"{d}-D" for d in ndims)
+        raise ValueError(f"fastconv.{op}: {name} must be {want}, got a {t.dim()}-D tensor of shape {tuple(t.shape)}")
+    return t
+
+
+def check_like(op: str, t: Optional[torch.Tensor], name: str, ref: torch.Tensor, ref_name: str = "x") -> None:
+    """``t`` (if given) must be a floating tensor with ``ref``'s dtype and device."""
+    if t is None:
+        return
+    check_tensor(op, t, name)
+    if t.device != ref.device:
+        raise RuntimeError(f"fastconv.{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"fastconv.{op}: {name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
+
+
+def check_shape(op: str, t: Optional[torch.Tensor], name: str, shape: Sequence[int]) -> None:
+    if t is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"fastconv.{op}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def pair(op: str, value: IntPair, name: str) -> List[int]:
+    """An int or a 1- or 2-sequence of ints, as nn.Conv2d accepts, expanded to two ints."""
+    if isinstance(value, bool):
+        raise TypeError(f"fastconv.{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        return [value, value]
+    if isinstance(value, torch.SymInt):
+        return [value, value]
+    if isinstance(value, (tuple, list, torch.Size)) and len(value) in (1, 2) and all(
+        isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool) for v in value
+    ):
+        return [value[0], value[0]] if len(value) == 1 else [value[0], value[1]]
+    raise TypeError(f"fastconv.{op}: {name} must be an int or a pair of ints, got {value!r}")
+
+
+def output_layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format fastconv writes its outputs in: the input's (channels_last or NCHW)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1:
+        # channel-slice views of an NHWC buffer are not channels_last-contiguous but are NHWC-ordered
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _non_overlapping_and_dense(t: torch.Tensor) -> bool:
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda p: p[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _byte_range(t: torch.Tensor) -> Tuple[int, int]:
+    start = t.data_ptr()
+    span = sum((s - 1) * st for s, st in zip(t.shape, t.stride()) if s > 0)
+    return start, start + (span + 1) * t.element_size()
+
+
+def _disjoint_boxes(a: torch.Tensor, b: torch.Tensor) -> Optional[bool]:
+    """For two views with equal strides into one buffer: are their index boxes disjoint?
+
+    The storage-offset difference is decomposed over the strides (largest first); that is exact
+    for slices of one larger tensor, the case DenseNet's ``buf[:, c:c+g]`` writes produce.
+    Returns None when the decomposition does not apply.
+    """
+    if a.stride() != b.stride():
+        return None
+    delta = (b.data_ptr() - a.data_ptr()) // a.element_size()
+    order = sorted(range(a.dim()), key=lambda d: -a.stride(d))
+    offsets = [0] * a.dim()
+    rest = abs(delta)
+    for d in order:
+        st = a.stride(d)
+        if st > 0:
+            offsets[d], rest = divmod(rest, st)
+    if rest != 0:
+        return None
+    first = a if delta >= 0 else b  # the view that starts at the lower address
+    return any(off >= first.shape[d] for d, off in enumerate(offsets))
+
+
+def check_no_overlap(op: str, out: torch.Tensor, inputs: Iterable[Tuple[str, Optional[torch.Tensor]]]) -> None:
+    """Reject ``out`` sharing memory with an input.
+
+    Follows at::assert_no_overlap (same storage and intersecting byte ranges of dense tensors),
+    and for non-dense views, where ATen gives up ("too hard"), also rejects equal-stride views
+    whose index boxes intersect, so writing ``buf[:, c:c+g]`` while reading ``buf[:, :c]``
+    stays allowed and writing into the channels being read does not.
+    """
+    if out.numel() == 0 or out.device.type == "meta":
+        return
+    for name, t in inputs:
+        if t is None or t.numel() == 0:
+            continue
+        if t.untyped_storage().data_ptr() != out.untyped_storage().data_ptr():
+            continue
+        a0, a1 = _byte_range(out)
+        b0, b1 = _byte_range(t)
+        if not (a0 < b1 and b0 < a1):
+            continue
+        message = f"fastconv.{op}: out overlaps the memory of {name}; pass an out= that shares no memory with the inputs"
+        if _non_overlapping_and_dense(out) and _non_overlapping_and_dense(t):
+            raise RuntimeError(message)
+        disjoint = _disjoint_boxes(out, t)
+        if disjoint is False:
+            raise RuntimeError(message)
+
+
+def check_out(op: str, out, shape: Sequence[int], like: torch.Tensor,
+              inputs: Iterable[Tuple[str, Optional[torch.Tensor]]]) -> torch.Tensor:
+    check_tensor(op, out, "out")
+    if out.device != like.device:
+        raise RuntimeError(f"fastconv.{op}: out is on {out.device} but x is on {like.device}")
+    if out.dtype != like.dtype:
+        raise TypeError(f"fastconv.{op}: out has dtype {out.dtype} but x has dtype {like.dtype}")
+    check_shape(op, out, "out", shape)
+    check_no_overlap(op, out, inputs)
+    return out

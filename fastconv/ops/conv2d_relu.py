@@ -1,0 +1,213 @@
+"""fastconv.conv2d_relu: relu(conv2d(x, weight) + bias + residual) in one kernel.
+
+Two public ops are defined here with torch.library (so they exist without the C++
+extension): ``fastconv::conv2d_relu`` (functional) and ``fastconv::conv2d_relu_out`` (writes
+into ``out``, which may be a channel slice of a larger NCHW or NHWC buffer). Both check their
+arguments, then hand ``out`` to the kernel of the current backend: every backend kernel has the
+same out-variant contract, so allocation and layout decisions live in one place.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from .. import _backend
+from . import _checks, reference
+
+OP = "conv2d_relu"
+
+
+# ---------------------------------------------------------------------------------------------
+# argument normalization and checks
+
+def normalize_padding(padding, kernel: Sequence[int], stride: List[int], dilation: List[int]) -> List[int]:
+    """``padding`` (int, pair, "same" or "valid") as [top, bottom, left, right]."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return [0, 0, 0, 0]
+        if padding == "same":
+            if stride != [1, 1]:
+                raise ValueError(f"fastconv.{OP}: padding='same' is not supported for strided convolutions (stride={stride})")
+            sides = []
+            for k, d in zip(kernel, dilation):
+                total = d * (k - 1)
+                sides += [total // 2, total - total // 2]  # PyTorch puts the odd element on the far side
+            return sides
+        raise ValueError(f"fastconv.{OP}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    ph, pw = _checks.pair(OP, padding, "padding")
+    return [ph, ph, pw, pw]
+
+
+def output_shape(x_shape, w_shape, stride, padding, dilation) -> List[int]:
+    n, _, h, w = x_shape
+    c_out, _, kh, kw = w_shape
+    oh = (h + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return [n, c_out, oh, ow]
+
+
+def check_args(x, weight, bias, residual, stride, padding, dilation, groups) -> List[int]:
+    """Validate normalized arguments; return the output shape."""
+    _checks.check_tensor(OP, x, "x", ndims=(4,))
+    _checks.check_tensor(OP, weight, "weight", ndims=(4,))
+    _checks.check_like(OP, weight, "weight", x)
+    _checks.check_like(OP, bias, "bias", x)
+    _checks.check_like(OP, residual, "residual", x)
+    if len(stride) != 2 or len(dilation) != 2 or len(padding) != 4:
+        raise ValueError(f"fastconv.{OP}: expected 2 strides, 4 paddings and 2 dilations, got {stride}, {padding}, {dilation}")
+    if any(s <= 0 for s in stride):
+        raise ValueError(f"fastconv.{OP}: stride must be positive, got {stride}")
+    if any(p < 0 for p in padding):
+        raise ValueError(f"fastconv.{OP}: padding must be non-negative, got {padding}")
+    if any(d <= 0 for d in dilation):
+        raise ValueError(f"fastconv.{OP}: dilation must be positive, got {dilation}")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups <= 0:
+        raise ValueError(f"fastconv.{OP}: groups must be a positive int, got {groups!r}")
+    c_in, c_out = x.shape[1], weight.shape[0]
+    if c_in % groups != 0:
+        raise ValueError(f"fastconv.{OP}: input channels ({c_in}) must be divisible by groups ({groups})")
+    if c_out % groups != 0:
+        raise ValueError(f"fastconv.{OP}: weight's output channels ({c_out}) must be divisible by groups ({groups})")
+    if weight.shape[1] * groups != c_in:
+        raise ValueError(
+            f"fastconv.{OP}: weight of shape {tuple(weight.shape)} expects {weight.shape[1] * groups} input channels "
+            f"with groups={groups}, but x has {c_in} (x shape {tuple(x.shape)})"
+        )
+    if weight.shape[2] == 0 or weight.shape[3] == 0 or c_out == 0:
+        raise ValueError(f"fastconv.{OP}: weight must have a non-empty kernel and output channels, got {tuple(weight.shape)}")
+    _checks.check_shape(OP, bias, "bias", [c_out])
+    padded = [x.shape[2] + padding[0] + padding[1], x.shape[3] + padding[2] + padding[3]]
+    span = [dilation[0] * (weight.shape[2] - 1) + 1, dilation[1] * (weight.shape[3] - 1) + 1]
+    if span[0] > padded[0] or span[1] > padded[1]:
+        raise ValueError(
+            f"fastconv.{OP}: kernel size {tuple(weight.shape[2:])} with dilation {dilation} spans {span}, larger than "
+            f"the padded input {padded}"
+        )
+    shape = output_shape(x.shape, weight.shape, stride, padding, dilation)
+    _checks.check_shape(OP, residual, "residual", shape)
+    return shape
+
+
+# ---------------------------------------------------------------------------------------------
+# backend kernels: fn(x, weight, bias, residual, stride, padding4, dilation, groups, relu, out) -> None
+
+def _reference_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
+    out.copy_(reference.conv2d_relu(x, weight, bias, residual, stride, padding, dilation, groups, relu))
+
+
+def _cpu_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
+    torch.ops.fastconv._conv2d_relu_cpu(x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
+
+
+def _cuda_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
+    torch.ops.fastconv._conv2d_relu_cuda(x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
+
+
+def _triton_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
+    from .triton import conv2d_relu as triton_conv  # imported lazily: Triton is optional on the CPU
+
+    triton_conv.conv2d_relu(x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
+
+
+KERNELS = {"reference": _reference_kernel, "cpu": _cpu_kernel, "cuda": _cuda_kernel, "triton": _triton_kernel}
+
+
+def _run(x, weight, bias, residual, stride, padding, dilation, groups, relu, out) -> None:
+    if out.numel() == 0:
+        return
+    backend = _backend.resolve(x.device, OP)
+    KERNELS[backend](x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the public torch.library ops
+
+@torch.library.custom_op("fastconv::conv2d_relu", mutates_args=())
+def conv2d_relu_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    relu: bool,
+) -> torch.Tensor:
+    shape = check_args(x, weight, bias, residual, stride, padding, dilation, groups)
+    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_checks.output_layout(x))
+    _run(x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
+    return out
+
+
+@conv2d_relu_op.register_fake
+def _(x, weight, bias, residual, stride, padding, dilation, groups, relu):
+    shape = check_args(x, weight, bias, residual, stride, padding, dilation, groups)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_checks.output_layout(x))
+
+
+@torch.library.custom_op("fastconv::conv2d_relu_out", mutates_args=("out",))
+def conv2d_relu_out_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    relu: bool,
+    out: torch.Tensor,
+) -> None:
+    shape = check_args(x, weight, bias, residual, stride, padding, dilation, groups)
+    _checks.check_out(OP, out, shape, x, [("x", x), ("weight", weight), ("bias", bias), ("residual", residual)])
+    _run(x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
+
+
+@conv2d_relu_out_op.register_fake
+def _(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
+    shape = check_args(x, weight, bias, residual, stride, padding, dilation, groups)
+    _checks.check_shape(OP, out, "out", shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Python API
+
+def conv2d_relu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: Union[int, Sequence[int]] = 1,
+    padding: Union[int, Sequence[int], str] = 0,
+    dilation: Union[int, Sequence[int]] = 1,
+    groups: int = 1,
+    *,
+    relu: bool = True,
+    residual: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``relu(conv2d(x, weight, bias, stride, padding, dilation, groups) + residual)`` in one pass.
+
+    Arguments follow ``torch.nn.functional.conv2d``; ``relu=False`` skips the ReLU, ``residual``
+    (the output's shape) is added before it, and ``out`` (a tensor or a channel-slice view of a
+    larger buffer, sharing no memory with the inputs) receives the result in place. 3-D
+    (unbatched) input is accepted as F.conv2d accepts it.
+    """
+    _checks.check_tensor(OP, x, "x", ndims=(3, 4))
+    _checks.check_tensor(OP, weight, "weight", ndims=(4,))
+    stride_ = _checks.pair(OP, stride, "stride")
+    dilation_ = _checks.pair(OP, dilation, "dilation")
+    padding_ = normalize_padding(padding, weight.shape[2:], stride_, dilation_)
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+        residual = None if residual is None else _checks.check_tensor(OP, residual, "residual", ndims=(3,)).unsqueeze(0)
+        out_view = None if out is None else _checks.check_tensor(OP, out, "out", ndims=(3,)).unsqueeze(0)
+    else:
+        out_view = out
+    if out_view is None:
+        y = torch.ops.fastconv.conv2d_relu(x, weight, bias, residual, stride_, padding_, dilation_, groups, relu)
+        return y.squeeze(0) if unbatched else y
+    torch.ops.fastconv.conv2d_relu_out(x, weight, bias, residual, stride_, padding_, dilation_, groups, relu, out_view)
+    return out

@@ -1,0 +1,46 @@
+"""Pure-PyTorch implementations of every fastconv op: the test oracle and the `reference` backend.
+
+Each function takes the op's normalized arguments (explicit int lists, 4-sided padding
+``[top, bottom, left, right]``) and returns a new tensor; half-precision inputs on the CPU are
+computed in float32 and rounded once, as the fused kernels do.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return x.dtype
+
+
+def conv2d_relu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    relu: bool,
+) -> torch.Tensor:
+    """relu?(conv2d(x, weight, padding=[top, bottom, left, right]) + bias + residual)."""
+    dtype = _compute_dtype(x)
+    top, bottom, left, right = padding
+    xc = x.to(dtype)
+    if top == bottom and left == right:
+        pad = [top, left]
+    else:
+        xc = F.pad(xc, [left, right, top, bottom])
+        pad = [0, 0]
+    y = F.conv2d(xc, weight.to(dtype), None if bias is None else bias.to(dtype), stride, pad, dilation, groups)
+    if residual is not None:
+        y = y + residual.to(dtype)
+    if relu:
+        y = torch.relu(y)
+    return y.to(x.dtype)

@@ -1,0 +1,155 @@
+"""Build fastconv and its optional C++/CUDA extension ``fastconv._C``.
+
+Environment:
+  FASTCONV_NO_EXT=1   skip the extension (pure Python: triton and reference backends)
+  FASTCONV_CUDA=1|0   force the CUDA sources on (no GPU needed to compile) or off;
+                      unset: on when torch has CUDA and nvcc is found
+  TORCH_CUDA_ARCH_LIST  defaults to "8.0;9.0a" when no GPU is visible
+  CUDA_HOME           the toolkit; found from nvcc otherwise (wrapper scripts are followed)
+Build against the installed torch: pip install --no-build-isolation .
+"""
+import glob
+import os
+import re
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _log(msg):
+    print(f"[fastconv setup] {msg}", file=sys.stderr)
+
+
+def _is_toolkit(path):
+    return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and os.path.isdir(os.path.join(path, "include"))
+
+
+def find_cuda_home():
+    """The CUDA toolkit root: $CUDA_HOME/$CUDA_PATH, the toolkit behind `nvcc` on PATH (following
+    symlinks and `exec .../bin/nvcc` wrapper scripts), then /usr/local/cuda."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        real = os.path.realpath(nvcc)
+        candidates.append(os.path.dirname(os.path.dirname(real)))
+        try:
+            with open(real, "rb") as f:
+                head = f.read(4096)
+            if head.startswith(b"#!"):
+                for match in re.finditer(rb"(/[^\s\"']+)/bin/nvcc", head):
+                    candidates.append(match.group(1).decode())
+        except OSError:
+            pass
+    candidates.append("/usr/local/cuda")
+    for path in candidates:
+        if _is_toolkit(path):
+            return os.path.realpath(path)
+    return None
+
+
+def _site_packages_dirs():
+    import site
+
+    dirs = list(site.getsitepackages()) + [site.getusersitepackages()]
+    import torch
+
+    dirs.append(os.path.dirname(os.path.dirname(torch.__file__)))
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+
+
+def nvidia_wheel_includes():
+    """Include folders of torch's nvidia-* wheels (a slim toolkit lacks cusparse.h and friends)."""
+    found = []
+    for sp in _site_packages_dirs():
+        found += sorted(glob.glob(os.path.join(sp, "nvidia", "*", "include")))
+    return list(dict.fromkeys(found))
+
+
+def cutlass_includes():
+    """CUTLASS headers from the nvidia-cutlass wheel (cutlass_library/source/...)."""
+    try:
+        import cutlass_library
+    except ImportError:
+        return []
+    base = os.path.join(os.path.dirname(cutlass_library.__file__), "source")
+    dirs = [os.path.join(base, "include"), os.path.join(base, "tools", "util", "include")]
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def write_build_info(torch_version, with_cuda, arch_list):
+    with open(os.path.join(ROOT, "fastconv", "_build_info.py"), "w") as f:
+        f.write("# written by setup.py: what fastconv._C was built against\n")
+        f.write(f"TORCH_VERSION = {torch_version!r}\nWITH_CUDA = {with_cuda!r}\nCUDA_ARCH_LIST = {arch_list!r}\n")
+
+
+def extensions():
+    if os.environ.get("FASTCONV_NO_EXT", "0") == "1":
+        _log("FASTCONV_NO_EXT=1: building without the C++ extension")
+        return [], {}
+    cuda_home = find_cuda_home()
+    if cuda_home:
+        os.environ["CUDA_HOME"] = cuda_home  # torch.utils.cpp_extension reads it at import
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    force = os.environ.get("FASTCONV_CUDA")
+    if force == "0":
+        with_cuda = False
+    elif force == "1":
+        if torch.version.cuda is None or cuda_home is None:
+            raise RuntimeError(
+                f"FASTCONV_CUDA=1 but torch.version.cuda={torch.version.cuda} and CUDA_HOME={cuda_home}: "
+                "a CUDA build of torch and nvcc are required to compile the CUDA sources"
+            )
+        with_cuda = True
+    else:
+        with_cuda = torch.version.cuda is not None and cuda_home is not None
+
+    sources = [os.path.join("csrc", "fastconv.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cxx_flags = ["-O3", "-fopenmp" if sys.platform.startswith("linux") else "-O3"]
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    define_macros = []
+    arch_list = None
+    if with_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0a"
+        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "(from the visible GPU)")
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        include_dirs += nvidia_wheel_includes() + cutlass_includes()
+        define_macros.append(("FASTCONV_WITH_CUDA", "1"))
+        nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "--expt-extended-lambda", "-lineinfo"]
+        ext = CUDAExtension(
+            "fastconv._C", sources, include_dirs=include_dirs, define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=["-fopenmp"],
+        )
+    else:
+        ext = CppExtension(
+            "fastconv._C", sources, include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"],
+        )
+    _log(f"torch {torch.__version__} (CUDA {torch.version.cuda}); CUDA sources: {'on' if with_cuda else 'off'}")
+    _log(f"CUDA_HOME={cuda_home}; TORCH_CUDA_ARCH_LIST={arch_list}")
+    _log(f"sources: {sources}")
+    _log(f"extra include dirs: {include_dirs}")
+    write_build_info(torch.__version__, with_cuda, arch_list)
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None or _has_ninja())}
+
+
+def _has_ninja():
+    try:
+        import ninja  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+ext_modules, cmdclass = extensions()
+
+setup(
+    packages=find_packages(include=["fastconv", "fastconv.*"]),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

@@ -1,0 +1,29 @@
+"""Test setup. TRITON_INTERPRET must be set before any @triton.jit module is imported, so it is
+set here, at collection start, whenever no CUDA device is visible (DESIGN §6.1)."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import fastconv  # noqa: E402,F401  (import after TRITON_INTERPRET is decided)
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running cases")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
