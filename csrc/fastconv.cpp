@@ -24,4 +24,6 @@ TORCH_LIBRARY_FRAGMENT(fastconv, m) {
   m.def(
       "_conv2d_relu_cuda(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int[] stride, "
       "int[] padding, int[] dilation, int groups, bool relu, Tensor(a!) out) -> ()");
+  m.def("_dense_concat_cpu(Tensor[] features, Tensor(a!) out) -> ()");
+  m.def("_dense_concat_cuda(Tensor[] features, Tensor(a!) out) -> ()");
 }

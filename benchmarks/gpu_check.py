@@ -1,0 +1,124 @@
+"""Driver of benchmarks/gpu_check.sh: runs its stages under deadlines and reports after each."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# stage name -> (deadline in seconds, command); {py} is this interpreter.
+STAGES = [
+    ("build", 240, "{py} -m pip install --no-build-isolation --no-deps -e . -q"),
+    ("tests", 180, "{py} -m pytest tests -m gpu -q -x -p no:cacheprovider"),
+    ("ops", 150, "{py} benchmarks/gpu_ops.py --json {out}/ops.json --markdown {out}/ops.md"),
+    ("models", 150, "{py} benchmarks/gpu_models.py --json {out}/models.json --markdown {out}/models.md"),
+]
+
+
+def _environment() -> dict:
+    info = {"python": platform.python_version()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.version.cuda
+        info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except Exception as exc:  # torch missing entirely
+        info["torch"] = f"unavailable: {exc}"
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception as exc:
+        info["triton"] = f"unavailable: {exc}"
+    return info
+
+
+def _install_missing(wheels: str) -> list:
+    """Install packages the checks need from local wheels when they are not importable."""
+    wanted = {"cutlass_library": "nvidia-cutlass", "xdist": "pytest-xdist", "pytest": "pytest",
+              "hypothesis": "hypothesis", "torchvision": "torchvision", "ninja": "ninja"}
+    done = []
+    for module, package in wanted.items():
+        try:
+            __import__(module)
+        except ImportError:
+            if os.path.isdir(wheels):
+                rc = subprocess.call([sys.executable, "-m", "pip", "install", "-q", "--no-index",
+                                      "--find-links", wheels, package])
+                done.append(f"{package}: {'installed' if rc == 0 else 'FAILED'}")
+            else:
+                done.append(f"{package}: missing, no wheels folder at {wheels}")
+    return done
+
+
+def _write(out: str, report: dict) -> None:
+    with open(os.path.join(out, "gpu_check.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    lines = [f"# gpu_check on {report['env'].get('gpu')}", "",
+             f"torch {report['env'].get('torch')}, triton {report['env'].get('triton')}, "
+             f"CUDA {report['env'].get('cuda')}, Python {report['env'].get('python')}", "",
+             "| stage | status | seconds |", "|---|---|---|"]
+    for s in report["stages"]:
+        lines.append(f"| {s['name']} | {s['status']} | {s['seconds']:.0f} |")
+    for s in report["stages"]:
+        md = os.path.join(out, f"{s['name']}.md")
+        if os.path.exists(md):
+            lines += ["", f"## {s['name']}", "", open(md).read()]
+    with open(os.path.join(out, "gpu_check.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--wheels", default=os.path.join(ROOT, "wheels"))
+    parser.add_argument("--stages", default=",".join(s[0] for s in STAGES))
+    parser.add_argument("--full", action="store_true", help="full sweep (passed to the timing stages)")
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    os.makedirs(args.out, exist_ok=True)
+    import torch
+
+    if torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        major, minor = torch.cuda.get_device_capability()
+        os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}{'a' if major == 9 else ''}"
+    os.environ.setdefault("FASTCONV_CUDA", "1")
+    os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
+    report = {"env": _environment(), "installed": _install_missing(args.wheels), "stages": []}
+    print(json.dumps(report["env"]), flush=True)
+    wanted = args.stages.split(",")
+    for name, deadline, command in STAGES:
+        if name not in wanted:
+            continue
+        script = command.split()[1] if command.split()[1].endswith(".py") else None
+        if script and not os.path.exists(script):
+            continue
+        cmd = command.format(py=sys.executable, out=args.out) + (" --full" if args.full and script else "")
+        print(f"== stage {name} (deadline {deadline} s): {cmd}", flush=True)
+        t0 = time.time()
+        log_path = os.path.join(args.out, f"{name}.log")
+        with open(log_path, "w") as log:
+            try:
+                proc = subprocess.run(cmd, shell=True, stdout=log, stderr=subprocess.STDOUT, timeout=deadline)
+                status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+            except subprocess.TimeoutExpired:
+                status = f"cut off at {deadline} s"
+        seconds = time.time() - t0
+        tail = open(log_path).read()[-3000:]
+        print(tail, flush=True)
+        report["stages"].append({"name": name, "status": status, "seconds": seconds, "log_tail": tail})
+        _write(args.out, report)
+        if name == "build" and status != "ok":
+            break
+    print(open(os.path.join(args.out, "gpu_check.md")).read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

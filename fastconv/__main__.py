@@ -1,0 +1,50 @@
+"""Command line: ``python -m fastconv demo``."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _demo(args) -> int:
+    import torch
+    import torch.nn.functional as F
+
+    import fastconv
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"fastconv {fastconv.__version__} | torch {torch.__version__} | device {device}"
+          + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""))
+    for name, status in fastconv.backend_status().items():
+        print(f"  backend {name:9s}: {status}")
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(4, 64, 56, 56, generator=gen).to(device)
+    w = (torch.randn(64, 64, 3, 3, generator=gen) * 0.05).to(device)
+    b = torch.randn(64, generator=gen).to(device)
+    ref = F.relu(F.conv2d(x.double(), w.double(), b.double(), padding=1))
+    print("conv2d_relu 4x64x56x56, 3x3, 64 channels, fp32:")
+    for backend in fastconv.available_backends():
+        if backend == "triton" and device == "cpu":
+            continue  # the interpreter is far too slow for this shape
+        with fastconv.use_backend(backend):
+            y = fastconv.conv2d_relu(x, w, b, padding=1)
+            t0 = time.perf_counter()
+            y = fastconv.conv2d_relu(x, w, b, padding=1)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            ms = (time.perf_counter() - t0) * 1e3
+        err = ((y.double() - ref).norm() / ref.norm()).item()
+        print(f"  {backend:9s}: rel. error vs fp64 {err:.2e}, {ms:.2f} ms (one call)")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="run conv2d_relu on every available backend and print its error against PyTorch")
+    args = parser.parse_args(argv)
+    return {"demo": _demo}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

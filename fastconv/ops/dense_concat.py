@@ -1,0 +1,147 @@
+"""fastconv.dense_concat: torch.cat(features, 1) without the copy when there is nothing to copy.
+
+DenseNet blocks and Inception modules allocate their output once and let every producer write
+its channels into a slice of it (the ``out=`` of every fastconv op). Concatenating those slices
+is then free: ``dense_concat`` recognises features that are adjacent channel slices of one buffer
+and returns a view of it. Anything else is copied once into a fresh tensor by a fastconv kernel
+(``fastconv::dense_concat``), which is differentiable.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from .. import _backend
+from . import _checks
+
+OP = "dense_concat"
+
+
+def check_features(features) -> List[int]:
+    """Validate the feature list; return the concatenated shape."""
+    if not isinstance(features, (list, tuple)):
+        raise TypeError(f"fastconv.{OP}: features must be a list or tuple of tensors, got {type(features).__name__}")
+    if len(features) == 0:
+        raise ValueError(f"fastconv.{OP}: features must not be empty")
+    first = _checks.check_tensor(OP, features[0], "features[0]", ndims=(4,))
+    for i, f in enumerate(features[1:], start=1):
+        _checks.check_tensor(OP, f, f"features[{i}]", ndims=(4,))
+        _checks.check_like(OP, f, f"features[{i}]", first, "features[0]")
+        if f.shape[0] != first.shape[0] or f.shape[2:] != first.shape[2:]:
+            raise ValueError(
+                f"fastconv.{OP}: features[{i}] has shape {tuple(f.shape)}, which does not match features[0] "
+                f"{tuple(first.shape)} outside the channel dimension"
+            )
+    return [first.shape[0], sum(f.shape[1] for f in features), first.shape[2], first.shape[3]]
+
+
+def adjacent_view(features: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A view covering all ``features`` when they are adjacent channel slices of one buffer, else None."""
+    first = features[0]
+    offset = first.storage_offset()
+    for f in features:
+        if f.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() or f.stride() != first.stride():
+            return None
+        if f.storage_offset() != offset:
+            return None
+        offset += f.shape[1] * f.stride(1)
+    shape = [first.shape[0], sum(f.shape[1] for f in features), first.shape[2], first.shape[3]]
+    if first.untyped_storage().nbytes() < (first.storage_offset() + _span(shape, first.stride())) * first.element_size():
+        return None
+    return first.as_strided(shape, first.stride(), first.storage_offset())
+
+
+def _span(shape, stride) -> int:
+    return sum((s - 1) * st for s, st in zip(shape, stride)) + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# backend kernels: fn(features, out) -> None, out shaped like the concatenation
+
+def _reference_kernel(features, out):
+    c = 0
+    for f in features:
+        out.narrow(1, c, f.shape[1]).copy_(f)
+        c += f.shape[1]
+
+
+def _cpu_kernel(features, out):
+    torch.ops.fastconv._dense_concat_cpu(list(features), out)
+
+
+def _cuda_kernel(features, out):
+    torch.ops.fastconv._dense_concat_cuda(list(features), out)
+
+
+def _triton_kernel(features, out):
+    from .triton import dense_concat as triton_concat
+
+    triton_concat.dense_concat(list(features), out)
+
+
+KERNELS = {"reference": _reference_kernel, "cpu": _cpu_kernel, "cuda": _cuda_kernel, "triton": _triton_kernel}
+
+
+def _run(features, out):
+    if out.numel() == 0:
+        return
+    KERNELS[_backend.resolve(out.device, OP)](features, out)
+
+
+@torch.library.custom_op("fastconv::dense_concat", mutates_args=())
+def dense_concat_op(features: List[torch.Tensor]) -> torch.Tensor:
+    shape = check_features(features)
+    out = torch.empty(shape, dtype=features[0].dtype, device=features[0].device,
+                      memory_format=_checks.output_layout(features[0]))
+    _run(features, out)
+    return out
+
+
+@dense_concat_op.register_fake
+def _(features):
+    shape = check_features(features)
+    return torch.empty(shape, dtype=features[0].dtype, device=features[0].device,
+                       memory_format=_checks.output_layout(features[0]))
+
+
+@torch.library.custom_op("fastconv::dense_concat_out", mutates_args=("out",))
+def dense_concat_out_op(features: List[torch.Tensor], out: torch.Tensor) -> None:
+    shape = check_features(features)
+    _checks.check_out(OP, out, shape, features[0], [(f"features[{i}]", f) for i, f in enumerate(features)])
+    _run(features, out)
+
+
+@dense_concat_out_op.register_fake
+def _(features, out):
+    _checks.check_shape(OP, out, "out", check_features(features))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.sizes = [f.shape[1] for f in inputs[0]]
+
+
+def _backward(ctx, grad):
+    return (list(grad.split(ctx.sizes, dim=1)),)
+
+
+torch.library.register_autograd("fastconv::dense_concat", _backward, setup_context=_setup_context)
+
+
+def dense_concat(features: Sequence[torch.Tensor], *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``torch.cat(features, 1)``; a copy-free view when the features are adjacent channel slices of one buffer.
+
+    With ``out=`` the features are copied into ``out`` (unless they already are its slices).
+    """
+    check_features(features)
+    if not torch.compiler.is_compiling() and not any(f.requires_grad for f in features):
+        view = adjacent_view(features)
+        if view is not None:
+            if out is None:
+                return view
+            if out.data_ptr() == view.data_ptr() and out.stride() == view.stride() and out.shape == view.shape:
+                return out  # the producers already wrote into out
+    if out is None:
+        return torch.ops.fastconv.dense_concat(list(features))
+    torch.ops.fastconv.dense_concat_out(list(features), out)
+    return out
