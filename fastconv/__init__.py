@@ -3,6 +3,8 @@ from ._version import __version__
 from . import _ext
 from ._backend import available_backends, backend_status, use_backend
 from .ops import conv2d_relu, dense_concat
+from . import models, nn
+from .convert import convert
 
 _ext.load_error()  # load the C++ extension now (warns once if it cannot be used)
 
@@ -11,6 +13,9 @@ __all__ = [
     "available_backends",
     "backend_status",
     "conv2d_relu",
+    "convert",
     "dense_concat",
+    "models",
+    "nn",
     "use_backend",
 ]

@@ -172,6 +172,35 @@ def _(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
 
 
 # ---------------------------------------------------------------------------------------------
+# autograd (backward on PyTorch's convolution_backward; fastconv is an inference library first)
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, residual, stride, padding, dilation, groups, relu = inputs
+    ctx.save_for_backward(x, weight, output if relu else None)
+    ctx.conv = (stride, padding, dilation, groups, relu, bias is not None, residual is not None)
+
+
+def _backward(ctx, grad):
+    x, weight, out = ctx.saved_tensors
+    stride, padding, dilation, groups, relu, has_bias, has_residual = ctx.conv
+    if relu:
+        grad = grad * (out > 0)  # as threshold_backward: the gradient passes where the output is positive
+    top, bottom, left, right = padding
+    symmetric = top == bottom and left == right
+    xp = x if symmetric else torch.nn.functional.pad(x, [left, right, top, bottom])
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
+    gx, gw, gb = torch.ops.aten.convolution_backward(
+        grad, xp, weight, [weight.shape[0]] if has_bias else None, stride,
+        [top, left] if symmetric else [0, 0], dilation, False, [0, 0], groups, mask)
+    if gx is not None and not symmetric:
+        gx = gx[:, :, top:top + x.shape[2], left:left + x.shape[3]]
+    return gx, gw, gb if has_bias else None, grad if has_residual else None, None, None, None, None, None
+
+
+torch.library.register_autograd("fastconv::conv2d_relu", _backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
 # the Python API
 
 def conv2d_relu(

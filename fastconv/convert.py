@@ -1,0 +1,146 @@
+"""fastconv.convert: a torchvision-style model as a fused inference model on fastconv ops.
+
+The module tree is walked and rewritten in place of a copy:
+- the torchvision families' blocks (and fastconv.models', which share their class names and
+  attributes) become fused blocks: ResNet's BasicBlock/Bottleneck, GoogLeNet's BasicConv2d and
+  Inception, DenseNet's dense blocks and transitions; ResNet's stem conv1/bn1/relu;
+- inside any nn.Sequential, Conv2d→BatchNorm2d→ReLU, Conv2d→BatchNorm2d, Conv2d→ReLU runs become
+  one fused conv (the BN and ReLU slots become nn.Identity, so names and indices are kept);
+- every other Conv2d becomes a fused conv and every MaxPool2d fastconv's pooling;
+- modules it does not know are left as they are, and the model's own forward still drives them.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from . import fused
+from .nn.layers import MaxPool2d as FastMaxPool2d
+
+
+def _is_relu(m: nn.Module) -> bool:
+    return isinstance(m, nn.ReLU)
+
+
+def _pool(m: nn.MaxPool2d) -> nn.Module:
+    if m.return_indices or isinstance(m, FastMaxPool2d):
+        return m
+    return FastMaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode)
+
+
+def _convertible_bn(bn: nn.Module) -> bool:
+    return isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
+
+
+def _convert_sequential(seq: nn.Sequential, dtype) -> nn.Sequential:
+    names = list(seq._modules.keys())
+    mods = list(seq._modules.values())
+    new = []
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros":
+            bn = mods[i + 1] if i + 1 < len(mods) and _convertible_bn(mods[i + 1]) else None
+            j = i + 1 + (bn is not None)
+            relu = j < len(mods) and _is_relu(mods[j])
+            new.append((names[i], fused.FusedConv.from_conv(m, bn, relu=relu, dtype=dtype)))
+            new += [(names[k], nn.Identity()) for k in range(i + 1, j + relu)]
+            i = j + relu
+            continue
+        new.append((names[i], _convert(m, dtype)))
+        i += 1
+    out = copy.copy(seq)
+    out._modules = type(seq._modules)(new)
+    return out
+
+
+def _convert_resnet_stem(m: nn.Module, dtype) -> None:
+    m.conv1 = fused.FusedConv.from_conv(m.conv1, m.bn1, relu=True, dtype=dtype)
+    m.bn1 = nn.Identity()
+    m.relu = nn.Identity()
+
+
+_BLOCKS = {
+    "BasicBlock": fused.FusedResidualBlock,
+    "Bottleneck": fused.FusedResidualBlock,
+    "Inception": fused.FusedInception,
+    "_DenseBlock": fused.FusedDenseBlock,
+    "DenseBlock": fused.FusedDenseBlock,
+    "_Transition": fused.FusedTransition,
+    "Transition": fused.FusedTransition,
+    "BasicConv2d": fused._basic_conv,
+}
+
+
+def _convert(m: nn.Module, dtype) -> nn.Module:
+    name = type(m).__name__
+    if name in _BLOCKS:
+        try:
+            return _BLOCKS[name](m, dtype)
+        except fused.NotFusable:
+            pass  # e.g. another norm layer: convert the block's convs and pools one by one below
+    if isinstance(m, nn.Sequential):
+        return _convert_sequential(m, dtype)
+    if isinstance(m, nn.Conv2d):
+        return fused.FusedConv.from_conv(m, None, relu=False, dtype=dtype) if m.padding_mode == "zeros" else m
+    if isinstance(m, nn.MaxPool2d):
+        return _pool(m)
+    if type(m).__module__ == fused.__name__:
+        return m  # already converted
+    if name == "ResNet" and _convertible_bn(getattr(m, "bn1", None)):
+        _convert_resnet_stem(m, dtype)
+    for child_name, child in list(m._modules.items()):
+        if child is None:
+            continue
+        new = _convert(child, dtype)
+        if new is not child:
+            m._modules[child_name] = new
+    return m
+
+
+class _InputCast(nn.Module):
+    """Casts incoming activations to the converted model's dtype / memory format."""
+
+    def __init__(self, model: nn.Module, dtype: Optional[torch.dtype], channels_last: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype, self.channels_last = dtype, channels_last
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        if self.dtype is not None and x.is_floating_point():
+            x = x.to(self.dtype)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x, *args, **kwargs)
+
+
+def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_last: Optional[bool] = None,
+            inplace: bool = False) -> nn.Module:
+    """An inference module computing what ``model.eval()`` computes, on fastconv's fused ops.
+
+    BatchNorm is folded into the preceding conv, conv+bias(+residual)+ReLU fused, max-pooling and
+    concatenation run on fastconv kernels. ``dtype`` casts the weights (folding is done in
+    float64 first) and the incoming activations; ``channels_last=True`` makes incoming
+    activations channels_last (fastconv keeps the layout through the network). The original
+    model is left untouched unless ``inplace=True``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fastconv.convert: model must be an nn.Module, got {type(model).__name__}")
+    if dtype is not None and dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"fastconv.convert: dtype must be a floating dtype, got {dtype}")
+    target = model if inplace else copy.deepcopy(model)
+    target.eval()
+    if hasattr(target, "_fastconv_fused"):
+        target._fastconv_fused = True  # a fastconv.models model: run its plain forward over the fused tree
+    converted = _convert(target, dtype)
+    if dtype is not None:
+        converted.to(dtype)
+    converted.eval()
+    for p in converted.parameters():
+        p.requires_grad_(False)
+    if dtype is None and not channels_last:
+        return converted
+    return _InputCast(converted, dtype, bool(channels_last)).eval()

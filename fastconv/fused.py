@@ -1,0 +1,224 @@
+"""Inference modules with folded weights, built from trained layers by ``fastconv.convert``.
+
+Each fused module holds its folded weights as buffers (BatchNorm folded into the conv in
+float64, then cast once) and runs only fastconv ops in its forward. They are eval-only: their
+buffers are copies, so gradients do not reach the layers they were built from.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops
+
+
+def _as_dtype(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    return t.detach().to(dtype or t.dtype).clone()
+
+
+class NotFusable(ValueError):
+    """A block whose layers cannot be folded (e.g. a norm layer other than BatchNorm2d with
+    running statistics); ``convert`` then converts its convs one by one instead."""
+
+
+def bn_scale_shift(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm's eval-mode affine map ``y = x * scale + shift``, in float64."""
+    if not isinstance(bn, nn.BatchNorm2d):
+        raise NotFusable(f"fastconv: cannot fold {type(bn).__name__}: only BatchNorm2d folds into a conv")
+    if bn.running_mean is None or bn.running_var is None:
+        raise NotFusable(f"fastconv: cannot fold {bn}: it has no running statistics (track_running_stats=False)")
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double()
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach().double()
+    return scale, shift
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The weight and bias of ``bn(conv(x))`` as one conv, in float64 (bias None if neither has one)."""
+    weight = conv.weight.detach().double()
+    bias = None if conv.bias is None else conv.bias.detach().double()
+    if bn is None:
+        return weight, bias
+    scale, shift = bn_scale_shift(bn)
+    weight = weight * scale.view(-1, 1, 1, 1)
+    bias = shift if bias is None else bias * scale + shift
+    return weight, bias
+
+
+class FusedConv(nn.Module):
+    """relu?(conv(x) + bias + residual): a 1×1 conv runs on conv1x1's GEMM, any other on conv2d_relu."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride=1, padding=0, dilation=1,
+                 groups: int = 1, relu: bool = True, dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        self.register_buffer("weight", _as_dtype(weight, dtype))
+        self.register_buffer("bias", _as_dtype(bias, dtype))
+        self.stride, self.padding, self.dilation, self.groups, self.relu = stride, padding, dilation, groups, relu
+        self.pointwise = (tuple(weight.shape[2:]) == (1, 1) and groups == 1
+                          and _is_zero(padding) and not isinstance(padding, str))
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] = None, relu: bool = False,
+                  dtype: Optional[torch.dtype] = None) -> "FusedConv":
+        if conv.padding_mode != "zeros":
+            raise NotFusable(f"fastconv: cannot fuse {conv}: padding_mode={conv.padding_mode!r} is not supported")
+        weight, bias = fold_conv_bn(conv, bn)
+        target = dtype or conv.weight.dtype
+        return cls(weight.to(target), None if bias is None else bias.to(target), conv.stride, conv.padding,
+                   conv.dilation, conv.groups, relu)
+
+    def extra_repr(self) -> str:
+        kind = "1x1 GEMM" if self.pointwise else "conv"
+        return (f"{kind} {tuple(self.weight.shape)}, stride={self.stride}, padding={self.padding}, "
+                f"bias={self.bias is not None}, relu={self.relu}")
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.pointwise:
+            return ops.conv1x1(x, self.weight, self.bias, self.stride, relu=self.relu, residual=residual, out=out)
+        return ops.conv2d_relu(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                               relu=self.relu, residual=residual, out=out)
+
+
+def _is_zero(padding) -> bool:
+    if isinstance(padding, str):
+        return padding == "valid"
+    if isinstance(padding, int):
+        return padding == 0
+    return all(p == 0 for p in padding)
+
+
+class FusedPreActConv1x1(nn.Module):
+    """DenseNet's ``conv(relu(bn(x)))`` (+ a following BatchNorm folded in, + ReLU): the BN-ReLU is
+    conv1x1's prologue, applied as x is read and never written to memory."""
+
+    def __init__(self, pre_bn: nn.BatchNorm2d, conv: nn.Conv2d, post_bn: Optional[nn.BatchNorm2d], relu: bool,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        if tuple(conv.kernel_size) != (1, 1) or conv.groups != 1 or not _is_zero(conv.padding):
+            raise NotFusable(f"fastconv: FusedPreActConv1x1 needs a 1x1 conv, got {conv}")
+        target = dtype or conv.weight.dtype
+        scale, shift = bn_scale_shift(pre_bn)
+        weight, bias = fold_conv_bn(conv, post_bn)
+        self.register_buffer("in_scale", scale.to(target))
+        self.register_buffer("in_shift", shift.to(target))
+        self.register_buffer("weight", weight.to(target))
+        self.register_buffer("bias", None if bias is None else bias.to(target))
+        self.stride, self.relu = conv.stride, relu
+
+    def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return ops.conv1x1(x, self.weight, self.bias, self.stride, relu=self.relu, in_scale=self.in_scale,
+                           in_shift=self.in_shift, in_relu=True, out=out)
+
+
+class FusedResidualBlock(nn.Module):
+    """ResNet's BasicBlock / Bottleneck: every BN folded; the last conv adds the shortcut and
+    applies ReLU in its epilogue; the projection shortcut is a (strided) 1×1 GEMM."""
+
+    def __init__(self, block: nn.Module, dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        names = ["conv1", "conv2", "conv3"] if hasattr(block, "conv3") else ["conv1", "conv2"]
+        convs = [FusedConv.from_conv(getattr(block, n), getattr(block, "bn" + n[-1]), relu=True, dtype=dtype)
+                 for n in names]
+        self.convs = nn.ModuleList(convs)
+        ds = block.downsample
+        self.downsample = None
+        if ds is not None:
+            if not (isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d)
+                    and isinstance(ds[1], nn.BatchNorm2d)):
+                raise NotFusable(f"fastconv: unsupported ResNet downsample {ds}")
+            self.downsample = FusedConv.from_conv(ds[0], ds[1], relu=False, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        y = x
+        for conv in self.convs[:-1]:
+            y = conv(y)
+        return self.convs[-1](y, residual=identity)
+
+
+def _basic_conv(m: nn.Module, dtype) -> FusedConv:
+    """GoogLeNet's BasicConv2d (conv, bn, then ReLU in its forward) as one fused conv."""
+    return FusedConv.from_conv(m.conv, m.bn, relu=True, dtype=dtype)
+
+
+class FusedInception(nn.Module):
+    """GoogLeNet's Inception module without torch.cat: the output is allocated once and each
+    branch writes its channels into its slice. The three 1×1s that read the module's input run
+    as one grouped GEMM (branch1 into the output slice, the two reductions into their own buffers)."""
+
+    def __init__(self, m: nn.Module, dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        b1, b2red, b3red = _basic_conv(m.branch1, dtype), _basic_conv(m.branch2[0], dtype), _basic_conv(m.branch3[0], dtype)
+        self.splits = [b1.weight.shape[0], b2red.weight.shape[0], b3red.weight.shape[0]]
+        self.register_buffer("reduce_weight", torch.cat([b1.weight, b2red.weight, b3red.weight]).flatten(1))
+        self.register_buffer("reduce_bias", torch.cat([b1.bias, b2red.bias, b3red.bias]))
+        self.branch2 = _basic_conv(m.branch2[1], dtype)
+        self.branch3 = _basic_conv(m.branch3[1], dtype)
+        pool = m.branch4[0]
+        self.pool = dict(kernel_size=pool.kernel_size, stride=pool.stride, padding=pool.padding,
+                         dilation=pool.dilation, ceil_mode=pool.ceil_mode)
+        self.branch4 = _basic_conv(m.branch4[1], dtype)
+        self.out_channels = [self.splits[0], self.branch2.weight.shape[0], self.branch3.weight.shape[0],
+                             self.branch4.weight.shape[0]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        fmt = ops._checks.output_layout(x)
+        out = torch.empty(n, sum(self.out_channels), h, w, dtype=x.dtype, device=x.device, memory_format=fmt)
+        c1, c2, c3, c4 = self.out_channels
+        red2 = torch.empty(n, self.splits[1], h, w, dtype=x.dtype, device=x.device, memory_format=fmt)
+        red3 = torch.empty(n, self.splits[2], h, w, dtype=x.dtype, device=x.device, memory_format=fmt)
+        ops.conv1x1_multi(x, self.reduce_weight, self.reduce_bias, relu=True, outs=[out[:, :c1], red2, red3])
+        self.branch2(red2, out=out[:, c1:c1 + c2])
+        self.branch3(red3, out=out[:, c1 + c2:c1 + c2 + c3])
+        pooled = ops.max_pool2d(x, **self.pool)
+        self.branch4(pooled, out=out[:, c1 + c2 + c3:])
+        return out
+
+
+class FusedDenseBlock(nn.Module):
+    """DenseNet's dense block on one preallocated buffer: each layer reads the channel prefix
+    through conv1x1's BN-ReLU prologue (norm1/relu1 never materialized; norm2 folded into that
+    1×1, relu2 fused), and its 3×3 conv writes the new channels straight into the buffer slice."""
+
+    def __init__(self, block: nn.Module, dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        layers = list(block.values()) if isinstance(block, nn.ModuleDict) else list(block.children())
+        self.bottlenecks = nn.ModuleList(
+            [FusedPreActConv1x1(l.norm1, l.conv1, l.norm2, relu=True, dtype=dtype) for l in layers])
+        self.convs = nn.ModuleList([FusedConv.from_conv(l.conv2, None, relu=False, dtype=dtype) for l in layers])
+        self.growth = [c.weight.shape[0] for c in self.convs]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        buf = torch.empty(n, c + sum(self.growth), h, w, dtype=x.dtype, device=x.device,
+                          memory_format=ops._checks.output_layout(x))
+        buf[:, :c].copy_(x)  # the block input, once; every later channel is written in place
+        for bottleneck, conv, g in zip(self.bottlenecks, self.convs, self.growth):
+            conv(bottleneck(buf[:, :c]), out=buf[:, c:c + g])
+            c += g
+        return buf
+
+
+class FusedTransition(nn.Module):
+    """DenseNet's transition: BN-ReLU as conv1x1's prologue, then 2×2 average pooling."""
+
+    def __init__(self, t: nn.Module, dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        self.conv = FusedPreActConv1x1(t.norm, t.conv, None, relu=False, dtype=dtype)
+        self.pool = t.pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.conv(x))

@@ -1,0 +1,121 @@
+"""What every fastconv model shares: train mode runs the torchvision-equivalent forward on
+fastconv layers; eval mode runs a fused copy of the model (BatchNorm folded, conv+ReLU fused,
+concat-free), built on the first eval call and rebuilt whenever a parameter or buffer changed
+(load_state_dict, an optimizer step, ``.to(dtype)``, BatchNorm statistics updated in training)."""
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+
+def _shallow_tree_copy(module: nn.Module) -> nn.Module:
+    """A copy of the module tree whose parameters and buffers are the original tensors."""
+    clone = copy.copy(module)
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    clone._modules = {name: None if child is None else _shallow_tree_copy(child)
+                      for name, child in module._modules.items()}
+    clone.__dict__.pop("_fused_cache", None)
+    return clone
+
+
+class FusedEvalModel(nn.Module):
+    """Base of the fastconv.models classes; subclasses implement ``_forward_impl``."""
+
+    _fastconv_fused = False  # True on the fused copy, which runs _forward_impl over fused blocks
+
+    def forward(self, x: torch.Tensor):
+        if self.training or self._fastconv_fused:
+            return self._forward_impl(x)
+        self._check_input(x)
+        return self._fused_model()(x)
+
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{type(self).__name__}: input must be a tensor, got {type(x).__name__}")
+        want = self._in_channels()
+        if x.dim() != 4 or x.shape[1] != want:
+            raise ValueError(f"{type(self).__name__}: expected input of shape [N, {want}, H, W], got {tuple(x.shape)}")
+
+    def _in_channels(self) -> int:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                return m.in_channels
+        raise AssertionError("model without a conv")
+
+    def _state_key(self):
+        tensors = list(self.parameters()) + [b for b in self.buffers() if b is not None]
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
+
+    def _fused_model(self) -> nn.Module:
+        from ..convert import _convert
+
+        key = self._state_key()
+        cache = self.__dict__.get("_fused_cache")
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        lock = self.__dict__.setdefault("_fused_lock", threading.Lock())
+        with lock, torch.no_grad():
+            cache = self.__dict__.get("_fused_cache")
+            if cache is None or cache[0] != key:
+                clone = _shallow_tree_copy(self)
+                clone.__dict__.pop("_fused_lock", None)
+                clone._fastconv_fused = True
+                cache = (key, _convert(clone, None).eval())
+                self.__dict__["_fused_cache"] = cache
+        return cache[1]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_fused_cache", None)
+        state.pop("_fused_lock", None)
+        return state
+
+    def __deepcopy__(self, memo):
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        for k, v in self.__getstate__().items():
+            clone.__dict__[k] = copy.deepcopy(v, memo)
+        return clone
+
+
+def load_weights(model: nn.Module, weights: Any, progress: bool = True) -> nn.Module:
+    """Load ``weights`` into ``model``: a state dict, a path to one, or a torchvision weights enum
+    (anything with ``get_state_dict(progress=...)``: that downloads, so it needs network access)."""
+    if weights is None:
+        return model
+    if isinstance(weights, Mapping):
+        state = weights
+    elif isinstance(weights, (str, os.PathLike)):
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    elif hasattr(weights, "get_state_dict"):
+        state = weights.get_state_dict(progress=progress, check_hash=True)
+    else:
+        raise TypeError(f"weights must be a state dict, a path or a torchvision weights enum, got {type(weights).__name__}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def num_classes_from(weights: Any, kwargs: dict) -> None:
+    """torchvision's rule: weights with a category list fix num_classes."""
+    meta = getattr(weights, "meta", None)
+    if isinstance(meta, Mapping) and "categories" in meta:
+        n = len(meta["categories"])
+        if kwargs.get("num_classes", n) != n:
+            raise ValueError(f"num_classes={kwargs['num_classes']} does not match the weights' {n} categories")
+        kwargs["num_classes"] = n
+
+
+def conv(in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, groups: int = 1,
+         dilation: int = 1, bias: bool = True) -> nn.Conv2d:
+    """The conv layer of every fastconv model: nn.Conv2d's parameters, fastconv's kernel."""
+    from ..nn.layers import Conv2dReLU
+
+    return Conv2dReLU(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
+                      dilation=dilation, bias=bias, relu=False)

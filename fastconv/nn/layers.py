@@ -1,0 +1,83 @@
+"""Drop-in layers: torch.nn's constructor arguments and parameter names, fastconv's fused kernels.
+
+Each layer is a subclass of (or shaped like) the torch layer it replaces, so state dicts load
+unchanged and ``isinstance(layer, nn.Conv2d)`` still holds where code relies on it. They run in
+eval and in train mode (gradients come from the autograd formulas registered on the ops).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+
+
+class Conv2dReLU(nn.Conv2d):
+    """``nn.Conv2d`` followed by ``nn.ReLU``, in one kernel. ``relu=False`` makes it a plain conv.
+
+    ``forward(x, residual=None, out=None)``: ``residual`` is added before the ReLU (ResNet's block
+    tail) and ``out`` may be a channel slice of a larger buffer (DenseNet / Inception concat).
+    """
+
+    def __init__(self, *args, relu: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.relu = relu
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", relu={self.relu}"
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        return ops.conv2d_relu(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
+                               relu=self.relu, residual=residual, out=out)
+
+
+class Conv1x1(nn.Module):
+    """A 1×1 convolution as a GEMM over channels: ``weight`` [out, in, 1, 1] like nn.Conv2d's.
+
+    ``forward(x, residual=None, out=None, in_scale=None, in_shift=None, in_relu=False)``: the
+    optional per-channel prologue ``relu?(x * in_scale + in_shift)`` is applied as x is read.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, bias: bool = True,
+                 *, relu: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.in_channels, self.out_channels, self.stride, self.relu = in_channels, out_channels, stride, relu
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 1, 1, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv2d's initialisation, so a Conv1x1 starts like the layer it replaces
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        if self.bias is not None:
+            bound = 1 / self.in_channels ** 0.5
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, stride={self.stride}, bias={self.bias is not None}, "
+                f"relu={self.relu}")
+
+    def forward(self, x, residual=None, out=None, in_scale=None, in_shift=None, in_relu=False):
+        return ops.conv1x1(x, self.weight, self.bias, self.stride, relu=self.relu, residual=residual,
+                           in_scale=in_scale, in_shift=in_shift, in_relu=in_relu, out=out)
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` on fastconv's pooling kernel (``return_indices`` is not supported)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.return_indices:
+            raise ValueError("fastconv.nn.MaxPool2d: return_indices=True is not supported; use torch.nn.MaxPool2d")
+
+    def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return ops.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, out=out)
