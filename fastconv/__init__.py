@@ -2,7 +2,7 @@
 from ._version import __version__
 from . import _ext
 from ._backend import available_backends, backend_status, use_backend
-from .ops import conv2d_relu
+from .ops import conv2d_relu, max_pool2d
 
 _ext.load_error()  # load the C++ extension now (warns once if it cannot be used)
 
@@ -11,5 +11,6 @@ __all__ = [
     "available_backends",
     "backend_status",
     "conv2d_relu",
+    "max_pool2d",
     "use_backend",
 ]
