@@ -185,6 +185,10 @@ def max_pool2d(
         out_view = None if out is None else _checks.check_tensor(OP, out, "out", ndims=(3,)).unsqueeze(0)
     else:
         out_view = out
+    if out_view is not None:
+        # checked here too: an out on another device (meta) would otherwise route the op to that
+        # device's kernel (the fake one) before the op body could reject it
+        _checks.check_like(OP, out_view, "out", x)
     if out_view is None:
         y = torch.ops.fastconv.max_pool2d(x, kernel_, stride_, padding_, dilation_, ceil_mode)
         return y.squeeze(0) if unbatched else y
