@@ -34,6 +34,31 @@ inline acc_t max_step(acc_t running, acc_t v) {
   return (v > running || v != v) ? v : running;
 }
 
+// The extension is compiled for baseline x86-64 (SSE2). The innermost loops below are cloned for
+// AVX2 and AVX-512 and the best clone is picked once, at load time (GCC/Clang function
+// multiversioning), so a wheel built anywhere runs the widest vectors the machine has.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FASTCONV_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FASTCONV_SIMD_CLONES
+#endif
+
+// acc[c] = max_step(acc[c], src[c]) over n contiguous channels.
+template <typename scalar_t, typename acc_t>
+inline void channel_update(acc_t* acc, const scalar_t* src, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) acc[c] = max_step(acc[c], static_cast<acc_t>(src[c]));
+}
+FASTCONV_SIMD_CLONES void channel_update_f32(float* acc, const float* src, int64_t n) { channel_update(acc, src, n); }
+FASTCONV_SIMD_CLONES void channel_update_f64(double* acc, const double* src, int64_t n) { channel_update(acc, src, n); }
+FASTCONV_SIMD_CLONES void channel_update_f16(float* acc, const c10::Half* src, int64_t n) { channel_update(acc, src, n); }
+FASTCONV_SIMD_CLONES void channel_update_bf16(float* acc, const c10::BFloat16* src, int64_t n) {
+  channel_update(acc, src, n);
+}
+inline void update_channels(float* acc, const float* src, int64_t n) { channel_update_f32(acc, src, n); }
+inline void update_channels(double* acc, const double* src, int64_t n) { channel_update_f64(acc, src, n); }
+inline void update_channels(float* acc, const c10::Half* src, int64_t n) { channel_update_f16(acc, src, n); }
+inline void update_channels(float* acc, const c10::BFloat16* src, int64_t n) { channel_update_bf16(acc, src, n); }
+
 // Channels innermost in x (channels_last, or a channel slice of an NHWC buffer): one task per
 // output pixel; channels in chunks whose running max lives in a small local array, so the inner
 // loop runs over contiguous channels and vectorizes.
@@ -59,7 +84,7 @@ void pool_channels_inner(const scalar_t* x, scalar_t* y, const Pool& p) {
             const int64_t iw = ow * p.sw - p.pw + b * p.dw;
             if (iw < 0 || iw >= p.W) continue;
             const scalar_t* src = xn + ih * p.xs[2] + iw * p.xs[3] + c0;  // xs[1] == 1 here
-            for (int64_t c = 0; c < cb; ++c) acc[c] = max_step(acc[c], static_cast<acc_t>(src[c]));
+            update_channels(acc, src, cb);
           }
         }
         if (p.ys[1] == 1) {
