@@ -1,6 +1,6 @@
 """fastconv's C++ CPU max_pool2d against F.max_pool2d on the pools of the classic CNNs.
 
-    python benchmarks/bench_cpu_max_pool2d.py [--batch 4] [--reps 30] [--out FILE.md]
+    python benchmarks/bench_cpu_max_pool2d.py [--batch 4] [--reps 30] [--threads N] [--out FILE.md]
 
 Batch 4, float32, NCHW and channels_last. Each case is warmed up, then the two implementations
 run interleaved (so drifting clocks and caches hit both alike) on a few rotating inputs, and
@@ -72,13 +72,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--out", help="also write the markdown table to this file")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     lines = [
         f"CPU max_pool2d, float32, batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"medians of {args.reps} interleaved runs (fastconv backend `cpu` vs `F.max_pool2d`)",
+        f"medians of {args.reps} interleaved runs (fastconv backend `cpu` vs `F.max_pool2d`), "
+        f"load average at start {os.getloadavg()[0]:.1f}",
         "",
         "| network | layer | input C@HxW | pool | layout | output | fastconv ms | torch ms | fastconv GB/s | torch GB/s | ratio |",
         "|---|---|---|---|---|---|---:|---:|---:|---:|---:|",
