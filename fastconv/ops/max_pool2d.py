@@ -155,6 +155,27 @@ def _(x, kernel_size, stride, padding, dilation, ceil_mode, out):
 # ---------------------------------------------------------------------------------------------
 # the Python API
 
+
+# autograd: PyTorch's max-pool backward, with the argmax recomputed from the saved input
+
+def _setup_context(ctx, inputs, output):
+    x, kernel_size, stride, padding, dilation, ceil_mode = inputs
+    ctx.save_for_backward(x)
+    ctx.pool = (kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    kernel_size, stride, padding, dilation, ceil_mode = ctx.pool
+    _, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode)
+    gx = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, kernel_size, stride, padding, dilation,
+                                                         ceil_mode, indices)
+    return gx, None, None, None, None, None
+
+
+torch.library.register_autograd("fastconv::max_pool2d", _backward, setup_context=_setup_context)
+
+
 def max_pool2d(
     x: torch.Tensor,
     kernel_size: Union[int, Sequence[int]],
