@@ -175,6 +175,16 @@ def test_float64_rejected():
         triton_conv.conv2d_relu(x, weight, None, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, True, out)
 
 
+def test_int32_offsets_rejected_before_launch():
+    """A sample spanning more than 2**31 elements is refused with a RuntimeError (meta tensors:
+    the check must fire before anything is allocated or launched)."""
+    x = torch.empty(1, 3, 40000, 20000, device="meta")
+    weight = torch.empty(8, 3, 3, 3, device="meta")
+    out = torch.empty(1, 8, 39998, 19998, device="meta")
+    with pytest.raises(RuntimeError, match="int32.*x, out"):
+        triton_conv.conv2d_relu(x, weight, None, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, True, out)
+
+
 CONFIG_CASE = Case("every_config", 2, 20, (9, 9), 40, (3, 3), padding=1, residual=True, layout="nhwc")
 
 

@@ -180,7 +180,7 @@ def conv2d_relu(x, weight, bias, residual, stride, padding, dilation, groups, re
     if residual is not None:
         spans["residual"] = _sample_span(residual)
     too_big = [name for name, span in spans.items() if span > _INT32_MAX]
-    if m > _INT32_MAX or too_big:
+    if m > _INT32_MAX - 256 or too_big:  # 256: the largest BLOCK_M, so row indices of the last tile fit too
         raise RuntimeError(
             f"fastconv.{OP}: backend 'triton' indexes within one sample in int32; "
             f"{', '.join(too_big) or 'N*OH*OW'} exceeds 2**31-1 elements per sample. Use a smaller batch or another backend."
