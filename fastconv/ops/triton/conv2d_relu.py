@@ -11,6 +11,12 @@ Indexing: the per-sample base offset (n · stride_n) is computed in int64, every
 one sample in int32; the launcher rejects, with a RuntimeError before launch, tensors whose
 in-sample offsets (or weight offsets, or N·OH·OW) do not fit in int32.
 
+Fast path on a GPU: NHWC activations/residual/out and channel counts that are multiples of 8,
+so the JIT's specialization (unit channel strides, 16-divisible strides) vectorizes and
+pipelines the loads; that is what compile_specs() compiles and the compile test checks. NCHW
+stays correct but its per-element scattered addresses cost registers (ptxas spills for the
+large tiles with an NCHW output: see benchmarks/RESULTS_triton_compile.md).
+
 float64 is rejected (TypeError): tl.dot has no fp64 path on NVIDIA GPUs; the `cpu` and
 `reference` backends compute float64.
 """
