@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 namespace fastconv {
@@ -260,12 +261,70 @@ void conv2d_relu_impl(const Conv2dGeometry& g, const at::Tensor& x, const at::Te
   // NCHW 1x1: x[n] is the [C, H*W] matrix of image n; used for tiles inside one image.
   const bool direct_nchw = !cl && pointwise && xv.s3 == 1 && xv.s2 == g.w;
 
+  const int64_t nthreads = at::get_num_threads();
+  const int64_t P_budget = tile_bytes() / int64_t(sizeof(acc_t)) / std::max<int64_t>(K, 1);
+
+  // Schedule. "tiles" (below) gives each thread whole (tile, group) GEMMs with single-threaded
+  // BLAS: no synchronization, everything in L2 - right when there are many pixels per weight.
+  // But each tile's GEMM re-reads (and BLAS re-packs) the group's whole weight, so when the
+  // budget allows only narrow tiles (K large: ResNet's 256- and 512-channel 3x3s, 2.3 and
+  // 9.4 MB of weights) that traffic dominates. Then "whole": pack all M pixels in parallel, run
+  // one GEMM per group with BLAS's own threading (each thread reads only its share of the
+  // weights), and apply the epilogue in parallel. FASTCONV_CPU_SCHEDULE=tiles|whole forces one.
+  const int64_t whole_bytes = ((direct_nhwc ? 0 : M * K) + M * g.cog) * int64_t(sizeof(acc_t));
+  const char* sched_env = std::getenv("FASTCONV_CPU_SCHEDULE");
+  const std::string sched = sched_env ? sched_env : "";
+  const bool whole = sched == "whole"   ? true
+                     : sched == "tiles" ? false
+                                        : (P_budget < 128 && P_budget < M && whole_bytes <= (int64_t(64) << 20));
+  if (whole) {
+    const auto opts = at::TensorOptions().dtype(acc_type);
+    at::Tensor col_t = direct_nhwc ? at::Tensor() : at::empty({M * std::max<int64_t>(K, 1)}, opts);
+    at::Tensor c_t = at::empty({M * g.cog}, opts);
+    acc_t* col = direct_nhwc ? nullptr : col_t.data_ptr<acc_t>();
+    acc_t* cbuf = c_t.data_ptr<acc_t>();
+    const int64_t grain = 16;
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const acc_t* wg = wptr + grp * g.cog * K;
+      at::Tensor c = cl ? matrix<acc_t>(cbuf, M, g.cog, g.cog, 1) : matrix<acc_t>(cbuf, g.cog, M, M, 1);
+      if (K == 0) {
+        c.zero_();
+      } else {
+        if (!direct_nhwc) {
+          at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) {
+            std::vector<Run> runs;
+            tile_runs(g, b, e, runs);
+            if (cl) {
+              pack_nhwc<acc_t>(g, xv, grp, runs, col + b * K);
+            } else {
+              pack_nchw<acc_t>(g, xv, grp, runs, M, col + b);
+            }
+          });
+        }
+        if (cl) {
+          at::Tensor a = direct_nhwc ? matrix<acc_t>(xv.data + grp * g.cg, M, K, xv.s3, 1) : matrix<acc_t>(col, M, K, K, 1);
+          at::cpu::mm_out(c, a, matrix<acc_t>(wg, K, g.cog, 1, K));
+        } else {
+          at::cpu::mm_out(c, matrix<acc_t>(wg, g.cog, K, K, 1), matrix<acc_t>(col, K, M, M, 1));
+        }
+      }
+      at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) {
+        std::vector<Run> runs;
+        tile_runs(g, b, e, runs);
+        if (cl) {
+          store_nhwc<scalar_t, acc_t>(g, cbuf + b * g.cog, bptr, grp, runs, rv ? &*rv : nullptr, ov, relu);
+        } else {
+          store_nchw<scalar_t, acc_t>(g, cbuf + b, M, bptr, grp, runs, rv ? &*rv : nullptr, ov, relu);
+        }
+      });
+    }
+    return;
+  }
+
   // Tile width P: the col buffer (K x P) fits the byte budget; at least 16 columns so the GEMM
   // stays efficient. With few tiles, round their count up to a multiple of the thread count so
   // no thread idles through the last round.
-  const int64_t nthreads = at::get_num_threads();
-  int64_t P = std::max<int64_t>(16, tile_bytes() / int64_t(sizeof(acc_t)) / std::max<int64_t>(K, 1));
-  P = std::min(P, M);
+  int64_t P = std::min(std::max<int64_t>(16, P_budget), M);
   int64_t ntiles = ceil_div(M, P);
   if (ntiles * g.groups < 8 * nthreads && ntiles * g.groups % nthreads != 0) {
     const int64_t tasks = ceil_div(ntiles * g.groups, nthreads) * nthreads;

@@ -128,7 +128,10 @@ def make_case(i: int) -> dict:
         residual=rng.choice([None, None, "nchw", "nhwc", "strided"]),
         relu=rng.random() < 0.8,
         out=rng.choice([None, None, "nchw", "nhwc"]),
-        small_tiles=(i % 2 == 0),  # force many 16-pixel tiles in the C++ kernel
+        # the C++ kernel's schedules: many 16-pixel tiles (crossing rows and images), one whole
+        # GEMM per group, and the default choice
+        cpu_env=[{"FASTCONV_CPU_TILE_BYTES": "1", "FASTCONV_CPU_SCHEDULE": "tiles"},
+                 {"FASTCONV_CPU_SCHEDULE": "whole"}, {}][i % 3],
     )
 
 
@@ -150,8 +153,8 @@ def build_inputs(case):
 
 
 def run_case(backend, case, monkeypatch):
-    if case["small_tiles"]:
-        monkeypatch.setenv("FASTCONV_CPU_TILE_BYTES", "1")
+    for key, value in case["cpu_env"].items():
+        monkeypatch.setenv(key, value)
     x, w, b, r, (oh, ow) = build_inputs(case)
     dt = case["dtype"]
     ref = fp64_reference(x, w, b, r, case["stride"], case["p4"], case["dilation"], case["groups"], case["relu"])
@@ -222,10 +225,11 @@ def test_pad4_matches_torch():
 
 @needs_cpu_ext
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "nhwc_slice"])
-@pytest.mark.parametrize("small_tiles", [False, True])
-def test_pointwise_fast_paths(layout, small_tiles, monkeypatch):
+@pytest.mark.parametrize("schedule", ["tiles", "small_tiles", "whole"])
+def test_pointwise_fast_paths(layout, schedule, monkeypatch):
     """1x1 stride-1 convs multiply x in place (no packing): NHWC across the batch, NCHW per image."""
-    if small_tiles:
+    monkeypatch.setenv("FASTCONV_CPU_SCHEDULE", "whole" if schedule == "whole" else "tiles")
+    if schedule == "small_tiles":
         monkeypatch.setenv("FASTCONV_CPU_TILE_BYTES", "1")
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 24, 7, 5, generator=g)
@@ -244,9 +248,12 @@ def test_pointwise_fast_paths(layout, small_tiles, monkeypatch):
 
 
 @needs_cpu_ext
-def test_resnet_like_shapes_multi_tile(monkeypatch):
-    """Tiles spanning image boundaries with a large K (the 512-channel layer's geometry, scaled)."""
+@pytest.mark.parametrize("schedule", ["tiles", "whole", ""])
+def test_resnet_like_shapes(schedule, monkeypatch):
+    """A large K (the 512-channel layer's geometry, scaled): tiles spanning image boundaries, the
+    whole-GEMM schedule, and whichever the kernel picks by itself."""
     monkeypatch.setenv("FASTCONV_CPU_TILE_BYTES", str(64 * 1024))
+    monkeypatch.setenv("FASTCONV_CPU_SCHEDULE", schedule)
     g = torch.Generator().manual_seed(6)
     for cl in (False, True):
         x = torch.randn(3, 64, 7, 7, generator=g)
