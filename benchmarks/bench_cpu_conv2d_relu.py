@@ -1,6 +1,6 @@
 """fastconv's C++ CPU conv2d+bias+ReLU against oneDNN (F.relu(F.conv2d)) and a plain unfold+matmul.
 
-    python benchmarks/bench_cpu_conv2d_relu.py [--batch 4] [--reps 25] [--threads N] [--out FILE.md]
+    python benchmarks/bench_cpu_conv2d_relu.py [--batch 4] [--reps 25] [--threads N] [--cpu-time] [--out FILE.md]
 
 ResNet-50's 3x3 stride-1 convs (DESIGN §8), fp32, NCHW and channels_last (the weight in the same
 memory format as x, as model.to(memory_format=...) leaves it). Each implementation is warmed up,
@@ -8,13 +8,16 @@ then timed in interleaved rounds (every round runs every implementation once, on
 rotating inputs, so drift in clock or cache state hits all of them alike); the table shows
 medians, GFLOP/s, speed ratios, and fastconv's relative error against an fp64 reference.
 
-Under pytest (`pytest benchmarks/`, pytest-benchmark) the same shapes run as benchmark tests.
+--cpu-time times with the process's CPU time instead of the wall clock. With --threads 1 that
+is the single-core cost even on a shared, oversubscribed machine (time spent descheduled is not
+counted), which makes comparisons there far more repeatable than wall-clock medians.
+
+A standalone script (main's benchmarks/conftest.py keeps pytest from collecting bench_cpu_*.py).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -58,7 +61,7 @@ def run_unfold(x, w, b):
 IMPLS = {"fastconv": run_fastconv, "oneDNN": run_onednn, "unfold+matmul": run_unfold}
 
 
-def bench_case(batch, c, hw, fmt, reps, warmup=3):
+def bench_case(batch, c, hw, fmt, reps, warmup=3, clock=time.perf_counter):
     inputs = [make_inputs(batch, c, hw, fmt, seed) for seed in (0, 1)]
     times = {name: [] for name in IMPLS}
     for name, fn in IMPLS.items():
@@ -67,9 +70,9 @@ def bench_case(batch, c, hw, fmt, reps, warmup=3):
     for r in range(reps):
         args = inputs[r % 2]
         for name, fn in IMPLS.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn(*args)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     x, w, b = inputs[0]
     ref = F.relu(F.conv2d(x.double(), w.double(), b.double(), padding=1))
     y = run_fastconv(x, w, b)
@@ -77,11 +80,13 @@ def bench_case(batch, c, hw, fmt, reps, warmup=3):
     return {name: statistics.median(ts) for name, ts in times.items()}, err
 
 
-def table(batch, reps):
+def table(batch, reps, cpu_time=False):
+    clock = time.process_time if cpu_time else time.perf_counter
+    load = ", load average %.1f at start" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
     lines = [
         f"fastconv `cpu` conv2d+bias+ReLU, ResNet-50 3x3 stride-1 convs, batch {batch}, fp32; medians of {reps} "
-        f"interleaved runs; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}",
+        f"interleaved runs ({'process CPU time' if cpu_time else 'wall clock'}); torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs{load}",
         "",
         "| layer | layout | fastconv ms | oneDNN conv+ReLU ms | unfold+matmul ms | fastconv GFLOP/s | oneDNN GFLOP/s "
         "| fastconv vs oneDNN | fastconv vs unfold | rel err (fp64 ref) |",
@@ -89,7 +94,7 @@ def table(batch, reps):
     ]
     for label, c, hw in SHAPES:
         for lname, fmt in LAYOUTS.items():
-            t, err = bench_case(batch, c, hw, fmt, reps)
+            t, err = bench_case(batch, c, hw, fmt, reps, clock=clock)
             flop = 2.0 * batch * c * hw * hw * c * 9
             lines.append(
                 f"| {label} | {lname} | {t['fastconv'] * 1e3:.2f} | {t['oneDNN'] * 1e3:.2f} | "
@@ -106,6 +111,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--reps", type=int, default=25)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cpu-time", action="store_true", help="time with process CPU time (use with --threads 1)")
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -113,30 +119,11 @@ def main(argv=None):
     if "cpu" not in fastconv.available_backends():
         sys.exit(f"fastconv's cpu backend is unavailable: {fastconv.backend_status()['cpu']}")
     with torch.inference_mode():
-        text = table(args.batch, args.reps)
+        text = table(args.batch, args.reps, args.cpu_time)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
-
-
-# ---- pytest-benchmark (collected by `pytest benchmarks/`: python_files includes bench_*.py) ----
-try:
-    import pytest
-except ImportError:  # pragma: no cover
-    pytest = None
-
-if pytest is not None:
-
-    @pytest.mark.skipif("cpu" not in fastconv.available_backends(), reason="C++ extension not built")
-    @pytest.mark.parametrize("impl", sorted(IMPLS))
-    @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-    @pytest.mark.parametrize("shape", SHAPES, ids=[s[0].split()[0] for s in SHAPES])
-    def test_bench_conv3x3(benchmark, shape, layout, impl):
-        _, c, hw = shape
-        x, w, b = make_inputs(4, c, hw, LAYOUTS[layout], 0)
-        with torch.inference_mode():
-            benchmark(IMPLS[impl], x, w, b)
 
 
 if __name__ == "__main__":

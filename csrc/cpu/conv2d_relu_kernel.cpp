@@ -264,19 +264,21 @@ void conv2d_relu_impl(const Conv2dGeometry& g, const at::Tensor& x, const at::Te
   const int64_t nthreads = at::get_num_threads();
   const int64_t P_budget = tile_bytes() / int64_t(sizeof(acc_t)) / std::max<int64_t>(K, 1);
 
-  // Schedule. "tiles" (below) gives each thread whole (tile, group) GEMMs with single-threaded
-  // BLAS: no synchronization, everything in L2 - right when there are many pixels per weight.
-  // But each tile's GEMM re-reads (and BLAS re-packs) the group's whole weight, so when the
-  // budget allows only narrow tiles (K large: ResNet's 256- and 512-channel 3x3s, 2.3 and
-  // 9.4 MB of weights) that traffic dominates. Then "whole": pack all M pixels in parallel, run
-  // one GEMM per group with BLAS's own threading (each thread reads only its share of the
-  // weights), and apply the epilogue in parallel. FASTCONV_CPU_SCHEDULE=tiles|whole forces one.
-  const int64_t whole_bytes = ((direct_nhwc ? 0 : M * K) + M * g.cog) * int64_t(sizeof(acc_t));
+  // Schedule. "tiles" (the default, below) gives each thread whole (tile, group) GEMMs with
+  // single-threaded BLAS: one synchronization per call, everything in L2 - right when there are
+  // many pixels per weight. But each tile's GEMM re-reads (and BLAS re-packs) the group's whole
+  // weight, so when the L2 budget allows only narrow tiles (K large: ResNet's 256- and
+  // 512-channel 3x3s, 2.3 and 9.4 MB of weights) that traffic dominates; such layers get wide
+  // tiles instead, one per thread (the col buffer then lives in L3).
+  // "whole" (FASTCONV_CPU_SCHEDULE=whole) packs all M pixels in parallel, runs one GEMM per group
+  // with BLAS's own threading and the epilogue in parallel. Single-core it costs the same as wide
+  // tiles, but its three synchronizations per call made it 2x slower on the shared 2-core CI
+  // machine (a descheduled thread stalls every barrier; benchmarks/RESULTS_cpu_conv.md), so it
+  // is opt-in. FASTCONV_CPU_SCHEDULE=tiles keeps the L2-sized tiles even for heavy weights.
   const char* sched_env = std::getenv("FASTCONV_CPU_SCHEDULE");
   const std::string sched = sched_env ? sched_env : "";
-  const bool whole = sched == "whole"   ? true
-                     : sched == "tiles" ? false
-                                        : (P_budget < 128 && P_budget < M && whole_bytes <= (int64_t(64) << 20));
+  const bool whole = sched == "whole";
+  const bool weight_heavy = sched != "tiles" && P_budget < 128 && P_budget < M;
   if (whole) {
     const auto opts = at::TensorOptions().dtype(acc_type);
     at::Tensor col_t = direct_nhwc ? at::Tensor() : at::empty({M * std::max<int64_t>(K, 1)}, opts);
@@ -325,6 +327,11 @@ void conv2d_relu_impl(const Conv2dGeometry& g, const at::Tensor& x, const at::Te
   // stays efficient. With few tiles, round their count up to a multiple of the thread count so
   // no thread idles through the last round.
   int64_t P = std::min(std::max<int64_t>(16, P_budget), M);
+  if (weight_heavy) {
+    // one tile per thread (and group), as long as the col buffer stays within 16 MiB
+    const int64_t cap = std::max<int64_t>(16, (int64_t(16) << 20) / int64_t(sizeof(acc_t)) / std::max<int64_t>(K, 1));
+    P = std::min({std::max(P, ceil_div(M, nthreads)), cap, M});
+  }
   int64_t ntiles = ceil_div(M, P);
   if (ntiles * g.groups < 8 * nthreads && ntiles * g.groups % nthreads != 0) {
     const int64_t tasks = ceil_div(ntiles * g.groups, nthreads) * nthreads;
