@@ -182,6 +182,30 @@ def test_random_configs(backend, i, monkeypatch):
     run_case(backend, make_case(i), monkeypatch)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("i", range(0, N_CASES, 3))
+def test_cuda_direct_kernel(i):
+    """The `cuda` backend's direct-conv baseline on the same configurations (skipped without a GPU)."""
+    if "cuda" not in fastconv.available_backends():
+        pytest.skip(fastconv.backend_status()["cuda"])
+    case = make_case(i)
+    x, w, b, r, _ = build_inputs(case)
+    ref = fp64_reference(x, w, b, r, case["stride"], case["p4"], case["dilation"], case["groups"], case["relu"])
+    dev = lambda t: None if t is None else t.cuda()  # noqa: E731  (dense tensors keep their strides)
+    kwargs = dict(bias=dev(b), stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                  groups=case["groups"], relu=case["relu"], residual=dev(r))
+    with fastconv.use_backend("cuda"):
+        if case["out"] is None:
+            y = fastconv.conv2d_relu(dev(x), dev(w), **kwargs)
+        else:
+            buf = slice_buffer(tuple(ref.shape), 2, 5, case["out"], case["dtype"])[0].cuda()  # strides kept
+            view = buf.narrow(ref.dim() - 3, 2, ref.shape[ref.dim() - 3])
+            y = fastconv.conv2d_relu(dev(x), dev(w), out=view, **kwargs)
+            torch.cuda.synchronize()
+            assert_only_slice_written(buf.cpu(), view.cpu(), 2, ref.dim() - 3, f"cuda case {case}")
+    assert_close_rel(y.cpu(), ref, case["dtype"], f"cuda case {case}")
+
+
 def test_random_configs_cover_the_brief():
     """The seeded configurations really include every feature the tests claim to cover."""
     cases = [make_case(i) for i in range(N_CASES)]
