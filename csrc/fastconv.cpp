@@ -24,4 +24,9 @@ TORCH_LIBRARY_FRAGMENT(fastconv, m) {
   m.def(
       "_conv2d_relu_cuda(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int[] stride, "
       "int[] padding, int[] dilation, int groups, bool relu, Tensor(a!) out) -> ()");
+  // conv1x1 and its grouped form in one schema: weight is 2-D [sum of outs' channels, C_in]; out j
+  // receives the next outs[j].size(1) rows of the GEMM; residual only with a single out.
+  m.def(
+      "_conv1x1_cpu(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, Tensor? in_scale, "
+      "Tensor? in_shift, bool in_relu, int[] stride, bool relu, Tensor(a!)[] outs) -> ()");
 }

@@ -2,7 +2,7 @@
 from ._version import __version__
 from . import _ext
 from ._backend import available_backends, backend_status, use_backend
-from .ops import conv2d_relu
+from .ops import conv1x1, conv2d_relu
 
 _ext.load_error()  # load the C++ extension now (warns once if it cannot be used)
 
@@ -10,6 +10,7 @@ __all__ = [
     "__version__",
     "available_backends",
     "backend_status",
+    "conv1x1",
     "conv2d_relu",
     "use_backend",
 ]
