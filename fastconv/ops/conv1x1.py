@@ -60,9 +60,9 @@ def _inputs(x, weight, bias, residual, in_scale, in_shift):
             ("in_scale", in_scale), ("in_shift", in_shift)]
 
 
-def check_outs(op, outs, shape, x, inputs) -> None:
+def check_outs(op, outs, shape, x, inputs, overlap=True) -> None:
     """``outs``: tensors [N, C_j, OH, OW] with sum C_j == shape[1], sharing no memory with the inputs
-    or with each other."""
+    or with each other (``overlap=False``: skip that, for fake tensors, which have no memory)."""
     if not isinstance(outs, (list, tuple)) or len(outs) == 0:
         raise ValueError(f"fastconv.{op}: outs must be a non-empty list of tensors, got {outs!r}")
     total = 0
@@ -80,8 +80,8 @@ def check_outs(op, outs, shape, x, inputs) -> None:
             f"fastconv.{op}: the channel counts of outs {[o.shape[1] for o in outs]} sum to {total}, "
             f"but weight has {shape[1]} output channels (rows)"
         )
-    for j, o in enumerate(outs):
-        _checks.check_no_overlap(op, o, list(inputs) + [(f"outs[{k}]", outs[k]) for k in range(j)])
+    for j, o in enumerate(outs if overlap else ()):
+        _checks.check_no_overlap(op, o, list(inputs) + [(f"outs[{k}]", outs[k]) for k in range(j)], f"outs[{j}]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def conv1x1_multi_out_op(
 @conv1x1_multi_out_op.register_fake
 def _(x, weight, bias, in_scale, in_shift, in_relu, stride, relu, outs):
     shape = check_args(OP_MULTI, x, weight, bias, None, in_scale, in_shift, stride)
-    check_outs(OP_MULTI, outs, shape, x, ())
+    check_outs(OP_MULTI, outs, shape, x, (), overlap=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,12 +263,13 @@ def conv1x1_multi(
     stride_ = _checks.pair(OP_MULTI, stride, "stride")
     if isinstance(weights, torch.Tensor):
         weight = weights
+        user_split = split_sizes is not None
         if split_sizes is None:
             if outs is None or any(o is None for o in outs):
                 raise ValueError(f"fastconv.{OP_MULTI}: a concatenated weight needs split_sizes or a complete outs list")
             split_sizes = [o.shape[1] for o in outs]
         sizes = [int(s) for s in split_sizes]
-        if weight.dim() >= 1 and sum(sizes) != weight.shape[0]:
+        if user_split and weight.dim() >= 1 and sum(sizes) != weight.shape[0]:
             raise ValueError(
                 f"fastconv.{OP_MULTI}: split_sizes {sizes} sum to {sum(sizes)}, but weight has {weight.shape[0]} rows"
             )
@@ -278,6 +279,11 @@ def conv1x1_multi(
         ws = []
         for j, w in enumerate(weights):
             _checks.check_tensor(OP_MULTI, w, f"weights[{j}]", ndims=(2, 4))
+            if w.shape[1] != x.shape[1] or w.shape[2:] not in ((), (1, 1)):
+                raise ValueError(
+                    f"fastconv.{OP_MULTI}: weights[{j}] must be [C_out, {x.shape[1]}] or [C_out, {x.shape[1]}, 1, 1] "
+                    f"for x of shape {tuple(x.shape)}, got {tuple(w.shape)}"
+                )
             ws.append(w.reshape(w.shape[0], -1))
         weight = torch.cat(ws, 0)
         sizes = [w.shape[0] for w in ws]
