@@ -135,6 +135,42 @@ bool pixel_offsets(const Geometry& g, int64_t p0, int64_t np, int64_t sh, int64_
   return np == 1 || one_row || s0 * sh == g.ow * s1 * sw;
 }
 
+// dst[k*ds] = relu?(src[k*ss] + bias + res[k*rs]) for k < len, bias the constant b0 or the vector bv.
+// Every choice is a template parameter so that the inner loops are branch-free (a data-dependent ReLU
+// branch mispredicts on every other element) and the unit-stride case vectorizes.
+// dst may be src (BLAS wrote the tile into out): element k is read before it is written.
+template <typename scalar_t, typename acc_t, bool VEC_BIAS, bool RES, bool RELU>
+inline void epilogue_line_t(scalar_t* dst, int64_t ds, const acc_t* src, int64_t ss, int64_t len, acc_t b0,
+                            const acc_t* bv, const scalar_t* res, int64_t rs) {
+  const acc_t zero(0);
+  auto value = [&](int64_t k, acc_t s, const scalar_t* r) {
+    acc_t v = s + (VEC_BIAS ? bv[k] : b0);
+    if constexpr (RES) v += static_cast<acc_t>(*r);
+    if constexpr (RELU) v = std::max(v, zero);
+    return static_cast<scalar_t>(v);
+  };
+  if (ds == 1 && ss == 1 && (!RES || rs == 1)) {
+    for (int64_t k = 0; k < len; ++k) dst[k] = value(k, src[k], RES ? res + k : nullptr);
+  } else {
+    for (int64_t k = 0; k < len; ++k) dst[k * ds] = value(k, src[k * ss], RES ? res + k * rs : nullptr);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline void epilogue_line(scalar_t* dst, int64_t ds, const acc_t* src, int64_t ss, int64_t len, acc_t b0,
+                          const acc_t* bv, const scalar_t* res, int64_t rs, bool relu) {
+#define FASTCONV_EPI(VB, R, RL) epilogue_line_t<scalar_t, acc_t, VB, R, RL>(dst, ds, src, ss, len, b0, bv, res, rs)
+  const bool vb = bv != nullptr, r = res != nullptr;
+  if (vb) {
+    if (r) relu ? FASTCONV_EPI(true, true, true) : FASTCONV_EPI(true, true, false);
+    else relu ? FASTCONV_EPI(true, false, true) : FASTCONV_EPI(true, false, false);
+  } else {
+    if (r) relu ? FASTCONV_EPI(false, true, true) : FASTCONV_EPI(false, true, false);
+    else relu ? FASTCONV_EPI(false, false, true) : FASTCONV_EPI(false, false, false);
+  }
+#undef FASTCONV_EPI
+}
+
 template <typename scalar_t, typename acc_t>
 void conv1x1_typed(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                    const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& in_scale,
@@ -156,6 +192,11 @@ void conv1x1_typed(const at::Tensor& x, const at::Tensor& weight, const c10::opt
   const acc_t* scale_p = sc.defined() ? sc.const_data_ptr<acc_t>() : nullptr;
   const acc_t* shift_p = sh.defined() ? sh.const_data_ptr<acc_t>() : nullptr;
   const bool prologue = scale_p || shift_p || in_relu;
+  // the channels-inner packing loop reads the prologue as two full vectors (1 and 0 when absent)
+  std::vector<acc_t> pro_scale(scale_p ? scale_p : nullptr, scale_p ? scale_p + g.ci : nullptr);
+  std::vector<acc_t> pro_shift(shift_p ? shift_p : nullptr, shift_p ? shift_p + g.ci : nullptr);
+  pro_scale.resize(g.ci, acc_t(1));
+  pro_shift.resize(g.ci, acc_t(0));
   const bool aten = use_aten_gemm();
 
   const int64_t ci = g.ci;
@@ -203,17 +244,14 @@ void conv1x1_typed(const at::Tensor& x, const at::Tensor& weight, const c10::opt
       if (!direct_a) {
         abuf.resize(static_cast<size_t>(np * ci));
         acc_t* dst = abuf.data();
-        auto pro = [&](acc_t v, int64_t c) -> acc_t {
-          if (scale_p) v *= scale_p[c];
-          if (shift_p) v += shift_p[c];
-          if (in_relu) v = v > acc_t(0) ? v : acc_t(0);
-          return v;
-        };
         if (x_channels_inner) {  // pack as (np x ci), channels contiguous, reading pixel rows
           for (int64_t i = 0; i < np; ++i) {
             const scalar_t* src = xn + xoff[i];
             acc_t* d = dst + i * ci;
-            for (int64_t c = 0; c < ci; ++c) d[c] = pro(static_cast<acc_t>(src[c]), c);
+            // unit factors instead of absent ones keep this loop branch-free and vectorized
+            for (int64_t c = 0; c < ci; ++c) d[c] = static_cast<acc_t>(src[c]) * pro_scale[c] + pro_shift[c];
+            if (in_relu)
+              for (int64_t c = 0; c < ci; ++c) d[c] = std::max(d[c], acc_t(0));
           }
           a = {dst, ci, 1};
         } else {  // pack as (ci x np), pixels contiguous, reading channel planes
@@ -224,16 +262,16 @@ void conv1x1_typed(const at::Tensor& x, const at::Tensor& weight, const c10::opt
             if (x_uniform) {
               const scalar_t* s0p = src + xoff[0];
               for (int64_t i = 0; i < np; ++i) {
-                acc_t v = static_cast<acc_t>(s0p[i * xstep]) * s + z;
-                d[i] = in_relu ? (v > acc_t(0) ? v : acc_t(0)) : v;
+                d[i] = static_cast<acc_t>(s0p[i * xstep]) * s + z;
               }
             } else {
               for (int64_t i = 0; i < np; ++i) {
-                acc_t v = static_cast<acc_t>(src[xoff[i]]) * s + z;
-                d[i] = in_relu ? (v > acc_t(0) ? v : acc_t(0)) : v;
+                d[i] = static_cast<acc_t>(src[xoff[i]]) * s + z;
               }
             }
           }
+          if (in_relu)
+            for (int64_t k = 0; k < np * ci; ++k) dst[k] = std::max(dst[k], acc_t(0));
           a = {dst, 1, np};
         }
       }
@@ -268,10 +306,10 @@ void conv1x1_typed(const at::Tensor& x, const at::Tensor& weight, const c10::opt
 
         const acc_t* bj = bias_p ? bias_p + c0 : nullptr;
         const scalar_t* rn = nullptr;
-        int64_t rsC = 0;
+        int64_t rsC = 0, rstep = 0;
+        bool r_uniform = false;
         if (rp) {
-          int64_t rstep = 0;
-          pixel_offsets(g, p0, np, residual->stride(2), residual->stride(3), 1, 1, roff.data(), &rstep);
+          r_uniform = pixel_offsets(g, p0, np, residual->stride(2), residual->stride(3), 1, 1, roff.data(), &rstep);
           rn = rp + n * residual->stride(0);
           rsC = residual->stride(1);
         }
@@ -279,27 +317,25 @@ void conv1x1_typed(const at::Tensor& x, const at::Tensor& weight, const c10::opt
           c0 += cj;
           continue;  // BLAS already wrote the final values
         }
-        auto epi = [&](acc_t v, int64_t c, int64_t i) -> scalar_t {
-          if (bj) v += bj[c];
-          if (rn) v += static_cast<acc_t>(rn[roff[i] + c * rsC]);
-          if (relu) v = v > acc_t(0) ? v : acc_t(0);
-          return static_cast<scalar_t>(v);
-        };
-        if (o_channels_inner) {
+        if (o_channels_inner) {  // per pixel: a row of channels, bias as a vector
           for (int64_t i = 0; i < np; ++i) {
-            const acc_t* src = cmat.p + i * cmat.rs;
-            scalar_t* dst = on + ooff[i];
-            for (int64_t c = 0; c < cj; ++c) dst[c] = epi(src[c * cmat.cs], c, i);
+            epilogue_line<scalar_t, acc_t>(on + ooff[i], 1, cmat.p + i * cmat.rs, cmat.cs, cj, acc_t(0), bj,
+                                           rn ? rn + roff[i] : nullptr, rsC, relu);
           }
-        } else {
+        } else {  // per channel: a line of pixels, bias a constant
           for (int64_t c = 0; c < cj; ++c) {
+            const acc_t bc = bj ? bj[c] : acc_t(0);
             const acc_t* src = cmat.p + c * cmat.cs;
             scalar_t* dst = on + c * osC;
-            if (o_uniform) {
-              scalar_t* d0 = dst + ooff[0];
-              for (int64_t i = 0; i < np; ++i) d0[i * ostep] = epi(src[i * cmat.rs], c, i);
+            const scalar_t* res = rn ? rn + c * rsC : nullptr;
+            if (o_uniform && (!rn || r_uniform)) {
+              epilogue_line<scalar_t, acc_t>(dst + ooff[0], ostep, src, cmat.rs, np, bc, nullptr,
+                                             res ? res + roff[0] : nullptr, rstep, relu);
             } else {
-              for (int64_t i = 0; i < np; ++i) dst[ooff[i]] = epi(src[i * cmat.rs], c, i);
+              for (int64_t i = 0; i < np; ++i) {
+                epilogue_line<scalar_t, acc_t>(dst + ooff[i], 1, src + i * cmat.rs, 1, 1, bc, nullptr,
+                                               res ? res + roff[i] : nullptr, 1, relu);
+              }
             }
           }
         }

@@ -15,17 +15,18 @@ import torch
 import triton
 import triton.language as tl
 
-# Tile shapes (tl.dot blocks >= 16). On a GPU all of them are autotuned per shape; under
+# Tile shapes (tl.dot blocks >= 16; BLOCK_M >= 64 with 4-warp groups so that sm_90 gets wgmma;
+# the large tiles keep BLOCK_K = 32 so fp32 (tf32) stages fit sm_80's 163 KiB of shared memory). On a GPU all of them are autotuned per shape; under
 # TRITON_INTERPRET=1 the autotuner is bypassed and FASTCONV_TRITON_CONFIG picks one (default 0,
 # the smallest, which keeps interpreted tests fast).
 CONFIGS: List[Dict[str, int]] = [
-    dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, GROUP_M=8, num_warps=4, num_stages=2),
+    dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, GROUP_M=8, num_warps=4, num_stages=2),
     dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
     dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
     dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
     dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
-    dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
+    dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
 ]
 MAX_OUTS = 3
@@ -195,7 +196,8 @@ _TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 def compile_specs() -> List[dict]:
     """What the GPU compile check (fastconv/ops/triton/compile_check.py) hands to triton.compile:
-    one spec per config and dtype, with every feature on (bias, residual, prologue, 3 outs)."""
+    one spec per config and dtype, with every feature on (bias, residual, prologue, 3 outs). Keys for
+    both spellings in use: name/num_warps/num_stages and kernel/config/dtype/attrs/options."""
     names = _conv1x1_kernel.arg_names
     specs = []
     for dtype, ty in _TYPES.items():
@@ -213,8 +215,12 @@ def compile_specs() -> List[dict]:
                     signature[name] = "*" + ty
                 else:
                     signature[name] = "i32"
+            # torch allocations are 16-byte aligned (slices of them need not be: a hint for the check only)
+            attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in names if name.endswith("_ptr")}
+            options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
             specs.append(dict(
-                name=f"conv1x1_{ty}_cfg{i}", fn=_conv1x1_kernel, signature=signature, constexprs=constexprs,
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                name=f"conv1x1_{ty}_cfg{i}", kernel="conv1x1", config=f"cfg{i}", dtype=ty, fn=_conv1x1_kernel,
+                signature=signature, constexprs=constexprs, attrs=attrs, options=options, **options,
+                wgmma_eligible=cfg["num_warps"] % 4 == 0 and cfg["BLOCK_M"] % 64 == 0,
             ))
     return specs
