@@ -85,8 +85,8 @@ def _conv1x1_kernel(
                 af = af + tl.load(shift_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)[None, :]
             if IN_RELU:
                 af = tl.maximum(af, 0.0)
-            # padded rows/columns must contribute nothing, whatever the shift made of them
-            a = tl.where(a_mask, af, 0.0).to(w_ptr.dtype.element_ty)
+            # columns k >= K may now hold relu(shift) != 0: harmless, their weight rows load as 0
+            a = af.to(w_ptr.dtype.element_ty)
         b = tl.load(w_ptr + rn64[None, :] * sw_n + rk64[:, None] * sw_k,
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
