@@ -200,6 +200,32 @@ def _(x, weight, bias, in_scale, in_shift, in_relu, stride, relu, outs):
 
 
 # ---------------------------------------------------------------------------------------------
+# autograd: the reference formula differentiated by PyTorch (recomputed in backward; fastconv is an
+# inference library first, and this keeps the prologue's gradient exact without a second kernel)
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, residual, in_scale, in_shift, in_relu, stride, relu = inputs
+    ctx.save_for_backward(x, weight, bias, residual, in_scale, in_shift)
+    ctx.flags = (in_relu, stride, relu)
+
+
+def _backward(ctx, grad):
+    tensors = ctx.saved_tensors
+    in_relu, stride, relu = ctx.flags
+    with torch.enable_grad():
+        leaves = [None if t is None else t.detach().requires_grad_(need)
+                  for t, need in zip(tensors, ctx.needs_input_grad[:6])]
+        y = reference.conv1x1(*leaves, in_relu, stride, relu)
+        wanted = [t for t in leaves if t is not None and t.requires_grad]
+        found = iter(torch.autograd.grad(y, wanted, grad, allow_unused=True) if wanted else ())
+    grads = [next(found) if t is not None and t.requires_grad else None for t in leaves]
+    return (*grads, None, None, None)
+
+
+torch.library.register_autograd("fastconv::conv1x1", _backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
 # the Python API
 
 def conv1x1(
