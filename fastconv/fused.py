@@ -6,12 +6,10 @@ buffers are copies, so gradients do not reach the layers they were built from.
 """
 from __future__ import annotations
 
-import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import ops
 

@@ -8,7 +8,7 @@ import copy
 import os
 import threading
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn

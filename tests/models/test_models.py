@@ -6,7 +6,7 @@ import torchvision
 
 import fastconv
 
-from ..utils import rel_err
+from tests.utils import rel_err
 
 FAST = ["alexnet", "vgg11", "vgg11_bn", "googlenet", "resnet18", "resnet50", "densenet121"]
 SLOW = ["vgg13", "vgg16", "vgg19", "vgg13_bn", "vgg16_bn", "vgg19_bn", "resnet34", "resnet101", "resnet152",

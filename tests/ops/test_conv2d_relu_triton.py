@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
-from utils import REL_TOL, REL_TOL_TF32, assert_close_rel, rel_err, to_layout
+from tests.utils import REL_TOL, REL_TOL_TF32, assert_close_rel, rel_err, to_layout
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 triton_conv = pytest.importorskip("fastconv.ops.triton.conv2d_relu")

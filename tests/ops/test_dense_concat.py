@@ -7,7 +7,7 @@ import torch
 import fastconv
 from fastconv.ops.dense_concat import adjacent_view
 
-from ..utils import poisoned_like, to_layout
+from tests.utils import to_layout
 
 COPY_BACKENDS = ["reference", "cpu", "triton"]
 

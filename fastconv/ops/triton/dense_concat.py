@@ -5,7 +5,6 @@ sorted by its strides), so stores are coalesced for NCHW and channels_last outpu
 """
 from __future__ import annotations
 
-import os
 from typing import List
 
 import torch
