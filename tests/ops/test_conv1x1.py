@@ -241,7 +241,7 @@ def test_triton_compile_specs_cover_configs_and_dtypes():
     assert len(specs) == 3 * len(tmod.CONFIGS)
     assert 6 <= len(tmod.CONFIGS) <= 8
     for spec in specs:
-        assert {"name", "fn", "signature", "constexprs", "num_warps", "num_stages"} <= spec.keys()
+        assert {"kernel", "config", "dtype", "fn", "signature", "constexprs", "attrs", "options"} <= spec.keys()
         assert all(spec["constexprs"][k] >= 16 for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
         assert set(spec["signature"]) == set(tmod._conv1x1_kernel.arg_names)
 

@@ -25,8 +25,8 @@ CONFIGS: List[Dict[str, int]] = [
     dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
     dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
     dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
-    dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=256, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
 ]
 MAX_OUTS = 3
@@ -62,21 +62,20 @@ def _conv1x1_kernel(
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = rm < M
     n_mask = rn < N
-    rm64 = rm.to(tl.int64)  # int64 addressing: large batches overflow int32 offsets
-    img = rm64 // OHW
-    pix = rm64 % OHW
+    # int32 addressing: int64 offset tiles of BLOCK_M x BLOCK_N elements need twice the registers
+    # and spilled; the launcher rejects tensors whose offsets do not fit in int32
+    img = rm // OHW
+    pix = rm % OHW
     oh = pix // OW
     ow = pix % OW
     x_row = img * sx_n + oh * sx_h + ow * sx_w
-    rn64 = rn.to(tl.int64)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_mask = rk < K
-        rk64 = rk.to(tl.int64)
         a_mask = m_mask[:, None] & k_mask[None, :]
-        a = tl.load(x_ptr + x_row[:, None] + rk64[None, :] * sx_c, mask=a_mask, other=0.0)
+        a = tl.load(x_ptr + x_row[:, None] + rk[None, :] * sx_c, mask=a_mask, other=0.0)
         if HAS_SCALE or HAS_SHIFT or IN_RELU:
             af = a.to(tl.float32)
             if HAS_SCALE:
@@ -87,14 +86,14 @@ def _conv1x1_kernel(
                 af = tl.maximum(af, 0.0)
             # columns k >= K may now hold relu(shift) != 0: harmless, their weight rows load as 0
             a = af.to(w_ptr.dtype.element_ty)
-        b = tl.load(w_ptr + rn64[None, :] * sw_n + rk64[:, None] * sw_k,
+        b = tl.load(w_ptr + rn[None, :] * sw_n + rk[:, None] * sw_k,
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_RES:
-        r_off = (img * sr_n + oh * sr_h + ow * sr_w)[:, None] + rn64[None, :] * sr_c
+        r_off = (img * sr_n + oh * sr_h + ow * sr_w)[:, None] + rn[None, :] * sr_c
         acc += tl.load(res_ptr + r_off, mask=m_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0)
@@ -102,16 +101,16 @@ def _conv1x1_kernel(
 
     # one store per out: each column block goes to the tensor owning those channels
     hi0 = SPLIT1 if NUM_OUTS > 1 else N
-    c0 = rn64
+    c0 = rn
     mask0 = m_mask[:, None] & (rn < hi0)[None, :]
     tl.store(o0_ptr + (img * so0_n + oh * so0_h + ow * so0_w)[:, None] + c0[None, :] * so0_c, y, mask=mask0)
     if NUM_OUTS > 1:
         hi1 = SPLIT2 if NUM_OUTS > 2 else N
-        c1 = rn64 - SPLIT1
+        c1 = rn - SPLIT1
         mask1 = m_mask[:, None] & ((rn >= SPLIT1) & (rn < hi1))[None, :]
         tl.store(o1_ptr + (img * so1_n + oh * so1_h + ow * so1_w)[:, None] + c1[None, :] * so1_c, y, mask=mask1)
     if NUM_OUTS > 2:
-        c2 = rn64 - SPLIT2
+        c2 = rn - SPLIT2
         mask2 = m_mask[:, None] & ((rn >= SPLIT2) & n_mask)[None, :]
         tl.store(o2_ptr + (img * so2_n + oh * so2_h + ow * so2_w)[:, None] + c2[None, :] * so2_c, y, mask=mask2)
 
@@ -141,7 +140,24 @@ def _input_precision(x: torch.Tensor) -> str:
     return "ieee"
 
 
+_INT32_MAX = 2**31 - 1
+
+
+def _span(t: torch.Tensor) -> int:
+    """One past the largest element offset of ``t``: what int32 addressing must reach."""
+    return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) + 1
+
+
+def _check_int32(named) -> None:
+    too_big = [name for name, t in named if t is not None and _span(t) > _INT32_MAX]
+    if too_big:
+        raise RuntimeError(
+            f"fastconv.conv1x1: backend 'triton' addresses tensors in int32; {', '.join(too_big)} spans more "
+            f"than 2**31-1 elements. Use a smaller batch or another backend.")
+
+
 def _launch(x, w, bias, residual, in_scale, in_shift, in_relu, stride, relu, outs):
+    _check_int32([("x", x), ("weight", w), ("residual", residual)] + [(f"outs[{i}]", o) for i, o in enumerate(outs)])
     n, _, _, _ = x.shape
     _, _, oh, ow = outs[0].shape
     m, n_cols, k = n * oh * ow, w.shape[0], w.shape[1]
@@ -194,10 +210,18 @@ def conv1x1(x, weight, bias, residual, in_scale, in_shift, in_relu, stride, relu
 _TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
+# The NHWC specialization Triton makes at run time for channels_last tensors with channel counts
+# divisible by 16: unit channel strides become constants (contiguous, vectorized loads and
+# stores), the other integers are known multiples of 16. The compile check builds that variant.
+_UNIT_STRIDES = ("sx_c", "sw_k", "sr_c", "so0_c", "so1_c", "so2_c")
+_DIV16_INTS = ("N", "K", "sx_n", "sx_h", "sx_w", "sw_n", "sr_n", "sr_h", "sr_w", "so0_n", "so0_h", "so0_w",
+               "so1_n", "so1_h", "so1_w", "so2_n", "so2_h", "so2_w", "SPLIT1", "SPLIT2")
+
+
 def compile_specs() -> List[dict]:
     """What the GPU compile check (fastconv/ops/triton/compile_check.py) hands to triton.compile:
-    one spec per config and dtype, with every feature on (bias, residual, prologue, 3 outs). Keys for
-    both spellings in use: name/num_warps/num_stages and kernel/config/dtype/attrs/options."""
+    one spec per config and dtype, with every feature on (bias, residual, prologue, 3 outs) and
+    the NHWC specialization above."""
     names = _conv1x1_kernel.arg_names
     specs = []
     for dtype, ty in _TYPES.items():
@@ -205,7 +229,7 @@ def compile_specs() -> List[dict]:
             constexprs = dict(
                 HAS_BIAS=True, HAS_RES=True, HAS_SCALE=True, HAS_SHIFT=True, IN_RELU=True, RELU=True,
                 NUM_OUTS=3, INPUT_PRECISION="tf32" if dtype == torch.float32 else "ieee",
-                **{k: v for k, v in cfg.items() if k not in _META},
+                **{k: v for k, v in cfg.items() if k not in _META}, **{name: 1 for name in _UNIT_STRIDES},
             )
             signature = {}
             for name in names:
@@ -215,12 +239,12 @@ def compile_specs() -> List[dict]:
                     signature[name] = "*" + ty
                 else:
                     signature[name] = "i32"
-            # torch allocations are 16-byte aligned (slices of them need not be: a hint for the check only)
-            attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in names if name.endswith("_ptr")}
+            aligned = [name for name in names if name.endswith("_ptr") or name in _DIV16_INTS]
+            attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
             options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
             specs.append(dict(
-                name=f"conv1x1_{ty}_cfg{i}", kernel="conv1x1", config=f"cfg{i}", dtype=ty, fn=_conv1x1_kernel,
-                signature=signature, constexprs=constexprs, attrs=attrs, options=options, **options,
+                kernel="conv1x1", config=f"cfg{i}", dtype=ty, fn=_conv1x1_kernel,
+                signature=signature, constexprs=constexprs, attrs=attrs, options=options,
                 wgmma_eligible=cfg["num_warps"] % 4 == 0 and cfg["BLOCK_M"] % 64 == 0,
             ))
     return specs
