@@ -158,18 +158,23 @@ def _resolved_backend(cfg: BenchConfig) -> str:
             raise SystemExit(f"bench: {exc}")
 
 
-def bench_model(name: str, cfg: BenchConfig, progress: Optional[Progress] = None) -> List[dict]:
-    """All of cfg.batches for one model: one result dict per batch size."""
-    import fastconv
+@dataclass
+class Prepared:
+    """One model ready to measure: the fp32 reference, the eager model and the converted one."""
+    name: str
+    ref_model: nn.Module
+    eager: nn.Module
+    fast: nn.Module
+    gen: torch.Generator
+    compiled: Optional[Callable] = None
 
-    def step(what):
-        if progress:
-            progress.step(f"{name}: {what}")
+
+def prepare(name: str, cfg: BenchConfig) -> Prepared:
+    import fastconv
 
     dtype = _devices.DTYPES[cfg.dtype]
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    step("building")
     ref_model = randomize_batchnorm(torchvision_model(name), gen).eval()
     fast = fastconv.convert(ref_model, dtype=None if dtype == torch.float32 else dtype,
                             channels_last=cfg.channels_last).to(cfg.device)
@@ -177,44 +182,65 @@ def bench_model(name: str, cfg: BenchConfig, progress: Optional[Progress] = None
     eager = ref_model if dtype == torch.float32 else copy.deepcopy(ref_model).to(dtype)
     if cfg.channels_last:
         eager = eager.to(memory_format=torch.channels_last)
+    return Prepared(name, ref_model, eager, fast, gen)
+
+
+def measure(p: Prepared, batch: int, cfg: BenchConfig, with_compile: bool = False,
+            step: Callable[[str], None] = lambda what: None) -> dict:
+    """One row: numerics and interleaved timings of eager, fastconv (and torch.compile) at ``batch``."""
+    import fastconv
+
+    dtype = _devices.DTYPES[cfg.dtype]
     backend = cfg.backend or "auto"
+    inputs = [torch.randn(batch, 3, cfg.size, cfg.size, generator=p.gen).to(cfg.device) for _ in range(N_INPUTS)]
+    with torch.inference_mode(), fastconv.use_backend(backend):
+        step(f"batch {batch}: fp32 reference")
+        with _precision("fp32"):
+            refs = [_logits(p.ref_model(x)).float() for x in inputs]
+        inputs = [x.to(dtype) for x in inputs]
+        if cfg.channels_last:
+            inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+        with _precision(cfg.dtype):
+            fns = {"eager": p.eager, "fastconv": p.fast}
+            if with_compile:
+                step(f"batch {batch}: torch.compile")
+                if p.compiled is None:
+                    p.compiled = torch.compile(p.fast)
+                fns["compile"] = p.compiled
+            outs = {}
+            for key, fn in fns.items():
+                step(f"batch {batch}: numerics ({key})")
+                outs[key] = [_logits(fn(x)).float() for x in inputs]
+            step(f"batch {batch}: timing {', '.join(fns)} × {cfg.repeats}")
+            times = time_interleaved(fns, inputs, cfg.repeats, cfg.warmup, cfg.device)
+    ref = torch.cat(refs)
+    row = {"model": p.name, "batch": batch, "dtype": cfg.dtype, "size": cfg.size,
+           "channels_last": cfg.channels_last, "backend": backend}
+    for key in fns:
+        y = torch.cat(outs[key])
+        row[f"{key}_ms"] = statistics.median(times[key])
+        row[f"{key}_ms_all"] = [round(t, 4) for t in times[key]]
+        row[f"{key}_rel_err"] = rel_error(y, ref)
+        row[f"{key}_top1_agree"] = top1_agreement(y, ref)
+    row["speedup"] = row["eager_ms"] / row["fastconv_ms"]
+    if "compile" in fns:
+        row["compile_speedup"] = row["eager_ms"] / row["compile_ms"]
+    return row
+
+
+def bench_model(name: str, cfg: BenchConfig, progress: Optional[Progress] = None) -> List[dict]:
+    """All of cfg.batches for one model: one result dict per batch size."""
+    def step(what):
+        if progress:
+            progress.step(f"{name}: {what}")
+
+    step("building")
+    p = prepare(name, cfg)
     results = []
     for batch in cfg.batches:
-        inputs = [torch.randn(batch, 3, cfg.size, cfg.size, generator=gen).to(cfg.device) for _ in range(N_INPUTS)]
-        with torch.inference_mode(), fastconv.use_backend(backend):
-            step(f"batch {batch}: fp32 reference")
-            with _precision("fp32"):
-                refs = [_logits(ref_model(x)).float() for x in inputs]
-            inputs = [x.to(dtype) for x in inputs]
-            if cfg.channels_last:
-                inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
-            with _precision(cfg.dtype):
-                fns = {"eager": eager, "fastconv": fast}
-                if batch in cfg.compile_batches:
-                    step(f"batch {batch}: torch.compile")
-                    fns["compile"] = torch.compile(fast)
-                outs = {}
-                for key, fn in fns.items():
-                    step(f"batch {batch}: numerics ({key})")
-                    outs[key] = [_logits(fn(x)).float() for x in inputs]
-                step(f"batch {batch}: timing {', '.join(fns)} × {cfg.repeats}")
-                times = time_interleaved(fns, inputs, cfg.repeats, cfg.warmup, cfg.device)
-        ref = torch.cat(refs)
-        row = {"model": name, "batch": batch, "dtype": cfg.dtype, "size": cfg.size,
-               "channels_last": cfg.channels_last, "backend": backend}
-        for key in fns:
-            y = torch.cat(outs[key])
-            row[f"{key}_ms"] = statistics.median(times[key])
-            row[f"{key}_ms_all"] = [round(t, 4) for t in times[key]]
-            row[f"{key}_rel_err"] = rel_error(y, ref)
-            row[f"{key}_top1_agree"] = top1_agreement(y, ref)
-        row["speedup"] = row["eager_ms"] / row["fastconv_ms"]
-        if "compile" in fns:
-            row["compile_speedup"] = row["eager_ms"] / row["compile_ms"]
-        results.append(row)
+        results.append(measure(p, batch, cfg, batch in cfg.compile_batches, step))
         if progress:
             progress.advance()
-        del inputs, refs, outs
     return results
 
 
