@@ -26,4 +26,9 @@ TORCH_LIBRARY_FRAGMENT(fastconv, m) {
       "int[] padding, int[] dilation, int groups, bool relu, Tensor(a!) out) -> ()");
   m.def("_dense_concat_cpu(Tensor[] features, Tensor(a!) out) -> ()");
   m.def("_dense_concat_cuda(Tensor[] features, Tensor(a!) out) -> ()");
+  // max_pool2d: padding is symmetric [ph, pw] as in PyTorch; ceil_mode is resolved by the caller
+  // into out's shape (every window is clipped to the input).
+  m.def(
+      "_max_pool2d_cpu(Tensor x, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
+      "Tensor(a!) out) -> ()");
 }

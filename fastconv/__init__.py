@@ -2,7 +2,7 @@
 from ._version import __version__
 from . import _ext
 from ._backend import available_backends, backend_status, use_backend
-from .ops import conv2d_relu, dense_concat
+from .ops import conv2d_relu, dense_concat, max_pool2d
 from . import models, nn
 from .convert import convert
 
@@ -15,6 +15,7 @@ __all__ = [
     "conv2d_relu",
     "convert",
     "dense_concat",
+    "max_pool2d",
     "models",
     "nn",
     "use_backend",

@@ -2,5 +2,6 @@
 from . import reference
 from .conv2d_relu import conv2d_relu
 from .dense_concat import dense_concat
+from .max_pool2d import max_pool2d
 
-__all__ = ["conv2d_relu", "dense_concat", "reference"]
+__all__ = ["conv2d_relu", "dense_concat", "max_pool2d", "reference"]

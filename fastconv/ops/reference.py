@@ -44,3 +44,19 @@ def conv2d_relu(
     if relu:
         y = torch.relu(y)
     return y.to(x.dtype)
+
+
+def max_pool2d(
+    x: torch.Tensor,
+    kernel_size: List[int],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    ceil_mode: bool,
+) -> torch.Tensor:
+    """F.max_pool2d with explicit pairs (padding is symmetric: [ph, pw], as PyTorch's).
+
+    Computed in the input's dtype: a max involves no rounding, so widening half precision
+    would change nothing, and F.max_pool2d supports float16/bfloat16 on the CPU.
+    """
+    return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)

@@ -1,0 +1,170 @@
+"""fastconv.models against torchvision: identical state dicts, eval outputs within 1e-4, the same
+training-mode behaviour, and an eval forward that runs on fastconv ops only."""
+import pytest
+import torch
+import torchvision
+
+import fastconv
+
+from ..utils import rel_err
+
+FAST = ["alexnet", "vgg11", "vgg11_bn", "googlenet", "resnet18", "resnet50", "densenet121"]
+SLOW = ["vgg13", "vgg16", "vgg19", "vgg13_bn", "vgg16_bn", "vgg19_bn", "resnet34", "resnet101", "resnet152",
+        "densenet161", "densenet169", "densenet201"]
+BUILDERS = FAST + [pytest.param(name, marks=pytest.mark.slow) for name in SLOW]
+TOL = 1e-4
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
+    """Random BatchNorm statistics and affine parameters, so folding is really exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+
+
+def tv_model(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == "googlenet":
+        kwargs.setdefault("init_weights", True)
+    model = getattr(torchvision.models, name)(weights=None, **kwargs)
+    randomize_bn(model)
+    return model.eval()
+
+
+def image(n=2, size=112, seed=1):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_builder_loads_torchvision_state_dict_and_matches(name):
+    ref = tv_model(name)
+    kwargs = {"init_weights": False} if name == "googlenet" else {}
+    model = getattr(fastconv.models, name)(**kwargs)
+    assert list(model.state_dict().keys()) == list(ref.state_dict().keys())
+    model.load_state_dict(ref.state_dict(), strict=True)
+    model.eval()
+    x = image()
+    with torch.inference_mode():
+        expected = ref(x)
+        got = model(x)
+    assert got.shape == expected.shape
+    err = rel_err(got, expected)
+    assert err <= TOL, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("transform_input", [False, True])
+@pytest.mark.parametrize("aux_logits", [False, True])
+def test_googlenet_variants(transform_input, aux_logits):
+    ref = tv_model("googlenet", transform_input=transform_input, aux_logits=aux_logits)
+    model = fastconv.models.googlenet(transform_input=transform_input, aux_logits=aux_logits, init_weights=False)
+    model.load_state_dict(ref.state_dict(), strict=True)
+    model.eval()
+    x = image(seed=2)
+    with torch.inference_mode():
+        assert rel_err(model(x), ref(x)) <= TOL
+
+
+def test_googlenet_training_outputs_match_torchvision():
+    ref = tv_model("googlenet", aux_logits=True)
+    model = fastconv.models.googlenet(aux_logits=True, init_weights=False)
+    model.load_state_dict(ref.state_dict(), strict=True)
+    ref.train()
+    model.train()
+    x = image(n=2, size=96, seed=3)
+    torch.manual_seed(5)
+    expected = ref(x)
+    torch.manual_seed(5)  # the same dropout masks
+    got = model(x)
+    assert type(got).__name__ == "GoogLeNetOutputs" and len(got) == 3
+    for g, e in zip(got, expected):
+        assert rel_err(g, e) <= TOL
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "densenet121"])
+def test_training_mode_matches_torchvision(name):
+    """train(): batch statistics, updated running stats, dropout: what torchvision computes."""
+    ref = tv_model(name)
+    model = getattr(fastconv.models, name)()
+    model.load_state_dict(ref.state_dict(), strict=True)
+    ref.train()
+    model.train()
+    x = image(n=2, size=64 if name != "vgg11_bn" else 32, seed=4)
+    torch.manual_seed(7)
+    expected = ref(x)
+    torch.manual_seed(7)
+    got = model(x)
+    assert rel_err(got, expected) <= TOL
+    for (k, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items()):
+        if "running" in k:
+            assert rel_err(a, b) <= 1e-5, k
+    got.sum().backward()  # gradients flow through fastconv's autograd
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_eval_output_follows_parameter_changes():
+    """Folded weights are recomputed after load_state_dict, an in-place update and .to(dtype)."""
+    ref = tv_model("resnet18")
+    model = fastconv.models.resnet18()
+    model.load_state_dict(ref.state_dict())
+    model.eval()
+    x = image(n=1, size=64, seed=6)
+    with torch.no_grad():
+        first = model(x)
+        assert rel_err(first, ref(x)) <= TOL
+        # an in-place change (as an optimizer step makes) to a BN's statistics and a conv weight
+        ref.layer1[0].bn1.running_mean.add_(0.3)
+        ref.layer2[0].conv1.weight.mul_(1.5)
+        model.layer1[0].bn1.running_mean.add_(0.3)
+        model.layer2[0].conv1.weight.mul_(1.5)
+        second = model(x)
+        assert rel_err(second, first) > 1e-3
+        assert rel_err(second, ref(x)) <= TOL
+        # load_state_dict of another model
+        other = tv_model("resnet18")
+        randomize_bn(other, seed=9)
+        model.load_state_dict(other.state_dict())
+        assert rel_err(model(x), other(x)) <= TOL
+        # .to(float64)
+        model.to(torch.float64)
+        other.to(torch.float64)
+        out64 = model(x.double())
+        assert out64.dtype == torch.float64 and rel_err(out64, other(x.double())) <= 1e-10
+
+
+def test_train_then_eval_uses_updated_statistics():
+    model = fastconv.models.resnet18(num_classes=10)
+    ref = torchvision.models.resnet18(num_classes=10)
+    ref.load_state_dict(model.state_dict())
+    model.eval()
+    x = image(n=2, size=64, seed=8)
+    with torch.no_grad():
+        model(x)  # builds the fused copy
+        model.train()
+        ref.train()
+        model(x)
+        ref(x)  # both update their running statistics
+        model.eval()
+        ref.eval()
+        assert rel_err(model(x), ref(x)) <= TOL
+
+
+def test_wrong_input_is_rejected():
+    model = fastconv.models.resnet18().eval()
+    with pytest.raises(ValueError, match="expected input of shape"):
+        model(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="expected input of shape"):
+        model(torch.randn(3, 32, 32))
+
+
+def test_state_dict_is_unchanged_by_eval():
+    model = fastconv.models.densenet121().eval()
+    keys = list(model.state_dict().keys())
+    with torch.no_grad():
+        model(image(n=1, size=64))
+    assert list(model.state_dict().keys()) == keys

@@ -1,0 +1,143 @@
+"""fastconv.convert: torchvision models and a user's own CNN as fused inference models."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.profiler import ProfilerActivity, profile
+
+import fastconv
+
+from .models.test_models import BUILDERS, TOL, image, randomize_bn, tv_model
+from .utils import rel_err
+
+FAMILIES = ["alexnet", "vgg11_bn", "googlenet", "resnet50", "densenet121"]
+
+# aten ops allowed to remain in a converted model's eval forward: pooling heads, flatten, linear,
+# elementwise, and the bookkeeping (allocation, views, copies into buffers) around fastconv ops.
+ALLOWED_ATEN = {
+    "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::zeros", "aten::resize_",
+    "aten::slice", "aten::narrow", "aten::as_strided", "aten::view", "aten::reshape", "aten::_reshape_alias",
+    "aten::flatten", "aten::squeeze", "aten::unsqueeze", "aten::expand", "aten::t", "aten::transpose",
+    "aten::permute", "aten::contiguous", "aten::clone", "aten::copy_", "aten::to", "aten::_to_copy",
+    "aten::detach", "aten::alias", "aten::lift_fresh", "aten::select", "aten::stride", "aten::size",
+    "aten::linear", "aten::addmm", "aten::mm", "aten::matmul", "aten::bmm",
+    "aten::adaptive_avg_pool2d", "aten::_adaptive_avg_pool2d", "aten::avg_pool2d", "aten::mean", "aten::sum",
+    "aten::relu", "aten::relu_", "aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::clamp_min",
+    "aten::clamp_min_", "aten::threshold", "aten::dropout", "aten::feature_dropout", "aten::fill_",
+    "aten::batch_norm", "aten::_batch_norm_impl_index", "aten::native_batch_norm", "aten::_native_batch_norm_legit_no_training",
+    "aten::result_type", "aten::is_nonzero", "aten::item", "aten::_local_scalar_dense",
+}
+
+
+def _profile_ops(model, x):
+    with fastconv.use_backend("cpu"), torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x)
+    return [e.key for e in prof.key_averages()], {e.key: e.count for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_convert_torchvision_matches_eval(name):
+    ref = tv_model(name)
+    converted = fastconv.convert(ref)
+    x = image(seed=11)
+    with torch.inference_mode():
+        assert rel_err(converted(x), ref(x)) <= TOL
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_converted_forward_runs_only_fastconv_kernels(name):
+    converted = fastconv.convert(tv_model(name))
+    keys, counts = _profile_ops(converted, image(n=1, size=64, seed=12))
+    assert any(k.startswith("fastconv::") for k in keys), keys
+    for banned in ("aten::conv2d", "aten::convolution", "aten::_convolution", "aten::mkldnn_convolution",
+                   "aten::cat", "aten::max_pool2d", "aten::max_pool2d_with_indices"):
+        assert banned not in keys, f"{name}: {banned} ran in the converted forward"
+    assert counts.get("aten::batch_norm", 0) == (1 if name.startswith("densenet") else 0)
+    leftover = {k for k in keys if k.startswith("aten::") and k not in ALLOWED_ATEN}
+    assert not leftover, f"{name}: unexpected aten ops {sorted(leftover)}"
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fastconv_model_eval_runs_only_fastconv_kernels(name):
+    ref = tv_model(name)
+    model = getattr(fastconv.models, name)(**({"init_weights": False} if name == "googlenet" else {}))
+    model.load_state_dict(ref.state_dict())
+    keys, counts = _profile_ops(model.eval(), image(n=1, size=64, seed=13))
+    assert "aten::cat" not in keys and "aten::convolution" not in keys
+    assert counts.get("aten::batch_norm", 0) == (1 if name.startswith("densenet") else 0)
+
+
+def test_convert_leaves_original_untouched():
+    ref = tv_model("resnet18")
+    before = copy.deepcopy(ref.state_dict())
+    modules_before = [type(m) for m in ref.modules()]
+    fastconv.convert(ref)
+    assert [type(m) for m in ref.modules()] == modules_before
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_convert_inplace_modifies_the_model():
+    ref = tv_model("resnet18")
+    converted = fastconv.convert(ref, inplace=True)
+    assert converted is ref
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in ref.modules())
+
+
+def test_convert_fastconv_model():
+    ref = tv_model("densenet121")
+    model = fastconv.models.densenet121()
+    model.load_state_dict(ref.state_dict())
+    converted = fastconv.convert(model)
+    x = image(n=1, size=64, seed=14)
+    with torch.inference_mode():
+        assert rel_err(converted(x), ref(x)) <= TOL
+
+
+class UserCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.ReLU(inplace=True),
+            nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32),
+            nn.Sequential(nn.Conv2d(32, 24, (3, 1), padding=(1, 0), groups=8), nn.ReLU()),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def test_user_sequential_cnn_converts_and_matches():
+    torch.manual_seed(0)
+    model = UserCNN()
+    randomize_bn(model)
+    model.eval()
+    converted = fastconv.convert(model)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.Conv2d)) for m in converted.modules())
+    x = torch.randn(3, 3, 33, 31)
+    with torch.inference_mode():
+        assert rel_err(converted(x), model(x)) <= TOL
+    keys, _ = _profile_ops(converted, x)
+    assert "aten::convolution" not in keys and "aten::max_pool2d" not in keys
+
+
+def test_convert_dtype_and_channels_last():
+    ref = tv_model("resnet18")
+    converted = fastconv.convert(ref, dtype=torch.float64, channels_last=True)
+    x = image(n=1, size=64, seed=15)
+    with torch.inference_mode():
+        y = converted(x)
+        assert y.dtype == torch.float64
+        assert rel_err(y, ref.double()(x.double())) <= 1e-10
+
+
+def test_convert_rejects_non_modules():
+    with pytest.raises(TypeError, match="nn.Module"):
+        fastconv.convert(lambda x: x)
+    with pytest.raises(TypeError, match="floating dtype"):
+        fastconv.convert(nn.Conv2d(3, 3, 1), dtype=torch.int8)
