@@ -13,7 +13,7 @@ and shared memory, plus a ``problems`` list (empty when the variant is fine):
 Registry: each module in ``MODULES`` exposes ``compile_specs()`` returning dicts with keys
 kernel, config, dtype ("fp32"/"fp16"/"bf16"), fn (the raw @triton.jit function), signature,
 constexprs, attrs, options (num_warps, num_stages) and optionally wgmma_eligible (default
-True). Add a kernel by appending its module name to ``MODULES``.
+True) and tensor_cores (default True; False for kernels without tl.dot). Add a kernel by appending its module name to ``MODULES``.
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ from typing import Dict, Iterator, List, Tuple
 
 MODULES: List[str] = [
     "fastconv.ops.triton.conv2d_relu",
+    "fastconv.ops.triton.max_pool2d",
+    "fastconv.ops.triton.dense_concat",
 ]
 
 # Max dynamic shared memory per block (opt-in), bytes.
@@ -116,7 +118,7 @@ def compile_one(job: Tuple[int, int]) -> Dict:
     result["mma"] = bool(re.search(r"\bmma\.sync\.", ptx))
     problems = []
     want = None
-    if spec["dtype"] in ("fp16", "bf16"):
+    if spec["dtype"] in ("fp16", "bf16") and spec.get("tensor_cores", True):
         want = "wgmma" if cc >= 90 and spec.get("wgmma_eligible", True) else "mma"
     result["expect"] = want
     if want is not None:

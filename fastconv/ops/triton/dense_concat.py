@@ -52,7 +52,7 @@ def dense_concat(features: List[torch.Tensor], out: torch.Tensor) -> None:
 
 
 def compile_specs():
-    """What the GPU compile check needs to build this kernel for each dtype."""
+    """What the GPU compile check (compile_check.py) needs to build this kernel for each dtype."""
     specs = []
     for dtype in ("fp32", "fp16", "bf16"):
         signature = {"src": f"*{dtype}", "dst": f"*{dtype}", "numel": "i64"}
@@ -60,7 +60,8 @@ def compile_specs():
         signature.update({f"{t}_s{i}": "i64" for t in ("s", "d") for i in range(4)})
         signature["BLOCK"] = "constexpr"
         specs.append({
-            "name": f"dense_concat_copy[{dtype}]", "fn": dense_concat_copy_kernel, "signature": signature,
-            "constexprs": {"BLOCK": BLOCK}, "num_warps": 4, "num_stages": 1,
+            "kernel": "dense_concat", "config": f"B{BLOCK}w4", "dtype": dtype, "fn": dense_concat_copy_kernel,
+            "signature": signature, "constexprs": {"BLOCK": BLOCK}, "options": {"num_warps": 4, "num_stages": 1},
+            "tensor_cores": False,
         })
     return specs
