@@ -264,7 +264,11 @@ def run(cfg: BenchConfig, on_result: Optional[Callable[[dict], None]] = None, pr
         torch.backends.cudnn.benchmark = True
     results = []
     for name in cfg.models:
-        for row in bench_model(name, cfg, progress):
+        try:
+            rows = bench_model(name, cfg, progress)
+        except Exception as exc:  # report it and go on: one model's failure must not hide the others
+            rows = [{"model": name, "error": f"{type(exc).__name__}: {exc}"}]
+        for row in rows:
             results.append(row)
             if on_result:
                 on_result(row)
@@ -281,6 +285,8 @@ def table_rows(results: Sequence[dict]):
     headers += ["rel. error", "top-1 agree"]
     rows = []
     for r in results:
+        if "error" in r:
+            continue
         row = [r["model"], r["batch"], r["dtype"] + (" CL" if r.get("channels_last") else ""),
                f"{r['eager_ms']:.2f}", f"{r['fastconv_ms']:.2f}", f"{r['speedup']:.2f}"]
         if has_compile:
@@ -394,10 +400,13 @@ def main(args) -> int:
         progress.close()
     headers, rows = table_rows(results)
     print(render_table(headers, rows))
+    errors = [r for r in results if "error" in r]
+    for r in errors:
+        print(f"{r['model']}: FAILED: {r['error']}")
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report(cfg, results), f, indent=1)
     if args.plot:
-        plot(results, args.plot, head[0])
-    return 0
+        plot([r for r in results if "error" not in r], args.plot, head[0])
+    return 1 if errors else 0
