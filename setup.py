@@ -24,7 +24,13 @@ def _log(msg):
 
 
 def _is_toolkit(path):
-    return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and os.path.isdir(os.path.join(path, "include"))
+    # cuda_runtime.h, not just an include/ folder: /usr/local holds a bin/nvcc wrapper script and an
+    # unrelated include/, and taking it as the toolkit made the link step look for -lcudart there.
+    return (
+        bool(path)
+        and os.path.isfile(os.path.join(path, "bin", "nvcc"))
+        and os.path.isfile(os.path.join(path, "include", "cuda_runtime.h"))
+    )
 
 
 def find_cuda_home():
@@ -34,15 +40,15 @@ def find_cuda_home():
     nvcc = shutil.which("nvcc")
     if nvcc:
         real = os.path.realpath(nvcc)
-        candidates.append(os.path.dirname(os.path.dirname(real)))
         try:
             with open(real, "rb") as f:
                 head = f.read(4096)
-            if head.startswith(b"#!"):
+            if head.startswith(b"#!"):  # a wrapper script: the toolkit is the one it execs
                 for match in re.finditer(rb"(/[^\s\"']+)/bin/nvcc", head):
                     candidates.append(match.group(1).decode())
         except OSError:
             pass
+        candidates.append(os.path.dirname(os.path.dirname(real)))
     candidates.append("/usr/local/cuda")
     for path in candidates:
         if _is_toolkit(path):
