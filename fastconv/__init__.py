@@ -2,7 +2,7 @@
 from ._version import __version__
 from . import _ext
 from ._backend import available_backends, backend_status, use_backend
-from .ops import conv2d_relu, dense_concat, max_pool2d
+from .ops import conv1x1, conv2d_relu, dense_concat, max_pool2d
 from . import models, nn
 from .convert import convert
 
@@ -12,6 +12,8 @@ __all__ = [
     "__version__",
     "available_backends",
     "backend_status",
+    "conv1x1",
+    "conv1x1",
     "conv2d_relu",
     "convert",
     "dense_concat",

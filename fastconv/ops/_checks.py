@@ -109,7 +109,8 @@ def _disjoint_boxes(a: torch.Tensor, b: torch.Tensor) -> Optional[bool]:
     return any(off >= first.shape[d] for d, off in enumerate(offsets))
 
 
-def check_no_overlap(op: str, out: torch.Tensor, inputs: Iterable[Tuple[str, Optional[torch.Tensor]]]) -> None:
+def check_no_overlap(op: str, out: torch.Tensor, inputs: Iterable[Tuple[str, Optional[torch.Tensor]]],
+                     out_name: str = "out") -> None:
     """Reject ``out`` sharing memory with an input.
 
     Follows at::assert_no_overlap (same storage and intersecting byte ranges of dense tensors),
@@ -128,7 +129,8 @@ def check_no_overlap(op: str, out: torch.Tensor, inputs: Iterable[Tuple[str, Opt
         b0, b1 = _byte_range(t)
         if not (a0 < b1 and b0 < a1):
             continue
-        message = f"fastconv.{op}: out overlaps the memory of {name}; pass an out= that shares no memory with the inputs"
+        message = (f"fastconv.{op}: {out_name} overlaps the memory of {name}; pass an {out_name} that shares no "
+                   "memory with the inputs")
         if _non_overlapping_and_dense(out) and _non_overlapping_and_dense(t):
             raise RuntimeError(message)
         disjoint = _disjoint_boxes(out, t)

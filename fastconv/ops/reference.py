@@ -60,3 +60,35 @@ def max_pool2d(
     would change nothing, and F.max_pool2d supports float16/bfloat16 on the CPU.
     """
     return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+
+def conv1x1(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    in_scale: Optional[torch.Tensor],
+    in_shift: Optional[torch.Tensor],
+    in_relu: bool,
+    stride: List[int],
+    relu: bool,
+) -> torch.Tensor:
+    """relu?(W · x'[:, :, ::s0, ::s1] + bias + residual), x' = relu?(x * in_scale + in_shift) per channel.
+
+    ``weight`` is [C_out, C_in] or [C_out, C_in, 1, 1]. The prologue is per pixel, so applying it
+    after the spatial subsampling gives the same values for fewer pixels.
+    """
+    dtype = _compute_dtype(x)
+    xc = x[:, :, :: stride[0], :: stride[1]].to(dtype)
+    if in_scale is not None:
+        xc = xc * in_scale.to(dtype).view(1, -1, 1, 1)
+    if in_shift is not None:
+        xc = xc + in_shift.to(dtype).view(1, -1, 1, 1)
+    if in_relu:
+        xc = torch.relu(xc)
+    w = weight.to(dtype).reshape(weight.shape[0], weight.shape[1], 1, 1)
+    y = F.conv2d(xc, w, None if bias is None else bias.to(dtype))
+    if residual is not None:
+        y = y + residual.to(dtype)
+    if relu:
+        y = torch.relu(y)
+    return y.to(x.dtype)

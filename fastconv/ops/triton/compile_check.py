@@ -31,6 +31,7 @@ import time
 from typing import Dict, Iterator, List, Tuple
 
 MODULES: List[str] = [
+    "fastconv.ops.triton.conv1x1",
     "fastconv.ops.triton.conv2d_relu",
     "fastconv.ops.triton.max_pool2d",
     "fastconv.ops.triton.dense_concat",
