@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -303,12 +304,22 @@ def header_lines(cfg: BenchConfig) -> List[str]:
             f"fastconv backend: {cfg.backend or 'auto'} (resolves to {_resolved_backend(cfg)} here); "
             f"{cfg.dtype}{' channels_last' if cfg.channels_last else ' NCHW'}, {cfg.size}×{cfg.size}, "
             f"median of {cfg.repeats} after {cfg.warmup} warm-up, {N_INPUTS} inputs cycled; "
-            f"error and top-1 against the model in fp32"]
+            f"error and top-1 against the model in fp32"
+            + (f"; load average {_loadavg():.1f}" if cfg.device == "cpu" and _loadavg() is not None else "")]
 
 
 def report(cfg: BenchConfig, results: Sequence[dict]) -> dict:
     return {"device": cfg.device, "device_name": _devices.device_name(torch.device(cfg.device)),
-            "versions": _devices.versions(), "config": asdict(cfg), "results": list(results)}
+            "versions": _devices.versions(), "threads": torch.get_num_threads(), "load_average": _loadavg(),
+            "config": asdict(cfg), "results": list(results)}
+
+
+def _loadavg():
+    """The 1-minute load average: a benchmark taken on a busy machine should say so."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def plot(results: Sequence[dict], path: str, title: str = "") -> None:
@@ -357,6 +368,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed calls per variant (GPU 50, CPU 5)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant (GPU 10, CPU 1)")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when present")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (torch.set_num_threads); on a loaded machine 1 avoids OpenMP threads "
+                        "waiting on each other at every op, which slows eager's many small ops most")
     p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", default=None, metavar="FILE", help="PNG bar chart of the speedups (needs matplotlib)")
 
@@ -381,6 +395,8 @@ def config_from_args(args) -> BenchConfig:
 
 
 def main(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     if cfg.dtype in ("fp16", "bf16") and cfg.device == "cpu":
         print(f"note: {cfg.dtype} on the CPU is computed in fp32 by fastconv's CPU kernels and rounded once",
@@ -390,6 +406,11 @@ def main(args) -> int:
             import matplotlib  # noqa: F401  (fail before the run, not after it)
         except ImportError:
             raise SystemExit("bench --plot needs matplotlib: pip install matplotlib (or fastconv[plot])")
+    load = _loadavg()
+    if cfg.device == "cpu" and load is not None and load > (os.cpu_count() or 1) and torch.get_num_threads() > 1:
+        print(f"note: load average {load:.1f} on {os.cpu_count()} CPUs: {torch.get_num_threads()} OpenMP threads "
+              "wait on each other at every op on a busy machine, which slows eager most; --threads 1 measures "
+              "more steadily", file=sys.stderr)
     head = header_lines(cfg)
     print("\n".join(head), flush=True)
     progress = Progress(total=len(cfg.models) * len(cfg.batches))
