@@ -99,7 +99,10 @@ def _time_providers(fns: Dict[str, object], inputs, rounds: int = 3) -> Dict[str
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def run_case(dtype_name: str, shape, batch: int, spec) -> List[dict]:
+def run_case(dtype_name: str, shape, batch: int, spec, device: str = "cuda", providers=PROVIDERS,
+             timer=_time_providers) -> List[dict]:
+    """Rows for one shape: every provider's time, rate, fraction of peak and error (or why it has none).
+    ``device``, ``providers`` and ``timer`` let the tests run this on the CPU."""
     import torch
 
     import fastconv
@@ -107,11 +110,11 @@ def run_case(dtype_name: str, shape, batch: int, spec) -> List[dict]:
     from fastconv._devices import DTYPES
 
     status = fastconv.backend_status()
-    case = make_case(shape, batch, "cuda", DTYPES[dtype_name], channels_last=True)
+    case = make_case(shape, batch, device, DTYPES[dtype_name], channels_last=True)
     ref = torch_result_fp32(case)
     rows, fns = [], {}
     base = {"op": case.op, "shape": S.shape_id(shape), "nets": list(shape.nets), "dtype": dtype_name, "batch": batch}
-    for provider in PROVIDERS:
+    for provider in providers:
         backend = None if provider == "torch" else provider.split("-", 1)[1]
         if backend and status[backend] != "available":
             rows.append({**base, "provider": provider, "error": f"skipped: {status[backend]}"})
@@ -123,12 +126,13 @@ def run_case(dtype_name: str, shape, batch: int, spec) -> List[dict]:
                 return _fn(*args)
         try:
             y = call(*case.inputs[0])  # also the warm-up that autotunes
-            torch.cuda.synchronize()
+            if device == "cuda":
+                torch.cuda.synchronize()
             rows.append({**base, "provider": provider, "rel_err": rel_error(y, ref)})
             fns[provider] = call
         except Exception as exc:  # one backend failing a shape must not hide the others' numbers
             rows.append({**base, "provider": provider, "error": f"{type(exc).__name__}: {exc}"})
-    times = _time_providers(fns, case.inputs) if fns else {}
+    times = timer(fns, case.inputs) if fns else {}
     peak = spec.peak[peak_key(dtype_name, torch.backends.cudnn.allow_tf32)] if spec else None
     for r in rows:
         if r["provider"] not in times:

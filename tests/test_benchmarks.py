@@ -105,3 +105,45 @@ def test_randomized_batchnorm_changes_the_function():
     before = m(x)
     _bench.randomize_batchnorm(m, torch.Generator().manual_seed(0))
     assert not torch.allclose(before, m(x)) and (m[1].running_var > 0).all()
+
+
+def test_gpu_ops_run_case_on_cpu():
+    """The per-shape driver of gpu_ops.py, on the CPU with a stand-in timer (1 ms each)."""
+    shape = S.scale_down(S.CONV_SHAPES[0])
+    rows = gpu_ops.run_case("fp32", shape, 1, _devices.gpu_spec("h100"), device="cpu",
+                            providers=("torch", "fastconv-cpu", "fastconv-cuda"),
+                            timer=lambda fns, inputs: {name: 1.0 for name in fns})
+    by = {r["provider"]: r for r in rows}
+    assert by["fastconv-cuda"]["error"].startswith("skipped:")
+    if "error" in by["fastconv-cpu"]:
+        assert by["fastconv-cpu"]["error"].startswith("skipped:")  # no C++ extension here
+    for r in rows:
+        if "error" not in r:
+            assert r["ms"] == 1.0 and r["rel_err"] < 1e-5 and r["speedup_vs_torch"] == 1.0
+            assert r["tflops"] == pytest.approx(2 * shape.macs(1) / 1e-3 / 1e12)
+            assert r["fraction_of_peak"] == pytest.approx(r["tflops"] * 1e12 / 494.7e12)  # fp32 → TF32 peak
+    pool = gpu_ops.run_case("bf16", S.scale_down(S.POOL_SHAPES[0]), 1, None, device="cpu", providers=("torch",),
+                            timer=lambda fns, inputs: {name: 2.0 for name in fns})
+    assert pool[0]["gbps"] > 0 and pool[0]["fraction_of_peak"] is None
+
+
+def test_gpu_models_run_plan_budget_and_compile_column():
+    cfg = _bench.BenchConfig(models=("a", "b"), device="cpu")
+    calls = []
+
+    def measure(p, batch, cfg, with_compile):
+        calls.append((p, batch, with_compile))
+        if p == "b":
+            raise RuntimeError("no kernel")
+        row = {"model": p, "batch": batch, "eager_ms": 2.0, "fastconv_ms": 1.0}
+        return {**row, "compile_ms": 0.5, "compile_speedup": 4.0} if with_compile else row
+
+    report = {"results": [], "errors": [], "not_run": []}
+    cases = [("a", 32, False), ("b", 32, False), ("a", 32, True)]
+    gpu_models.run_plan(cfg, cases, 60, report, prepare=lambda name, cfg: name, measure=measure)
+    assert report["results"] == [{"model": "a", "batch": 32, "eager_ms": 2.0, "fastconv_ms": 1.0,
+                                  "compile_ms": 0.5, "compile_speedup": 4.0}]
+    assert report["errors"] == ["b bs 32: RuntimeError: no kernel"]
+    report = {"results": [], "errors": [], "not_run": []}
+    gpu_models.run_plan(cfg, cases, -1, report, prepare=lambda name, cfg: name, measure=measure)
+    assert report["not_run"] == ["a bs 32", "b bs 32", "a bs 32 compile"] and not report["results"]
