@@ -170,7 +170,7 @@ def render(summary: Summary, gpu: Optional[str] = None) -> str:
     lines = [f"{summary.model}: input {'×'.join(map(str, summary.input_shape))}, {summary.dtype}"
              " (torchvision's layers; fastconv.models has the same tree and names)", "",
              render_table(headers, rows), "",
-             f"total: {summary.total_params:,} parameters",
+             f"total: {summary.total_params:,} parameters ({summary.total_params / 1e6:.2f} M)",
              f"total: {macs:,} MACs = {macs / 1e9:.2f} GMACs / {2 * macs / 1e9:.2f} GFLOPs"
              f" (batch {summary.input_shape[0]}; convs and linears; 1 MAC = 2 FLOPs)",
              f"total: {fmt_si(summary.total_bytes, 'B')} moved layer by layer at {summary.dtype}"
