@@ -7,8 +7,8 @@ randomized BatchNorm statistics, error and top-1 against fp32, CUDA events, inpu
 variants interleaved call by call). Cases run in priority order (every model at batch 32,
 ResNet-50's compile column, batch 1, batch 256, the other compile columns) and stop when
 --budget seconds of work are spent (default 120, so the stage's 150 s deadline is kept on an
-H100); JSON and markdown are rewritten after every case. --full: every batch and the compile column for every model, more
-repetitions, no budget. Without a CUDA device it exits at once with a message (exit code 2).
+H100); JSON and markdown are rewritten after every case. --full: the same cases with more
+repetitions and no budget. Without a CUDA device it exits at once with a message (exit code 2).
 """
 from __future__ import annotations
 
