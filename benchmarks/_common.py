@@ -14,10 +14,10 @@ import fastconv
 from fastconv import _devices
 
 from . import shapes as S
+from ._ops import N_INPUTS, rel_error
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PROVIDERS = ("fastconv-triton", "fastconv-cuda", "fastconv-cpu", "torch")
-N_INPUTS = 3  # preallocated inputs cycled through the timed calls, so no call finds its input in cache
 
 
 def dtype_name() -> str:
@@ -78,11 +78,6 @@ def randn(*shape, gen: torch.Generator, scale: float = 1.0, layout: bool = True)
     return t
 
 
-def rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
-    y, ref = y.double(), ref.double()
-    return ((y - ref).norm() / ref.norm().clamp_min(1e-300)).item()
-
-
 @contextlib.contextmanager
 def fp32_precision():
     """Reference results in true fp32 (no TF32) on the GPU."""
@@ -130,17 +125,13 @@ def run(benchmark, ctx, fn: Callable, inputs: Sequence, torch_result: torch.Tens
     spec = _devices.current_gpu_spec()
     if flops:
         info["TFLOP/s"] = flops / seconds / 1e12
-        if spec:
-            info["fraction_of_peak_flops"] = flops / seconds / spec.peak["tf32" if dtype_name() == "fp32" and
-                                                                            torch.backends.cudnn.allow_tf32 else dtype_name()]
+        if spec:  # fp32 convs run on TF32 tensor cores when cuDNN allows it, as PyTorch does by default
+            tf32 = dtype_name() == "fp32" and torch.backends.cudnn.allow_tf32
+            info["fraction_of_peak_flops"] = flops / seconds / spec.peak["tf32" if tf32 else dtype_name()]
     if moved:
         info["GB/s"] = moved / seconds / 1e9
         if spec:
             info["fraction_of_peak_bandwidth"] = moved / seconds / spec.bandwidth
-
-
-def itemsize() -> int:
-    return torch.empty((), dtype=dtype()).element_size()
 
 
 def make_inputs(make: Callable[[torch.Generator], tuple], seed: int = 0) -> List[tuple]:
