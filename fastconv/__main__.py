@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastconv demo``."""
+"""Command line: ``python -m fastconv bench | summary MODEL | demo``."""
 from __future__ import annotations
 
 import argparse
@@ -41,9 +41,17 @@ def _demo(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    from . import _bench, _summary
+
     sub.add_parser("demo", help="run conv2d_relu on every available backend and print its error against PyTorch")
+    _bench.add_arguments(sub.add_parser(
+        "bench", help="time the five model families: PyTorch eager vs fastconv.convert(), with numerics",
+        description=_bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    _summary.add_arguments(sub.add_parser(
+        "summary", help="per-layer shapes, parameters, FLOPs, bytes moved (and a roofline with --gpu)",
+        description=_summary.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
-    return {"demo": _demo}[args.command](args)
+    return {"demo": _demo, "bench": _bench.main, "summary": _summary.main}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,193 @@
+"""Per-op GPU timings at the five networks' shapes (stage `ops` of benchmarks/gpu_check.sh).
+
+For each op and shape: PyTorch/cuDNN (fastconv.ops.reference), fastconv's triton backend and,
+where it is available, its cuda backend; bf16 channels_last and fp32 (TF32 allowed, as PyTorch
+does by default). Median time from triton.testing.do_bench (CUDA events, L2 flushed before every
+call, inputs cycled), providers alternated in rounds; TFLOP/s or GB/s and the fraction of the
+card's peak; relative error against the baseline computed in fp32 without TF32.
+
+Default: a few shapes per network (shapes.sample) at batch 32, within ~120 s of work on an H100
+(--budget; cases left over are listed as not run). --full: every shape, batch 32, both dtypes.
+JSON and markdown are rewritten after every case, so a run cut off by the stage deadline still
+reports. On a machine without a CUDA device it exits at once with a message (exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmarks import shapes as S  # noqa: E402
+from fastconv._table import render_table  # noqa: E402
+
+KINDS = ("CONV_SHAPES", "CONV1X1_SHAPES", "POOL_SHAPES", "DENSE_BLOCK_SHAPES")
+PROVIDERS = ("torch", "fastconv-triton", "fastconv-cuda")
+
+
+def plan(full: bool, dtypes=("bf16", "fp32")) -> List[tuple]:
+    """(dtype, shape) pairs in the order they run: bf16 over every op first, then fp32."""
+    out = []
+    for dtype in dtypes:
+        for kind in KINDS:
+            items = getattr(S, kind)
+            if not full:
+                items = S.sample(items, per_net=2 if dtype == "bf16" else 1)
+            out += [(dtype, s) for s in items]
+    return out
+
+
+def peak_key(dtype: str, allow_tf32: bool) -> str:
+    return "tf32" if dtype == "fp32" and allow_tf32 else dtype
+
+
+def row_cells(r: dict) -> List[str]:
+    cells = [r["op"], r["shape"], r["dtype"], r["provider"]]
+    if "error" in r:
+        return cells + ["", "", "", "", r["error"][:80]]
+    rate = f"{r['tflops']:.1f} TFLOP/s" if r.get("tflops") is not None else f"{r['gbps']:.0f} GB/s"
+    frac = r.get("fraction_of_peak")
+    return cells + [f"{r['ms'] * 1e3:.1f}", rate, "" if frac is None else f"{100 * frac:.0f}%",
+                    f"{r['speedup_vs_torch']:.2f}" if r.get("speedup_vs_torch") else "", f"{r['rel_err']:.1e}"]
+
+
+HEADERS = ["op", "shape", "dtype", "provider", "µs", "rate", "of peak", "× torch", "rel. error"]
+
+
+def markdown(report: dict) -> str:
+    env = report["env"]
+    lines = [f"GPU: {env.get('device')}; " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()), "",
+             f"batch {report['batch']}, median of triton.testing.do_bench (L2 flushed) over alternating rounds; "
+             "fp32 rows allow TF32 (PyTorch's default for convs); error against the baseline in fp32 without TF32; "
+             f"peak: {env.get('peak_name', 'unknown card')}", ""]
+    lines.append(render_table(HEADERS, [row_cells(r) for r in report["results"]], markdown=True))
+    if report.get("not_run"):
+        lines += ["", f"not run (time budget): {len(report['not_run'])} cases"]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict, json_path: Optional[str], md_path: Optional[str]) -> None:
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=1)
+    if md_path:
+        with open(md_path, "w") as f:
+            f.write(markdown(report))
+
+
+def _time_providers(fns: Dict[str, object], inputs, rounds: int = 3) -> Dict[str, float]:
+    """Median ms per provider: do_bench rounds alternating between the providers."""
+    import itertools
+
+    import torch
+    from triton.testing import do_bench
+
+    times = {name: [] for name in fns}
+    for r in range(rounds):
+        for name in (list(fns) if r % 2 == 0 else list(reversed(list(fns)))):
+            cycle = itertools.cycle(inputs)
+            fn = fns[name]
+            times[name].append(do_bench(lambda: fn(*next(cycle)), warmup=5, rep=20, return_mode="median"))
+    torch.cuda.synchronize()
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def run_case(dtype_name: str, shape, batch: int, spec, device: str = "cuda", providers=PROVIDERS,
+             timer=_time_providers) -> List[dict]:
+    """Rows for one shape: every provider's time, rate, fraction of peak and error (or why it has none).
+    ``device``, ``providers`` and ``timer`` let the tests run this on the CPU."""
+    import torch
+
+    import fastconv
+    from benchmarks._ops import make_case, rel_error, torch_result_fp32
+    from fastconv._devices import DTYPES
+
+    status = fastconv.backend_status()
+    case = make_case(shape, batch, device, DTYPES[dtype_name], channels_last=True)
+    ref = torch_result_fp32(case)
+    rows, fns = [], {}
+    base = {"op": case.op, "shape": S.shape_id(shape), "nets": list(shape.nets), "dtype": dtype_name, "batch": batch}
+    for provider in providers:
+        backend = None if provider == "torch" else provider.split("-", 1)[1]
+        if backend and status[backend] != "available":
+            rows.append({**base, "provider": provider, "error": f"skipped: {status[backend]}"})
+            continue
+        fn = case.torch_fn if provider == "torch" else case.fastconv_fn
+
+        def call(*args, _fn=fn, _backend=backend):
+            with torch.inference_mode(), fastconv.use_backend(_backend or "auto"):
+                return _fn(*args)
+        try:
+            y = call(*case.inputs[0])  # also the warm-up that autotunes
+            if device == "cuda":
+                torch.cuda.synchronize()
+            rows.append({**base, "provider": provider, "rel_err": rel_error(y, ref)})
+            fns[provider] = call
+        except Exception as exc:  # one backend failing a shape must not hide the others' numbers
+            rows.append({**base, "provider": provider, "error": f"{type(exc).__name__}: {exc}"})
+    times = timer(fns, case.inputs) if fns else {}
+    peak = spec.peak[peak_key(dtype_name, torch.backends.cudnn.allow_tf32)] if spec else None
+    for r in rows:
+        if r["provider"] not in times:
+            continue
+        ms = times[r["provider"]]
+        r["ms"] = ms
+        if case.flops:
+            r["tflops"] = case.flops / ms / 1e9
+            r["fraction_of_peak"] = case.flops / (ms * 1e-3) / peak if peak else None
+        else:
+            r["gbps"] = case.moved / ms / 1e6
+            r["fraction_of_peak"] = case.moved / (ms * 1e-3) / spec.bandwidth if spec else None
+        if "torch" in times:
+            r["speedup_vs_torch"] = times["torch"] / ms
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json")
+    p.add_argument("--markdown")
+    p.add_argument("--full", action="store_true", help="every shape of every op, both dtypes")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--budget", type=float, default=None, help="seconds of work before the remaining cases are "
+                   "skipped (default 120; --full: 3600)")
+    args = p.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_ops.py: no CUDA device visible; this script times GPU kernels (for CPU timings use "
+              "`pytest benchmarks` or `python -m fastconv bench`)", file=sys.stderr)
+        return 2
+    import fastconv  # noqa: F401
+    from fastconv import _devices
+
+    torch.backends.cudnn.benchmark = True
+    spec = _devices.current_gpu_spec()
+    env = {"device": torch.cuda.get_device_name(), "versions": _devices.versions(),
+           "peak_name": spec.name if spec else None, "backends": fastconv.backend_status()}
+    report = {"env": env, "batch": args.batch, "full": args.full, "results": [], "not_run": []}
+    budget = args.budget if args.budget is not None else (3600 if args.full else 120)
+    t0 = time.time()
+    cases = plan(args.full)
+    for i, (dtype_name, shape) in enumerate(cases):
+        if time.time() - t0 > budget:
+            report["not_run"] = [f"{d} {S.shape_id(s)}" for d, s in cases[i:]]
+            break
+        print(f"[{i + 1}/{len(cases)}, {time.time() - t0:.0f} s] {dtype_name} {S.shape_id(shape)}", flush=True)
+        report["results"] += run_case(dtype_name, shape, args.batch, spec)
+        write(report, args.json, args.markdown)
+        torch.cuda.empty_cache()
+    write(report, args.json, args.markdown)
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

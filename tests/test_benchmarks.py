@@ -1,0 +1,149 @@
+"""The CPU-testable parts of the benchmarks: the traced shape lists, their helpers, the GPU
+scripts' plans, tables and CPU behaviour, and the bench timing/numerics helpers."""
+import pytest
+import torch
+
+from benchmarks import gpu_models, gpu_ops, shapes as S
+from fastconv import _bench, _devices
+from fastconv._table import fmt_si, render_table
+
+
+def test_committed_shapes_match_a_fresh_trace():
+    fresh = S.trace()
+    for name, items in fresh.items():
+        assert getattr(S, name) == items, f"{name} is stale: run python benchmarks/shapes.py --write"
+
+
+def test_shapes_cover_the_networks():
+    assert len(S.DENSE_BLOCK_SHAPES) == 4 and [d.num_layers for d in S.DENSE_BLOCK_SHAPES] == [6, 12, 24, 16]
+    stem = S.Conv(3, 64, 224, 224, (7, 7), (2, 2), (3, 3), ("googlenet", "resnet50", "densenet121"), 3)
+    assert stem in S.CONV_SHAPES and stem.out_hw == (112, 112)
+    assert any(s.stride == 2 for s in S.CONV1X1_SHAPES)  # ResNet's projection shortcuts
+    for s in S.POOL_SHAPES:  # out_hw follows PyTorch, ceil_mode included
+        y = torch.nn.functional.max_pool2d(torch.empty(1, 1, s.height, s.width, device="meta"), s.kernel, s.stride,
+                                           s.padding, ceil_mode=s.ceil_mode)
+        assert tuple(y.shape[2:]) == s.out_hw, s
+    for s in S.CONV_SHAPES + S.CONV1X1_SHAPES:
+        assert s.macs() > 0 and set(s.nets) <= set(S.NETWORKS)
+    # the traced MACs add up to the networks' totals (ResNet-50: 4.09 GMACs without its fc)
+    resnet = sum(s.macs() * s.count for s in S.CONV_SHAPES + S.CONV1X1_SHAPES if s.nets == ("resnet50",))
+    assert resnet > 3e9
+
+
+def test_scale_down_keeps_kind_and_validity():
+    for s in S.CONV_SHAPES + S.CONV1X1_SHAPES + S.POOL_SHAPES + S.DENSE_BLOCK_SHAPES:
+        small = S.scale_down(s)
+        assert type(small) is type(s) and small.nets == s.nets
+        assert small.height <= s.height and min(small.out_hw if hasattr(small, "out_hw") else (1,)) >= 1
+    assert S.scale_down(S.Conv(3, 64, 224, 224, (11, 11), (4, 4), (2, 2))).in_channels == 3  # RGB stays RGB
+
+
+def test_sample_takes_some_of_each_network():
+    sample = S.sample(S.CONV_SHAPES)
+    assert {n for s in sample for n in s.nets} == set(S.NETWORKS) and len(sample) < len(S.CONV_SHAPES)
+
+
+def test_gpu_scripts_fail_fast_without_cuda(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert gpu_ops.main([]) == 2 and gpu_models.main([]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_gpu_plans():
+    default, full = gpu_ops.plan(False), gpu_ops.plan(True)
+    assert len(full) == 2 * sum(len(getattr(S, k)) for k in gpu_ops.KINDS) and len(default) < len(full) / 4
+    assert [c[0] for c in default[:3]] == ["bf16"] * 3
+    cases = gpu_models.plan()
+    assert cases[0] == ("alexnet", 32, False) and ("resnet50", 32, True) in cases
+    assert {b for _, b, _ in cases} == {1, 32, 256}
+
+
+def test_gpu_markdown():
+    env = {"device": "NVIDIA H100 80GB HBM3", "versions": {"torch": "x"}, "peak_name": "H100 SXM"}
+    rows = [{"op": "conv2d_relu", "shape": "conv3x3s1-64to64-56x56", "dtype": "bf16", "provider": "torch",
+             "ms": 0.05, "tflops": 120.0, "fraction_of_peak": 0.12, "speedup_vs_torch": 1.0, "rel_err": 3e-3},
+            {"op": "conv2d_relu", "shape": "conv3x3s1-64to64-56x56", "dtype": "bf16", "provider": "fastconv-cuda",
+             "error": "skipped: no kernels"}]
+    md = gpu_ops.markdown({"env": env, "batch": 32, "results": rows, "not_run": ["a"]})
+    assert "| conv2d_relu | conv3x3s1-64to64-56x56 | bf16 | torch | 50.0 | 120.0 TFLOP/s | 12% | 1.00 | 3.0e-03 |" in md
+    assert "skipped: no kernels" in md and "not run (time budget): 1 cases" in md
+    row = {"model": "resnet50", "batch": 32, "dtype": "bf16", "channels_last": True, "eager_ms": 10.0,
+           "fastconv_ms": 8.0, "speedup": 1.25, "fastconv_rel_err": 2e-3, "fastconv_top1_agree": 1.0}
+    md = gpu_models.markdown({"env": env, "config": _bench.asdict(_bench.BenchConfig(dtype="bf16")),
+                              "results": [row], "not_run": ["vgg16 bs 256"]})
+    assert "| resnet50 | 32 | bf16 CL | 10.00 | 8.00 | 1.25 | 2.0e-03 | 100% |" in md and "vgg16 bs 256" in md
+
+
+def test_table_and_units():
+    assert fmt_si(4.089e9) == "4.09G" and fmt_si(1.5e6, "B") == "1.50MB" and fmt_si(12) == "12"
+    text = render_table(["a", "n"], [["x", "1.0"], ["long", "10.5"]]).splitlines()
+    assert text[2].endswith(" 1.0") and text[3].endswith("10.5")
+
+
+def test_gpu_spec_lookup():
+    assert _devices.gpu_spec("NVIDIA H100 80GB HBM3").name == "H100 SXM"
+    assert _devices.gpu_spec("NVIDIA H100 PCIe").name == "H100 PCIe"
+    assert _devices.gpu_spec("h200").bandwidth == 4.8e12
+    with pytest.raises(KeyError):
+        _devices.gpu_spec("voodoo2")
+
+
+def test_time_interleaved_rotates_order_and_inputs():
+    calls = []
+    fns = {"a": lambda x: calls.append(("a", x)), "b": lambda x: calls.append(("b", x))}
+    times = _bench.time_interleaved(fns, [0, 1, 2], repeats=4, warmup=1, device="cpu")
+    assert [len(v) for v in times.values()] == [4, 4]
+    timed = calls[2:]
+    assert [c[0] for c in timed[:4]] == ["a", "b", "b", "a"]  # order alternates per round
+    assert {x for name, x in timed if name == "a"} == {0, 1, 2}  # inputs cycled
+
+
+def test_randomized_batchnorm_changes_the_function():
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    before = m(x)
+    _bench.randomize_batchnorm(m, torch.Generator().manual_seed(0))
+    assert not torch.allclose(before, m(x)) and (m[1].running_var > 0).all()
+
+
+def test_gpu_ops_run_case_on_cpu():
+    """The per-shape driver of gpu_ops.py, on the CPU with a stand-in timer (1 ms each)."""
+    shape = S.scale_down(S.CONV_SHAPES[0])
+    rows = gpu_ops.run_case("fp32", shape, 1, _devices.gpu_spec("h100"), device="cpu",
+                            providers=("torch", "fastconv-cpu", "fastconv-cuda"),
+                            timer=lambda fns, inputs: {name: 1.0 for name in fns})
+    by = {r["provider"]: r for r in rows}
+    assert by["fastconv-cuda"]["error"].startswith("skipped:")
+    if "error" in by["fastconv-cpu"]:
+        assert by["fastconv-cpu"]["error"].startswith("skipped:")  # no C++ extension here
+    for r in rows:
+        if "error" not in r:
+            assert r["ms"] == 1.0 and r["rel_err"] < 1e-5 and r["speedup_vs_torch"] == 1.0
+            assert r["tflops"] == pytest.approx(2 * shape.macs(1) / 1e-3 / 1e12)
+            assert r["fraction_of_peak"] == pytest.approx(r["tflops"] * 1e12 / 494.7e12)  # fp32 → TF32 peak
+    pool = gpu_ops.run_case("bf16", S.scale_down(S.POOL_SHAPES[0]), 1, None, device="cpu", providers=("torch",),
+                            timer=lambda fns, inputs: {name: 2.0 for name in fns})
+    assert pool[0]["gbps"] > 0 and pool[0]["fraction_of_peak"] is None
+
+
+def test_gpu_models_run_plan_budget_and_compile_column():
+    cfg = _bench.BenchConfig(models=("a", "b"), device="cpu")
+    calls = []
+
+    def measure(p, batch, cfg, with_compile):
+        calls.append((p, batch, with_compile))
+        if p == "b":
+            raise RuntimeError("no kernel")
+        row = {"model": p, "batch": batch, "eager_ms": 2.0, "fastconv_ms": 1.0}
+        return {**row, "compile_ms": 0.5, "compile_speedup": 4.0} if with_compile else row
+
+    report = {"results": [], "errors": [], "not_run": []}
+    cases = [("a", 32, False), ("b", 32, False), ("a", 32, True)]
+    gpu_models.run_plan(cfg, cases, 60, report, prepare=lambda name, cfg: name, measure=measure)
+    assert report["results"] == [{"model": "a", "batch": 32, "eager_ms": 2.0, "fastconv_ms": 1.0,
+                                  "compile_ms": 0.5, "compile_speedup": 4.0}]
+    assert report["errors"] == ["b bs 32: RuntimeError: no kernel"]
+    report = {"results": [], "errors": [], "not_run": []}
+    gpu_models.run_plan(cfg, cases, -1, report, prepare=lambda name, cfg: name, measure=measure)
+    assert report["not_run"] == ["a bs 32", "b bs 32", "a bs 32 compile"] and not report["results"]

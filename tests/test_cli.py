@@ -1,0 +1,85 @@
+"""The command line: `python -m fastconv summary` totals against torchvision's own figures,
+`python -m fastconv bench` end to end on the CPU, and the benchmark suites collecting cleanly."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torchvision
+
+from fastconv.__main__ import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _summary(capsys, *argv) -> str:
+    assert main(["summary", *argv]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model, params", [
+    ("resnet50", 25_557_032), ("alexnet", 61_100_840), ("googlenet", 6_624_904), ("vgg16", 138_357_544),
+    ("densenet121", 7_978_856)])
+def test_summary_totals_match_torchvision(capsys, model, params):
+    out = _summary(capsys, model)
+    assert f"total: {params:,} parameters" in out
+    # MACs as torchvision's weights metadata counts them (GMACs at 224×224, batch 1)
+    weights = torchvision.models.get_model_weights(model).DEFAULT
+    gmacs = float(re.search(r"= ([\d.]+) GMACs / ([\d.]+) GFLOPs", out).group(1))
+    gflops = float(re.search(r"GMACs / ([\d.]+) GFLOPs", out).group(1))
+    assert gmacs == pytest.approx(weights.meta["_ops"], abs=0.006)
+    assert gflops == pytest.approx(2 * gmacs, abs=0.011)
+
+
+def test_summary_resnet50_text(capsys):
+    out = _summary(capsys, "resnet50")
+    assert "25,557,032 parameters" in out and "4.09 GMACs / 8.18 GFLOPs" in out
+    # the seed notes' arithmetic: a 3×3 conv 64→64 has 3·3·64·64 weights
+    assert re.search(r"layer1\.0\.conv2\s+Conv2d\s+1×64×56×56\s+36,864\s+3·3·64·64", out)
+
+
+def test_summary_googlenet_aux(capsys):
+    assert "total: 6,624,904 parameters" in _summary(capsys, "googlenet")
+    out = _summary(capsys, "googlenet", "--aux")
+    assert "total: 13,004,888 parameters" in out and "aux1.fc2" in out
+
+
+def test_summary_roofline(capsys):
+    out = _summary(capsys, "alexnet", "--gpu", "h100", "--dtype", "bf16", "--batch", "8")
+    assert "989.4 TFLOP/s (bf16 dense, tensor cores), 3.35 TB/s" in out
+    rows = {line.split()[0]: line.split()[-1] for line in out.splitlines() if line.startswith("features.")}
+    # ridge point 989.4e12 / 3.35e12 ≈ 295 FLOP/B: the 5×5 conv (≈1000 FLOP/B) is compute-bound,
+    # the stem (≈200) and every ReLU memory-bound
+    assert rows["features.3"] == "compute" and rows["features.0"] == rows["features.1"] == "memory"
+    with pytest.raises(SystemExit, match="unknown GPU"):
+        main(["summary", "alexnet", "--gpu", "nosuchcard"])
+
+
+def test_bench_cpu_json(tmp_path):
+    path = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--models", "resnet18", "--batch", "1",
+                           "--size", "64", "--repeats", "2", "--json", str(path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "device: CPU" in proc.stdout and "resnet18" in proc.stdout and "speedup" in proc.stdout
+    report = json.loads(path.read_text())
+    assert report["device"] == "cpu" and report["versions"]["torch"]
+    (row,) = report["results"]
+    assert (row["model"], row["batch"], row["size"], row["dtype"]) == ("resnet18", 1, 64, "fp32")
+    for key in ("eager_ms", "fastconv_ms", "speedup", "fastconv_rel_err", "fastconv_top1_agree"):
+        assert key in row
+    assert len(row["fastconv_ms_all"]) == 2
+    assert row["fastconv_rel_err"] < 1e-4 and row["fastconv_top1_agree"] == 1.0
+
+
+def test_benchmarks_collect():
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", "-p",
+                           "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    collected = int(re.search(r"(\d+) tests? collected", proc.stdout).group(1))
+    assert collected >= 5 * 4  # five suites, four providers each
+    for suite in ("bench_conv2d_relu", "bench_conv1x1", "bench_max_pool2d", "bench_dense_block", "bench_models"):
+        assert f"benchmarks/{suite}.py::" in proc.stdout
+    assert "bench_cpu_" not in proc.stdout  # the standalone scripts are not suites
