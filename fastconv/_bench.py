@@ -80,7 +80,11 @@ def defaults_for(device: str) -> dict:
 
 
 def torchvision_model(name: str) -> nn.Module:
-    import torchvision
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise SystemExit("python -m fastconv bench times fastconv against torchvision's models: "
+                         "pip install torchvision") from exc
 
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
     return getattr(torchvision.models, name)(**kwargs)

@@ -66,7 +66,10 @@ class Summary:
 
 
 def build_model(name: str, aux: bool = False, device: str = "meta") -> nn.Module:
-    import torchvision
+    try:
+        import torchvision.models as zoo
+    except ImportError:  # fastconv.models builds the same layer tree with the same names
+        from . import models as zoo
 
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
@@ -74,7 +77,7 @@ def build_model(name: str, aux: bool = False, device: str = "meta") -> nn.Module
     if name == "googlenet":
         kwargs = {"aux_logits": aux, "init_weights": True}
     with torch.device(device):
-        return getattr(torchvision.models, name)(**kwargs)
+        return getattr(zoo, name)(**kwargs)
 
 
 def _param_arith(m: nn.Module) -> str:
