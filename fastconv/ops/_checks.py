@@ -59,6 +59,20 @@ def pair(op: str, value: IntPair, name: str) -> List[int]:
     raise TypeError(f"fastconv.{op}: {name} must be an int or a pair of ints, got {value!r}")
 
 
+def check_flag(op: str, value, name: str) -> bool:
+    """A bool argument (the op schemas take ``bool``; checked before dispatch for a clear error)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"fastconv.{op}: {name} must be a bool, got {value!r}")
+    return value
+
+
+def check_int(op: str, value, name: str) -> int:
+    """An int argument (not a bool), checked before dispatch."""
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+        raise TypeError(f"fastconv.{op}: {name} must be an int, got {value!r}")
+    return value
+
+
 def output_layout(x: torch.Tensor) -> torch.memory_format:
     """The memory format fastconv writes its outputs in: the input's (channels_last or NCHW)."""
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):

@@ -251,6 +251,8 @@ def conv1x1(
     """
     _checks.check_tensor(OP, x, "x", ndims=(3, 4))
     stride_ = _checks.pair(OP, stride, "stride")
+    _checks.check_flag(OP, relu, "relu")
+    _checks.check_flag(OP, in_relu, "in_relu")
     unbatched = x.dim() == 3
     out_view = out
     if unbatched:

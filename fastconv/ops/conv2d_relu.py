@@ -227,6 +227,8 @@ def conv2d_relu(
     _checks.check_tensor(OP, weight, "weight", ndims=(4,))
     stride_ = _checks.pair(OP, stride, "stride")
     dilation_ = _checks.pair(OP, dilation, "dilation")
+    _checks.check_int(OP, groups, "groups")
+    _checks.check_flag(OP, relu, "relu")
     padding_ = normalize_padding(padding, weight.shape[2:], stride_, dilation_)
     unbatched = x.dim() == 3
     if unbatched:

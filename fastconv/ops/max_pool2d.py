@@ -200,6 +200,7 @@ def max_pool2d(
         stride_ = _checks.pair(OP, stride, "stride")
     padding_ = _checks.pair(OP, padding, "padding")
     dilation_ = _checks.pair(OP, dilation, "dilation")
+    _checks.check_flag(OP, ceil_mode, "ceil_mode")
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
