@@ -218,7 +218,7 @@ PRIVATE = [
     ("pool stride 0", "torch.ops.fastconv._max_pool2d_cpu(x, [2, 2], [0, 2], [0, 0], [1, 1], torch.empty(2, 4, 4, 4))",
      "RuntimeError", r"positive"),
     ("pool int", "torch.ops.fastconv._max_pool2d_cpu(x.long(), [2, 2], [2, 2], [0, 0], [1, 1],"
-     " torch.empty(2, 4, 4, 4, dtype=torch.long))", "RuntimeError", r"not implemented for 'Long'"),
+     " torch.empty(2, 4, 4, 4, dtype=torch.long))", "NotImplementedError", r"not implemented for 'Long'"),
     # _dense_concat_cpu(features, out)
     ("concat out channels", "torch.ops.fastconv._dense_concat_cpu([x, x], torch.empty(2, 7, 8, 8))", "RuntimeError",
      r"more channels than out"),

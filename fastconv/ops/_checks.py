@@ -165,7 +165,7 @@ def check_out_call(op: str, out, x: torch.Tensor, inputs: Iterable[Optional[torc
     check_tensor(op, out, name)
     if out.device != x.device:
         raise RuntimeError(f"fastconv.{op}: {name} is on {out.device} but x is on {x.device}")
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in [out, *inputs]):
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in [out, x, *inputs]):
         raise RuntimeError(
             f"fastconv.{op}: functions with {name}= arguments don't support automatic differentiation, but one of "
             f"the arguments requires grad; call it without {name}= (or under torch.no_grad())")
