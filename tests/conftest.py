@@ -18,6 +18,7 @@ DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running cases")
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
+    config.addinivalue_line("markers", "fuzz: hypothesis property tests (FASTCONV_FUZZ_EXAMPLES=N: larger run)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -383,9 +383,14 @@ void conv1x1_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optio
     TORCH_CHECK(o.size(0) == g.n && o.size(2) == g.oh && o.size(3) == g.ow, op, "outs[", j, "] has shape ",
                 o.sizes(), " but the output is [", g.n, ", C, ", g.oh, ", ", g.ow, "]");
     co_sum += o.size(1);
+    if (o.numel() == 0) continue;
+    at::assert_no_internal_overlap(o);  // parallel tiles would race on shared output elements
     at::assert_no_overlap(o, x);
     at::assert_no_overlap(o, weight);
-    if (residual.has_value()) at::assert_no_overlap(o, *residual);
+    for (const auto* t : {&bias, &residual, &in_scale, &in_shift}) {
+      if (t->has_value()) at::assert_no_overlap(o, **t);
+    }
+    for (size_t k = 0; k < j; ++k) at::assert_no_overlap(o, outs[k]);
   }
   TORCH_CHECK(co_sum == co_total, op, "outs have ", co_sum, " channels in all but weight has ", co_total, " rows");
   if (residual.has_value()) {

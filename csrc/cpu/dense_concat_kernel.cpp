@@ -4,6 +4,7 @@
 // are written sequentially.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -46,6 +47,7 @@ void copy_4d(const at::Tensor& src, const at::Tensor& dst) {
 
 void dense_concat_cpu(at::TensorList features, const at::Tensor& out) {
   TORCH_CHECK(out.dim() == 4 && out.device().is_cpu(), "_dense_concat_cpu: out must be a 4-D CPU tensor");
+  if (out.numel() > 0) at::assert_no_internal_overlap(out);  // parallel rows would race
   int64_t c = 0;
   for (const auto& f : features) {
     TORCH_CHECK(f.dim() == 4 && f.device().is_cpu() && f.scalar_type() == out.scalar_type(),
@@ -53,6 +55,7 @@ void dense_concat_cpu(at::TensorList features, const at::Tensor& out) {
     TORCH_CHECK(f.size(0) == out.size(0) && f.size(2) == out.size(2) && f.size(3) == out.size(3),
                 "_dense_concat_cpu: feature shape ", f.sizes(), " does not match out ", out.sizes());
     TORCH_CHECK(c + f.size(1) <= out.size(1), "_dense_concat_cpu: features have more channels than out");
+    if (out.numel() > 0 && f.numel() > 0) at::assert_no_overlap(out, f);
     const at::Tensor dst = out.narrow(1, c, f.size(1));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "dense_concat_cpu",
                                     [&] { copy_4d<scalar_t>(f, dst); });

@@ -150,6 +150,15 @@ void pool_rows(const scalar_t* x, scalar_t* y, const Pool& p) {
   });
 }
 
+// PyTorch's pooling_output_shape (floor division; in ceil_mode the last window must start inside
+// the input or the left padding).
+int64_t pooled_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
+  const int64_t num = size + 2 * p - d * (k - 1) - 1 + (ceil_mode ? s - 1 : 0);
+  int64_t out = (num >= 0 ? num / s : -((-num + s - 1) / s)) + 1;
+  if (ceil_mode && (out - 1) * s >= size + p) --out;
+  return out;
+}
+
 void max_pool2d_cpu(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                     at::IntArrayRef padding, at::IntArrayRef dilation, const at::Tensor& out) {
   // The public op validates everything with PyTorch's rules first; these checks keep a direct
@@ -167,9 +176,20 @@ void max_pool2d_cpu(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArr
     TORCH_CHECK(kernel_size[i] > 0 && stride[i] > 0 && dilation[i] > 0 && padding[i] >= 0,
                 "_max_pool2d_cpu: kernel_size, stride and dilation must be positive and padding non-negative");
   }
+  at::assert_no_internal_overlap(out);  // parallel tasks would race on shared output elements
   at::assert_no_overlap(out, x);
   if (out.numel() == 0) return;
   TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, "_max_pool2d_cpu: x has an empty spatial dimension ", x.sizes());
+  // out's spatial size must be PyTorch's pooled size, with or without ceil_mode (the caller resolved it)
+  for (int i = 0; i < 2; ++i) {
+    const int64_t size = x.size(2 + i), o = out.size(2 + i);
+    if (o != pooled_size(size, kernel_size[i], stride[i], padding[i], dilation[i], false) &&
+        o != pooled_size(size, kernel_size[i], stride[i], padding[i], dilation[i], true)) {
+      TORCH_CHECK(false, "_max_pool2d_cpu: out has shape ", out.sizes(), ", which is not the pooled shape of x ",
+                  x.sizes(), " for kernel_size ", kernel_size, ", stride ", stride, ", padding ", padding,
+                  " and dilation ", dilation);
+    }
+  }
 
   Pool p{x.size(0), x.size(1), x.size(2), x.size(3), out.size(2), out.size(3),
          kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],

@@ -31,9 +31,11 @@ class FusedEvalModel(nn.Module):
     _fastconv_fused = False  # True on the fused copy, which runs _forward_impl over fused blocks
 
     def forward(self, x: torch.Tensor):
-        if self.training or self._fastconv_fused:
+        if self._fastconv_fused:
             return self._forward_impl(x)
-        self._check_input(x)
+        self._check_input(x)  # in train mode too: the same clear error whatever the mode
+        if self.training:
+            return self._forward_impl(x)
         return self._fused_model()(x)
 
     def _check_input(self, x) -> None:

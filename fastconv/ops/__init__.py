@@ -4,5 +4,8 @@ from .conv1x1 import conv1x1, conv1x1_multi
 from .conv2d_relu import conv2d_relu
 from .dense_concat import dense_concat
 from .max_pool2d import max_pool2d
+from . import _autocast
+
+_autocast.register()  # autocast rules for every public op (after they are all defined)
 
 __all__ = ["conv1x1", "conv1x1_multi", "conv2d_relu", "dense_concat", "max_pool2d", "reference"]

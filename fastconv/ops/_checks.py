@@ -59,6 +59,20 @@ def pair(op: str, value: IntPair, name: str) -> List[int]:
     raise TypeError(f"fastconv.{op}: {name} must be an int or a pair of ints, got {value!r}")
 
 
+def check_flag(op: str, value, name: str) -> bool:
+    """A bool argument (the op schemas take ``bool``; checked before dispatch for a clear error)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"fastconv.{op}: {name} must be a bool, got {value!r}")
+    return value
+
+
+def check_int(op: str, value, name: str) -> int:
+    """An int argument (not a bool), checked before dispatch."""
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+        raise TypeError(f"fastconv.{op}: {name} must be an int, got {value!r}")
+    return value
+
+
 def output_layout(x: torch.Tensor) -> torch.memory_format:
     """The memory format fastconv writes its outputs in: the input's (channels_last or NCHW)."""
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
@@ -138,6 +152,25 @@ def check_no_overlap(op: str, out: torch.Tensor, inputs: Iterable[Tuple[str, Opt
             raise RuntimeError(message)
 
 
+def check_out_call(op: str, out, x: torch.Tensor, inputs: Iterable[Optional[torch.Tensor]] = (),
+                   name: str = "out") -> None:
+    """What the Python wrappers check before dispatching an ``_out`` op.
+
+    ``out`` must be a tensor on ``x``'s device: the dispatcher picks the kernel from every tensor
+    argument, so an ``out`` on the meta device would send the call to the fake implementation,
+    which writes nothing. And, as for PyTorch's own ``out=`` functions, the ``_out`` ops are not
+    differentiable: with grad mode on and an input requiring grad, the result would silently be
+    cut off from the graph, so that is an error.
+    """
+    check_tensor(op, out, name)
+    if out.device != x.device:
+        raise RuntimeError(f"fastconv.{op}: {name} is on {out.device} but x is on {x.device}")
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in [out, x, *inputs]):
+        raise RuntimeError(
+            f"fastconv.{op}: functions with {name}= arguments don't support automatic differentiation, but one of "
+            f"the arguments requires grad; call it without {name}= (or under torch.no_grad())")
+
+
 def check_out(op: str, out, shape: Sequence[int], like: torch.Tensor,
               inputs: Iterable[Tuple[str, Optional[torch.Tensor]]]) -> torch.Tensor:
     check_tensor(op, out, "out")
@@ -146,5 +179,8 @@ def check_out(op: str, out, shape: Sequence[int], like: torch.Tensor,
     if out.dtype != like.dtype:
         raise TypeError(f"fastconv.{op}: out has dtype {out.dtype} but x has dtype {like.dtype}")
     check_shape(op, out, "out", shape)
+    if out.device.type != "meta" and out.numel() > 1 and torch._debug_has_internal_overlap(out) == 1:
+        raise RuntimeError(f"fastconv.{op}: out has elements that share memory (e.g. an expanded tensor); "
+                           "pass an out whose elements are distinct")
     check_no_overlap(op, out, inputs)
     return out

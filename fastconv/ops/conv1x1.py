@@ -173,7 +173,7 @@ def conv1x1_out_op(
 @conv1x1_out_op.register_fake
 def _(x, weight, bias, residual, in_scale, in_shift, in_relu, stride, relu, out):
     shape = check_args(OP, x, weight, bias, residual, in_scale, in_shift, stride)
-    _checks.check_shape(OP, out, "out", shape)
+    _checks.check_out(OP, out, shape, x, ())  # device too: a meta out with real inputs lands here
 
 
 @torch.library.custom_op("fastconv::conv1x1_multi_out", mutates_args=("outs",))
@@ -251,12 +251,17 @@ def conv1x1(
     """
     _checks.check_tensor(OP, x, "x", ndims=(3, 4))
     stride_ = _checks.pair(OP, stride, "stride")
+    _checks.check_flag(OP, relu, "relu")
+    _checks.check_flag(OP, in_relu, "in_relu")
     unbatched = x.dim() == 3
     out_view = out
     if unbatched:
         x = x.unsqueeze(0)
         residual = None if residual is None else _checks.check_tensor(OP, residual, "residual", ndims=(3,)).unsqueeze(0)
         out_view = None if out is None else _checks.check_tensor(OP, out, "out", ndims=(3,)).unsqueeze(0)
+    if out_view is not None:
+        # before dispatch: a meta out would reach the fake kernel; out= is not differentiable
+        _checks.check_out_call(OP, out_view, x, (weight, bias, residual, in_scale, in_shift))
     if out_view is None:
         y = torch.ops.fastconv.conv1x1(x, weight, bias, residual, in_scale, in_shift, in_relu, stride_, relu)
         return y.squeeze(0) if unbatched else y
@@ -326,6 +331,8 @@ def conv1x1_multi(
                 if b is None:
                     parts.append(x.new_zeros(size))
                 else:
+                    if isinstance(b, torch.Tensor) and b.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+                        b = b.to(x.dtype)  # autocast: the op casts to the outs' dtype anyway
                     _checks.check_like(OP_MULTI, b, f"biases[{j}]", x)
                     parts.append(b.reshape(-1))
             bias = torch.cat(parts)
@@ -335,9 +342,16 @@ def conv1x1_multi(
     oh = (h - 1) // stride_[0] + 1 if h and stride_[0] > 0 else 0
     ow = (w - 1) // stride_[1] + 1 if w and stride_[1] > 0 else 0
     layout = _checks.output_layout(x)
+    dtype = x.dtype
+    if x.is_floating_point() and x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
+        # autocast: the op computes in the given outs' dtype (see _autocast.py), else in autocast's
+        given = [o for o in (outs or ()) if isinstance(o, torch.Tensor)]
+        dtype = given[0].dtype if given else torch.get_autocast_dtype(x.device.type)
     result = [
-        o if o is not None else torch.empty([n, size, oh, ow], dtype=x.dtype, device=x.device, memory_format=layout)
+        o if o is not None else torch.empty([n, size, oh, ow], dtype=dtype, device=x.device, memory_format=layout)
         for o, size in zip(outs if outs is not None else [None] * len(sizes), sizes)
     ]
+    for j, o in enumerate(result):  # before dispatch, as in conv1x1 (result's fresh tensors need no grad)
+        _checks.check_out_call(OP_MULTI, o, x, (weight, bias, in_scale, in_shift), f"outs[{j}]")
     torch.ops.fastconv.conv1x1_multi_out(x, weight, bias, in_scale, in_shift, in_relu, stride_, relu, result)
     return result

@@ -168,7 +168,7 @@ def conv2d_relu_out_op(
 @conv2d_relu_out_op.register_fake
 def _(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
     shape = check_args(x, weight, bias, residual, stride, padding, dilation, groups)
-    _checks.check_shape(OP, out, "out", shape)
+    _checks.check_out(OP, out, shape, x, ())  # device too: a meta out with real inputs lands here
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +227,8 @@ def conv2d_relu(
     _checks.check_tensor(OP, weight, "weight", ndims=(4,))
     stride_ = _checks.pair(OP, stride, "stride")
     dilation_ = _checks.pair(OP, dilation, "dilation")
+    _checks.check_int(OP, groups, "groups")
+    _checks.check_flag(OP, relu, "relu")
     padding_ = normalize_padding(padding, weight.shape[2:], stride_, dilation_)
     unbatched = x.dim() == 3
     if unbatched:
@@ -235,6 +237,10 @@ def conv2d_relu(
         out_view = None if out is None else _checks.check_tensor(OP, out, "out", ndims=(3,)).unsqueeze(0)
     else:
         out_view = out
+    if out_view is not None:
+        # checked before dispatch: an out on another device (meta) would route the op to that
+        # device's kernel (the fake one), which writes nothing
+        _checks.check_out_call(OP, out_view, x, (weight, bias, residual))
     if out_view is None:
         y = torch.ops.fastconv.conv2d_relu(x, weight, bias, residual, stride_, padding_, dilation_, groups, relu)
         return y.squeeze(0) if unbatched else y

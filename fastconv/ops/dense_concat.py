@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from .. import _backend
-from . import _checks
+from . import _autocast, _checks
 
 OP = "dense_concat"
 
@@ -114,7 +114,8 @@ def dense_concat_out_op(features: List[torch.Tensor], out: torch.Tensor) -> None
 
 @dense_concat_out_op.register_fake
 def _(features, out):
-    _checks.check_shape(OP, out, "out", check_features(features))
+    # device too: a meta out with real inputs lands here
+    _checks.check_out(OP, out, check_features(features), features[0], ())
 
 
 def _setup_context(ctx, inputs, output):
@@ -132,8 +133,14 @@ def dense_concat(features: Sequence[torch.Tensor], *, out: Optional[torch.Tensor
     """``torch.cat(features, 1)``; a copy-free view when the features are adjacent channel slices of one buffer.
 
     With ``out=`` the features are copied into ``out`` (unless they already are its slices).
+    Under ``torch.autocast`` features of different floating dtypes are promoted, as torch.cat does.
     """
+    features = _autocast.promote_features(features)
     check_features(features)
+    if out is not None:
+        # checked before dispatch: an out on another device (meta) would route the op to that
+        # device's kernel (the fake one), which writes nothing
+        _checks.check_out_call(OP, out, features[0], features)
     if not torch.compiler.is_compiling() and not any(f.requires_grad for f in features):
         view = adjacent_view(features)
         if view is not None:

@@ -149,7 +149,7 @@ def max_pool2d_out_op(
 @max_pool2d_out_op.register_fake
 def _(x, kernel_size, stride, padding, dilation, ceil_mode, out):
     shape = check_args(x, kernel_size, stride, padding, dilation, ceil_mode)
-    _checks.check_shape(OP, out, "out", shape)
+    _checks.check_out(OP, out, shape, x, ())  # device too: a meta out with real inputs lands here
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,6 +200,7 @@ def max_pool2d(
         stride_ = _checks.pair(OP, stride, "stride")
     padding_ = _checks.pair(OP, padding, "padding")
     dilation_ = _checks.pair(OP, dilation, "dilation")
+    _checks.check_flag(OP, ceil_mode, "ceil_mode")
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
@@ -210,6 +211,7 @@ def max_pool2d(
         # checked here too: an out on another device (meta) would otherwise route the op to that
         # device's kernel (the fake one) before the op body could reject it
         _checks.check_like(OP, out_view, "out", x)
+        _checks.check_out_call(OP, out_view, x)  # out= is not differentiable
     if out_view is None:
         y = torch.ops.fastconv.max_pool2d(x, kernel_, stride_, padding_, dilation_, ceil_mode)
         return y.squeeze(0) if unbatched else y
