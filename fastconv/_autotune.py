@@ -154,21 +154,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _clock(device: torch.device) -> Callable[[], float]:
+    # wall time. (Process CPU time was tried on the CPU: OpenMP workers spinning after each parallel
+    # region add a near-constant few ms per call, which swamps small kernels.)
+    return time.perf_counter
+
+
 def default_timer(tactic: str, fn: Callable[[], None], device: torch.device) -> float:
     """Seconds per call: the minimum over a few calls after one warm-up call (the minimum is the
     statistic least moved by other load on the machine)."""
+    clock = _clock(device)
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
     _sync(device)
-    first = time.perf_counter() - t0
+    first = clock() - t0
     reps = 3 if first > 0.05 else 5 if first > 0.005 else 15
     best = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         _sync(device)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
 
 

@@ -294,3 +294,21 @@ def test_torch_backend_is_selectable():
     assert stats.calls == {("conv2d_relu", "torch"): 1}
     assert stats.copied_bytes == y.numel() * 4  # oneDNN's fresh result copied into the slice, counted
     torch.testing.assert_close(y.double(), ref_conv(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("backend,own", [("cpu", 1.0), ("torch", 0.0), ("auto", None)])
+def test_bench_reports_own_kernel_fraction(backend, own):
+    from fastconv import _bench
+
+    cfg = _bench.BenchConfig(models=("resnet18",), size=48, repeats=1, warmup=0, backend=backend)
+    (row,) = _bench.bench_model("resnet18", cfg)
+    if own is None:
+        assert 0.0 <= row["own_flops_frac"] <= 1.0
+        assert sum(n for k, n in row["tactics"].items() if k.startswith("conv")) > 0
+    else:
+        assert row["own_flops_frac"] == own
+        assert all(k.endswith(":" + backend) for k in row["tactics"])
+    headers, rows = _bench.table_rows([row])
+    assert headers[-1] == "own-kernel conv FLOPs" and rows[0][-1].endswith("%")
+    assert row["fastconv_rel_err"] < 1e-4
