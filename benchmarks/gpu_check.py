@@ -17,6 +17,7 @@ STAGES = [
     ("tests", 180, "{py} -m pytest tests -m gpu -q -x -p no:cacheprovider"),
     ("ops", 150, "{py} benchmarks/gpu_ops.py --json {out}/ops.json --markdown {out}/ops.md"),
     ("models", 150, "{py} benchmarks/gpu_models.py --json {out}/models.json --markdown {out}/models.md"),
+    ("graphs", 60, "{py} benchmarks/gpu_graphs.py --json {out}/graphs.json --markdown {out}/graphs.md"),
 ]
 
 

@@ -6,6 +6,7 @@
 #   stage tests   : the GPU tests (pytest -m gpu): Triton and CUDA against cuDNN, every dtype
 #   stage ops     : per-op timings at the five networks' shapes (benchmarks/gpu_ops.py)
 #   stage models  : converted models vs eager cuDNN (benchmarks/gpu_models.py), when present
+#   stage graphs  : CUDA-graph capture of converted models at batch 1 (benchmarks/gpu_graphs.py)
 # Packages missing on the machine (nvidia-cutlass, pytest-xdist, ...) are installed from
 # wheels in ./wheels or $WHEELS beside the checkout when they are there.
 set -uo pipefail

@@ -15,7 +15,10 @@ import torch
 
 from . import _ext
 
-BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
+BACKENDS = ("auto", "triton", "cuda", "cpu", "torch", "reference")
+# "torch": PyTorch's own kernel (oneDNN on the CPU with its fused post-ops, cuDNN on CUDA) with
+# fastconv's fusion around it (folded BN, bias/residual/ReLU epilogue, prologue, out-slices).
+# "auto" picks per call signature among the candidates of fastconv._autotune (timed, cached).
 
 _state = threading.local()
 
@@ -56,7 +59,7 @@ def _triton_status() -> str | None:
 def backend_status() -> Dict[str, str]:
     """For every backend: "available", or why it cannot run here."""
     ext_reason = _ext.load_error()
-    status = {"auto": "available", "reference": "available"}
+    status = {"auto": "available", "torch": "available", "reference": "available"}
     triton_reason = _triton_status()
     status["triton"] = "available" if triton_reason is None else triton_reason
     status["cpu"] = "available" if ext_reason is None else f"C++ extension unavailable: {ext_reason}"
@@ -85,12 +88,11 @@ def resolve(device: torch.device, op: str) -> str:
     """
     name = current_backend()
     if name == "auto":
-        if device.type == "cuda":
-            return "triton"
-        if device.type == "cpu":
-            return "cpu" if _ext.load_error() is None else "reference"
-        return "reference"
-    if name == "reference":
+        # the untimed choice; the ops themselves tune per signature (fastconv._autotune.dispatch)
+        from . import _autotune
+
+        return _autotune.heuristic(op, device)
+    if name in ("reference", "torch"):
         return name
     if name == "triton":
         if device.type == "cuda" or (device.type == "cpu" and triton_interpreted()):

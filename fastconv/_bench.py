@@ -156,6 +156,11 @@ def _resolved_backend(cfg: BenchConfig) -> str:
     import fastconv
     from fastconv import _backend
 
+    if (cfg.backend or "auto") == "auto":
+        from fastconv import _autotune
+
+        cands = _autotune.candidates("conv2d_relu", torch.device(cfg.device))
+        return "per-signature tactics timed among " + "/".join(cands)
     with fastconv.use_backend(cfg.backend or "auto"):
         try:
             return _backend.resolve(torch.device(cfg.device), "bench")
@@ -215,7 +220,9 @@ def measure(p: Prepared, batch: int, cfg: BenchConfig, with_compile: bool = Fals
             outs = {}
             for key, fn in fns.items():
                 step(f"batch {batch}: numerics ({key})")
-                outs[key] = [_logits(fn(x)).float() for x in inputs]
+                outs[key] = [_logits(fn(x)).float() for x in inputs]  # under auto: tunes every signature
+            with fastconv.kernel_stats() as stats:  # which kernels ran the conv FLOPs (tactics now cached)
+                p.fast(inputs[0])
             step(f"batch {batch}: timing {', '.join(fns)} × {cfg.repeats}")
             times = time_interleaved(fns, inputs, cfg.repeats, cfg.warmup, cfg.device)
     ref = torch.cat(refs)
@@ -228,6 +235,9 @@ def measure(p: Prepared, batch: int, cfg: BenchConfig, with_compile: bool = Fals
         row[f"{key}_rel_err"] = rel_error(y, ref)
         row[f"{key}_top1_agree"] = top1_agreement(y, ref)
     row["speedup"] = row["eager_ms"] / row["fastconv_ms"]
+    row["own_flops_frac"] = stats.own_fraction()  # conv FLOPs on fastconv's kernels (the rest: PyTorch's)
+    row["tactics"] = {f"{op}:{t}": n for (op, t), n in sorted(stats.calls.items())}
+    row["torch_copied_mb"] = stats.copied_bytes / 1e6
     if "compile" in fns:
         row["compile_speedup"] = row["eager_ms"] / row["compile_ms"]
     return row
@@ -288,6 +298,9 @@ def table_rows(results: Sequence[dict]):
     if has_compile:
         headers += ["compile ms", "compile ×"]
     headers += ["rel. error", "top-1 agree"]
+    has_own = any("own_flops_frac" in r for r in results)
+    if has_own:
+        headers += ["own-kernel conv FLOPs"]
     rows = []
     for r in results:
         if "error" in r:
@@ -297,6 +310,9 @@ def table_rows(results: Sequence[dict]):
         if has_compile:
             row += [f"{r['compile_ms']:.2f}", f"{r['compile_speedup']:.2f}"] if "compile_ms" in r else ["", ""]
         row += [f"{r['fastconv_rel_err']:.1e}", f"{100 * r['fastconv_top1_agree']:.0f}%"]
+        if has_own:  # conv FLOPs on fastconv's own kernels; the rest ran on PyTorch's (the torch tactic)
+            own = r.get("own_flops_frac")
+            row += ["" if own is None else f"{100 * own:.0f}%"]
         rows.append(row)
     return headers, rows
 
@@ -365,8 +381,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPU default bf16 (channels_last); CPU default fp32")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on for GPU, off for CPU")
-    p.add_argument("--backend", choices=["auto", "triton", "cuda", "cpu", "reference"], default=None,
-                   help="force one fastconv backend (fastconv.use_backend)")
+    p.add_argument("--backend", choices=["auto", "triton", "cuda", "cpu", "torch", "reference"], default=None,
+                   help="force one fastconv backend (fastconv.use_backend); cpu/cuda/triton show fastconv's "
+                        "own kernels alone, auto may pick PyTorch's kernel per layer (see 'own-kernel conv FLOPs')")
     p.add_argument("--compile", action="store_true", help="add a torch.compile(converted model) column")
     p.add_argument("--size", type=int, default=224, help="image size (default 224)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per variant (GPU 50, CPU 5)")

@@ -118,7 +118,8 @@ class _InputCast(nn.Module):
 
 
 def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_last: Optional[bool] = None,
-            inplace: bool = False) -> nn.Module:
+            inplace: bool = False, example_input: Optional[torch.Tensor] = None, cuda_graph: bool = False,
+            graph_fallback: str = "eager") -> nn.Module:
     """An inference module computing what ``model.eval()`` computes, on fastconv's fused ops.
 
     BatchNorm is folded into the preceding conv, conv+bias(+residual)+ReLU fused, max-pooling and
@@ -126,7 +127,20 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
     float64 first) and the incoming activations; ``channels_last=True`` makes incoming
     activations channels_last (fastconv keeps the layout through the network). The original
     model is left untouched unless ``inplace=True``.
+
+    ``example_input``: tune the ``auto`` backend's tactics for this input now (``fastconv.tune``,
+    with a progress line) instead of on the first call. ``cuda_graph=True`` (needs a CUDA
+    ``example_input``) returns a ``CUDAGraphModel``: the eval forward captured once and replayed for
+    inputs of that shape; the returned tensor is a static buffer **overwritten by the next call**.
+    Inputs of another shape run the eager converted forward (``graph_fallback="eager"``) or raise
+    (``graph_fallback="raise"``). On a machine without CUDA ``cuda_graph=True`` raises RuntimeError.
     """
+    if cuda_graph:
+        if not torch.cuda.is_available():
+            raise RuntimeError("fastconv.convert(cuda_graph=True): CUDA graphs need a CUDA device, and none is "
+                               "available (torch.cuda.is_available() is False)")
+        if example_input is None:
+            raise ValueError("fastconv.convert(cuda_graph=True) needs example_input (the shape to capture)")
     if not isinstance(model, nn.Module):
         raise TypeError(f"fastconv.convert: model must be an nn.Module, got {type(model).__name__}")
     if dtype is not None and dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -141,6 +155,14 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
     converted.eval()
     for p in converted.parameters():
         p.requires_grad_(False)
-    if dtype is None and not channels_last:
-        return converted
-    return _InputCast(converted, dtype, bool(channels_last)).eval()
+    if dtype is not None or channels_last:
+        converted = _InputCast(converted, dtype, bool(channels_last)).eval()
+    if cuda_graph:
+        from ._graphs import CUDAGraphModel
+
+        return CUDAGraphModel(converted, example_input, fallback=graph_fallback).eval()
+    if example_input is not None:
+        from ._autotune import tune
+
+        tune(converted, example_input)
+    return converted

@@ -7,6 +7,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# the auto backend's tactic cache: a fresh directory per test session, never the user's ~/.cache
+import tempfile  # noqa: E402
+
+os.environ["FASTCONV_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastconv-test-cache-")
+
 import pytest  # noqa: E402
 
 import fastconv  # noqa: E402,F401  (import after TRITON_INTERPRET is decided)

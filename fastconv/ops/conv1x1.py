@@ -17,8 +17,8 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from .. import _backend
-from . import _checks, reference
+from .. import _autotune
+from . import _checks, _torch_tactic, reference
 
 OP = "conv1x1"
 OP_MULTI = "conv1x1_multi"
@@ -110,16 +110,25 @@ def _cuda_kernel(*args):
     raise NotImplementedError(f"fastconv.{OP}: backend 'cuda' has no conv1x1 kernel yet; use 'triton'")
 
 
-KERNELS = {"reference": _reference_kernel, "cpu": _cpu_kernel, "cuda": _cuda_kernel, "triton": _triton_kernel}
+def _torch_kernel(x, weight, bias, residual, in_scale, in_shift, in_relu, stride, relu, outs):
+    w4 = weight.reshape(weight.shape[0], weight.shape[1], 1, 1)
+    _torch_tactic.conv(x, w4, bias, residual, stride, [0, 0, 0, 0], [1, 1], 1, relu, outs,
+                       in_scale=in_scale, in_shift=in_shift, in_relu=in_relu)
+
+
+KERNELS = {"reference": _reference_kernel, "cpu": _cpu_kernel, "cuda": _cuda_kernel, "triton": _triton_kernel,
+           "torch": _torch_kernel}
 
 
 def _run(x, weight, bias, residual, in_scale, in_shift, in_relu, stride, relu, outs) -> None:
     outs = [o for o in outs]
     if all(o.numel() == 0 for o in outs):
         return
-    backend = _backend.resolve(x.device, OP)
     w2d = weight.reshape(weight.shape[0], weight.shape[1])  # a view for [C_out, C_in, 1, 1] weights
-    KERNELS[backend](x, w2d, bias, residual, in_scale, in_shift, in_relu, list(stride), relu, outs)
+    args = (x, w2d, bias, residual, in_scale, in_shift, in_relu, list(stride), relu, outs)
+    _autotune.dispatch(OP, x.device, KERNELS, args, (x, w2d, bias, residual, in_scale, in_shift, outs),
+                       (in_relu, list(stride), relu),
+                       lambda: 2 * sum(o.numel() for o in outs) * w2d.shape[1])
 
 
 def _empty_out(x, shape):

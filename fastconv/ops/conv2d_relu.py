@@ -12,8 +12,8 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from .. import _backend
-from . import _checks, reference
+from .. import _autotune
+from . import _checks, _torch_tactic, reference
 
 OP = "conv2d_relu"
 
@@ -110,14 +110,21 @@ def _triton_kernel(x, weight, bias, residual, stride, padding, dilation, groups,
     triton_conv.conv2d_relu(x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
 
 
-KERNELS = {"reference": _reference_kernel, "cpu": _cpu_kernel, "cuda": _cuda_kernel, "triton": _triton_kernel}
+def _torch_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
+    _torch_tactic.conv(x, weight, bias, residual, stride, padding, dilation, groups, relu, [out])
+
+
+KERNELS = {"reference": _reference_kernel, "cpu": _cpu_kernel, "cuda": _cuda_kernel, "triton": _triton_kernel,
+           "torch": _torch_kernel}
 
 
 def _run(x, weight, bias, residual, stride, padding, dilation, groups, relu, out) -> None:
     if out.numel() == 0:
         return
-    backend = _backend.resolve(x.device, OP)
-    KERNELS[backend](x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
+    args = (x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
+    _autotune.dispatch(OP, x.device, KERNELS, args, (x, weight, bias, residual, out),
+                       (stride, padding, dilation, groups, relu),
+                       lambda: 2 * out.numel() * weight[0].numel())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .. import _backend
+from .. import _autotune
 from . import _autocast, _checks
 
 OP = "dense_concat"
@@ -80,13 +80,18 @@ def _triton_kernel(features, out):
     triton_concat.dense_concat(list(features), out)
 
 
-KERNELS = {"reference": _reference_kernel, "cpu": _cpu_kernel, "cuda": _cuda_kernel, "triton": _triton_kernel}
+def _torch_kernel(features, out):
+    torch.cat(list(features), 1, out=out)
+
+
+KERNELS = {"reference": _reference_kernel, "cpu": _cpu_kernel, "cuda": _cuda_kernel, "triton": _triton_kernel,
+           "torch": _torch_kernel}
 
 
 def _run(features, out):
     if out.numel() == 0:
         return
-    KERNELS[_backend.resolve(out.device, OP)](features, out)
+    _autotune.dispatch(OP, out.device, KERNELS, (features, out), (list(features), out), ())
 
 
 @torch.library.custom_op("fastconv::dense_concat", mutates_args=())

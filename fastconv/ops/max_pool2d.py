@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from .. import _backend
+from .. import _autotune
 from . import _checks, reference
 
 OP = "max_pool2d"
@@ -97,14 +97,21 @@ def _triton_kernel(x, kernel_size, stride, padding, dilation, ceil_mode, out):
     triton_pool.max_pool2d(x, kernel_size, stride, padding, dilation, out)
 
 
-KERNELS = {"reference": _reference_kernel, "cpu": _cpu_kernel, "cuda": _cuda_kernel, "triton": _triton_kernel}
+def _torch_kernel(x, kernel_size, stride, padding, dilation, ceil_mode, out):
+    # PyTorch's pooling returns a fresh tensor: one copy into out (counted)
+    out.copy_(torch.nn.functional.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode))
+    _autotune.count_copy(out.numel() * out.element_size())
+
+
+KERNELS = {"reference": _reference_kernel, "cpu": _cpu_kernel, "cuda": _cuda_kernel, "triton": _triton_kernel,
+           "torch": _torch_kernel}
 
 
 def _run(x, kernel_size, stride, padding, dilation, ceil_mode, out) -> None:
     if out.numel() == 0:
         return
-    backend = _backend.resolve(x.device, OP)
-    KERNELS[backend](x, kernel_size, stride, padding, dilation, ceil_mode, out)
+    args = (x, kernel_size, stride, padding, dilation, ceil_mode, out)
+    _autotune.dispatch(OP, x.device, KERNELS, args, (x, out), (kernel_size, stride, padding, dilation, ceil_mode))
 
 
 # ---------------------------------------------------------------------------------------------

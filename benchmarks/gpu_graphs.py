@@ -1,0 +1,85 @@
+"""CUDA graphs of converted models (gpu_check stage "graphs", ~60 s): batch-1 launch overhead.
+
+For each model: eager cuDNN, the converted model under ``auto`` (eager, one launch per op) and
+``fastconv.convert(..., example_input=x, cuda_graph=True)`` (tuned and warmed up before capture,
+then one graph replay per call). Checks that replay matches the eager converted forward, that a
+new input in the static buffer gives its own result, and that another batch size falls back to
+the eager forward; times all three with CUDA events (median of interleaved calls).
+
+    python benchmarks/gpu_graphs.py [--models resnet18 googlenet] [--json F] [--markdown F]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import fastconv  # noqa: E402
+from fastconv import _bench  # noqa: E402
+
+
+def run(name: str, dtype: torch.dtype, repeats: int) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = _bench.randomize_batchnorm(_bench.torchvision_model(name), gen).eval()
+    eager = model.to("cuda", dtype).to(memory_format=torch.channels_last)
+    xs = [torch.randn(1, 3, 224, 224, generator=gen).to("cuda", dtype).contiguous(memory_format=torch.channels_last)
+          for _ in range(3)]
+    t0 = time.perf_counter()
+    fast = fastconv.convert(eager, channels_last=True)
+    graphed = fastconv.convert(eager, channels_last=True, example_input=xs[0], cuda_graph=True)
+    build_s = time.perf_counter() - t0
+    with torch.inference_mode():
+        ref = [fast(x).float() for x in xs]
+        got = [graphed(x).float().clone() for x in xs]  # the static output: cloned before the next call
+        err = max(_bench.rel_error(g, r) for g, r in zip(got, ref))
+        distinct = _bench.rel_error(got[0], got[1])
+        other = torch.randn(2, 3, 224, 224, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+        fallback_err = _bench.rel_error(graphed(other).float(), fast(other).float())
+        times = _bench.time_interleaved({"eager": eager, "converted": fast, "graph": graphed}, xs, repeats, 5, "cuda")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ok = err < 1e-2 and distinct > 1e-3 and fallback_err < 1e-2
+    return {"model": name, "dtype": str(dtype)[6:], "eager_ms": med["eager"], "converted_ms": med["converted"],
+            "graph_ms": med["graph"], "replay_rel_err": err, "inputs_distinct": distinct,
+            "fallback_rel_err": fallback_err, "build_s": build_s, "ok": ok}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="*", default=["resnet18", "googlenet"])
+    ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--json")
+    ap.add_argument("--markdown")
+    ap.add_argument("--full", action="store_true", help="accepted for gpu_check; more repeats")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_graphs.py needs a CUDA device")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    rows = [run(m, dtype, args.repeats * (3 if args.full else 1)) for m in args.models]
+    lines = [f"CUDA graphs on {torch.cuda.get_device_name()}: batch 1, {args.dtype} channels_last, 224×224", "",
+             "| model | eager ms | converted ms | graph ms | graph × eager | replay rel. err | fallback rel. err | ok |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['eager_ms']:.3f} | {r['converted_ms']:.3f} | {r['graph_ms']:.3f} | "
+                     f"{r['eager_ms'] / r['graph_ms']:.2f} | {r['replay_rel_err']:.1e} | {r['fallback_rel_err']:.1e} | "
+                     f"{'yes' if r['ok'] else 'NO'} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        open(args.markdown, "w").write(text + "\n")
+    if args.json:
+        json.dump(rows, open(args.json, "w"), indent=1)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

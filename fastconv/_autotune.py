@@ -1,0 +1,501 @@
+"""The ``auto`` backend: per-signature tactic selection with an in-memory and an on-disk cache.
+
+For every op call signature (op, shapes, strides — which encode the layout and channel-slice
+outs —, dtypes, device, epilogue/prologue flags) ``auto`` times the candidate tactics once on the
+call's own arguments, keeps the fastest in memory and in a JSON file, and runs it from then on:
+
+- on CUDA: ``triton`` (whose own autotuner picks its config per shape), ``cuda`` where the
+  CUDA/CUTLASS kernel exists for the op, and ``torch`` (PyTorch's kernel with fastconv's fusion
+  around it);
+- on the CPU: ``cpu`` (fastconv's C++ kernels, when the extension is built) and ``torch`` (oneDNN
+  with its fused post-ops where it has them).
+
+The cache file lives in ``$FASTCONV_CACHE_DIR`` (default ``~/.cache/fastconv``); its name hashes
+the device name, the thread count (CPU), and the torch / fastconv / Triton versions, so a file is
+only read back where its timings mean something. Writes are atomic (temp file + ``os.replace``)
+under a thread lock and a file lock; a corrupt or unwritable file is ignored with a warning.
+
+``FASTCONV_AUTOTUNE=0`` picks by fixed heuristics without timing. No timing happens inside
+torch.compile tracing or CUDA-graph capture: there the cached choice is used, or the heuristic one
+(not stored) when the signature was never tuned. A candidate kernel that raises
+``NotImplementedError`` does not support the signature and is left out (recorded as such);
+any other error propagates: nothing falls back silently.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import _backend, _ext
+from ._version import __version__
+
+CACHE_VERSION = 1
+OWN_KERNELS = ("cpu", "cuda", "triton")  # fastconv's own kernel families; "torch" and "reference" are PyTorch's
+
+Timer = Callable[[str, Callable[[], None], torch.device], float]
+
+
+# ---------------------------------------------------------------------------------------------
+# settings
+
+def autotune_enabled() -> bool:
+    return os.environ.get("FASTCONV_AUTOTUNE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def cache_dir() -> str:
+    env = os.environ.get("FASTCONV_CACHE_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fastconv")
+
+
+# ---------------------------------------------------------------------------------------------
+# candidates and heuristics
+
+_candidates: Dict[Tuple[str, str], List[str]] = {}
+
+
+def candidates(op: str, device: torch.device) -> List[str]:
+    """The tactics ``auto`` chooses between for ``op`` on ``device``, in heuristic preference order."""
+    key = (op, device.type)
+    found = _candidates.get(key)
+    if found is None:
+        found = _candidates[key] = _find_candidates(op, device)
+    return list(found)
+
+
+def _find_candidates(op: str, device: torch.device) -> List[str]:
+    if device.type == "cuda":
+        cands = ["triton"]
+        if op == "conv2d_relu" and _backend.backend_status()["cuda"] == "available":
+            cands.append("cuda")
+        return cands + ["torch"]
+    if device.type == "cpu":
+        return (["cpu"] if _ext.load_error() is None else []) + ["torch"]
+    return ["reference"]
+
+
+def heuristic(op: str, device: torch.device) -> str:
+    """The untimed choice (``FASTCONV_AUTOTUNE=0``, or an untuned signature during capture/tracing)."""
+    return candidates(op, device)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# signatures
+
+_device_names: Dict[Tuple[str, Optional[int]], str] = {}
+
+
+def device_name(device: torch.device) -> str:
+    key = (device.type, device.index)
+    name = _device_names.get(key)
+    if name is None:
+        if device.type == "cuda":
+            name = torch.cuda.get_device_name(device)
+        elif device.type == "cpu":
+            name = _cpu_model()
+        else:
+            name = device.type
+        _device_names[key] = name
+    return name
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+
+        return triton.__version__
+    except Exception:
+        return "none"
+
+
+def device_key(device: torch.device) -> str:
+    """What a tuned choice depends on besides the call: device, thread count, versions."""
+    parts = [device_name(device), f"torch {torch.__version__}", f"fastconv {__version__}"]
+    if device.type == "cpu":
+        parts.append(f"threads {torch.get_num_threads()}")
+    else:
+        parts.append(f"triton {_triton_version()}")
+    return " | ".join(parts)
+
+
+def _describe(t) -> str:
+    if t is None:
+        return "-"
+    if isinstance(t, torch.Tensor):
+        return f"{str(t.dtype)[6:]}{list(t.shape)}s{list(t.stride())}"
+    if isinstance(t, (list, tuple)):
+        return "[" + ",".join(_describe(v) for v in t) + "]"
+    return repr(t)
+
+
+def signature(op: str, tensors: Sequence, flags: Sequence) -> str:
+    """One string per call signature: the tensors' dtypes, shapes and strides, and the op's flags."""
+    return f"{op}(" + ";".join(_describe(t) for t in tensors) + "|" + ",".join(_describe(f) for f in flags) + ")"
+
+
+# ---------------------------------------------------------------------------------------------
+# timing
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _clock(device: torch.device) -> Callable[[], float]:
+    # wall time. (Process CPU time was tried on the CPU: OpenMP workers spinning after each parallel
+    # region add a near-constant few ms per call, which swamps small kernels.)
+    return time.perf_counter
+
+
+def default_timer(tactic: str, fn: Callable[[], None], device: torch.device) -> float:
+    """Seconds per call: the minimum over a few calls after one warm-up call (the minimum is the
+    statistic least moved by other load on the machine). ``choose`` calls it in interleaved rounds."""
+    clock = _clock(device)
+    _sync(device)
+    t0 = clock()
+    fn()
+    _sync(device)
+    first = clock() - t0
+    reps = 1 if first > 0.05 else 3 if first > 0.005 else 8
+    best = first
+    for _ in range(reps):
+        t0 = clock()
+        fn()
+        _sync(device)
+        best = min(best, clock() - t0)
+    return best
+
+
+ROUNDS = 3  # the default timer runs in this many interleaved rounds (candidates alternate within each)
+
+
+_timer: Timer = default_timer
+
+
+@contextlib.contextmanager
+def use_timer(timer: Timer) -> Iterator[Timer]:
+    """Time candidates with ``timer(tactic, fn, device) -> seconds`` in this block (tests inject fakes)."""
+    global _timer
+    previous, _timer = _timer, timer
+    try:
+        yield timer
+    finally:
+        _timer = previous
+
+
+# ---------------------------------------------------------------------------------------------
+# the on-disk cache
+
+class TacticCache:
+    """Tuned choices in memory and in ``cache_dir()/tactics-<hash>.json`` (one file per device key)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._memory: Dict[Tuple[str, str], str] = {}
+        self._loaded: Dict[str, bool] = {}       # path -> whether its entries are in memory
+        self._warned: set = set()
+
+    def path(self, dkey: str) -> str:
+        digest = hashlib.sha1(f"v{CACHE_VERSION}|{dkey}".encode()).hexdigest()[:16]
+        return os.path.join(cache_dir(), f"tactics-{digest}.json")
+
+    def _warn(self, what: str, path: str, exc: BaseException) -> None:
+        key = (what, path)
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"fastconv: tactic cache {path}: {what} ({type(exc).__name__}: {exc}); "
+                          "continuing with the in-memory cache", RuntimeWarning, stacklevel=4)
+
+    def _read(self, path: str, dkey: str) -> Dict[str, str]:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}  # no file yet (or no directory: store() warns when it cannot write one)
+        except (OSError, ValueError) as exc:
+            self._warn("unreadable or corrupt, ignored", path, exc)
+            return {}
+        entries = data.get("entries") if isinstance(data, dict) else None
+        if (not isinstance(entries, dict) or data.get("device_key") != dkey
+                or not all(isinstance(k, str) and isinstance(v, str) for k, v in entries.items())):
+            self._warn("corrupt, ignored", path, ValueError("unexpected content"))
+            return {}
+        return entries
+
+    def lookup(self, dkey: str, sig: str) -> Optional[str]:
+        with self._lock:
+            hit = self._memory.get((dkey, sig))
+            if hit is not None:
+                return hit
+            path = self.path(dkey)
+            if not self._loaded.get(path):
+                self._loaded[path] = True
+                for k, v in self._read(path, dkey).items():
+                    self._memory.setdefault((dkey, k), v)
+            return self._memory.get((dkey, sig))
+
+    def store(self, dkey: str, sig: str, tactic: str, timings: Optional[Dict[str, float]] = None) -> None:
+        with self._lock:
+            self._memory[(dkey, sig)] = tactic
+            path = self.path(dkey)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with _file_lock(path + ".lock"):
+                    entries = self._read(path, dkey)  # merge what other processes wrote meanwhile
+                    entries[sig] = tactic
+                    for k, v in entries.items():
+                        self._memory.setdefault((dkey, k), v)
+                    fd, tmp = tempfile.mkstemp(prefix=".tactics-", suffix=".tmp", dir=os.path.dirname(path))
+                    try:
+                        with os.fdopen(fd, "w") as f:
+                            json.dump({"version": CACHE_VERSION, "device_key": dkey, "entries": entries}, f,
+                                      indent=0, sort_keys=True)
+                        os.replace(tmp, path)
+                    except BaseException:
+                        with contextlib.suppress(OSError):
+                            os.unlink(tmp)
+                        raise
+            except OSError as exc:
+                self._warn("cannot be written", path, exc)
+
+    def clear_memory(self) -> None:
+        """Forget the in-memory choices (the files stay; they are read again on the next lookup)."""
+        with self._lock:
+            self._memory.clear()
+            self._loaded.clear()
+            self._warned.clear()
+
+
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: os.replace alone keeps the file whole
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+CACHE = TacticCache()
+
+
+def clear_cache() -> None:
+    """Forget the tuned choices held in memory (tests; after changing FASTCONV_CACHE_DIR)."""
+    CACHE.clear_memory()
+    _candidates.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# selection
+
+_tune_lock = threading.Lock()
+
+
+def _timing_forbidden(device: torch.device) -> bool:
+    if torch.compiler.is_compiling():
+        return True
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return True
+    return False
+
+
+def choose(op: str, device: torch.device, sig: str, run: Callable[[str], None]) -> str:
+    """The tactic for this call: cached, else timed (``run(tactic)`` runs one candidate on the
+    call's arguments, writing the call's out), else the heuristic one."""
+    cands = candidates(op, device)
+    if len(cands) == 1:
+        return cands[0]
+    dkey = device_key(device)
+    hit = CACHE.lookup(dkey, sig)
+    if hit is not None and hit in cands:
+        return hit
+    if not autotune_enabled():
+        return heuristic(op, device)
+    listing = getattr(_listing_state, "rec", None)
+    if listing is not None:
+        listing.untuned.add(sig)
+        return heuristic(op, device)
+    if _timing_forbidden(device):
+        return heuristic(op, device)  # not stored: the next eager call tunes it
+    with _tune_lock:  # one tuning at a time: concurrent timings would disturb each other
+        hit = CACHE.lookup(dkey, sig)
+        if hit is not None and hit in cands:
+            return hit
+        timings: Dict[str, float] = {}
+        unsupported: set = set()
+        timer = _timer
+        rounds = ROUNDS if timer is default_timer else 1  # an injected timer is asked once per tactic
+        for r in range(rounds):
+            # interleaved rounds, order reversed every other round, minimum kept: a burst of other
+            # load on the machine then hits every candidate rather than one
+            for tactic in (cands if r % 2 == 0 else cands[::-1]):
+                if tactic in unsupported:
+                    continue
+                try:
+                    t = float(timer(tactic, lambda t=tactic: run(t), device))
+                except NotImplementedError:
+                    unsupported.add(tactic)  # this tactic does not support the signature
+                    continue
+                timings[tactic] = min(t, timings.get(tactic, t))
+        if not timings:
+            raise RuntimeError(f"fastconv.{op}: no tactic supports {sig} (tried {cands})")
+        best = min(timings, key=timings.get)
+        CACHE.store(dkey, sig, best, timings)
+        for p in list(_progress):
+            p.tuned(sig, timings, best)
+        return best
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch: what every op's _run calls
+
+_collectors: List["KernelStats"] = []
+
+
+def count_copy(nbytes: int) -> None:
+    """A ``torch`` tactic's extra copy of its result into ``out`` (reported by KernelStats)."""
+    for c in _collectors:
+        c.copied_bytes += nbytes
+
+
+def dispatch(op: str, device: torch.device, kernels: Dict[str, Callable], args: tuple, sig_tensors: Sequence,
+             sig_flags: Sequence, flops: Callable[[], int] = lambda: 0) -> str:
+    """Run ``op`` with ``args`` on the current backend's kernel (tuned per signature under
+    ``auto``); returns the tactic that ran."""
+    if _backend.current_backend() == "auto":
+        sig = signature(op, sig_tensors, sig_flags)
+        backend = choose(op, device, sig, lambda t: kernels[t](*args))
+    else:
+        backend = _backend.resolve(device, op)
+    kernels[backend](*args)
+    if _collectors:
+        n = flops()
+        for c in _collectors:
+            c.add(op, backend, n)
+    return backend
+
+
+class KernelStats:
+    """Calls and conv FLOPs per (op, tactic) while active (``with fastconv.kernel_stats() as s``)."""
+
+    def __init__(self) -> None:
+        self.calls: Dict[Tuple[str, str], int] = {}
+        self.flops: Dict[Tuple[str, str], int] = {}
+        self.copied_bytes = 0  # extra copies of torch-tactic results into out
+        self._lock = threading.Lock()
+
+    def add(self, op: str, tactic: str, flops: int) -> None:
+        with self._lock:
+            self.calls[(op, tactic)] = self.calls.get((op, tactic), 0) + 1
+            self.flops[(op, tactic)] = self.flops.get((op, tactic), 0) + flops
+
+    def conv_flops(self, own: Optional[bool] = None) -> int:
+        return sum(v for (op, t), v in self.flops.items()
+                   if own is None or (t in OWN_KERNELS) == own)
+
+    def own_fraction(self) -> float:
+        """Fraction of conv FLOPs that ran on fastconv's own kernels (cpu / cuda / triton)."""
+        total = self.conv_flops()
+        return self.conv_flops(own=True) / total if total else 0.0
+
+
+@contextlib.contextmanager
+def kernel_stats() -> Iterator[KernelStats]:
+    stats = KernelStats()
+    _collectors.append(stats)
+    try:
+        yield stats
+    finally:
+        _collectors.remove(stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# tuning a whole model, with a progress line
+
+class _Progress:
+    def __init__(self, total: int, stream) -> None:
+        self.total, self.done, self.stream, self.t0 = total, 0, stream, time.perf_counter()
+
+    def tuned(self, sig: str, timings: Dict[str, float], best: str) -> None:
+        self.done += 1
+        width = 24
+        filled = int(width * self.done / max(self.total, 1))
+        times = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in timings.items())
+        msg = (f"fastconv.tune [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+               f"{time.perf_counter() - self.t0:.0f}s  {sig.split('(')[0]}: {times} -> {best}")
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        self.stream.write(("\r\033[K" if tty else "") + msg + ("" if tty else "\n"))
+        self.stream.flush()
+
+
+_progress: List[_Progress] = []
+_listing_state = threading.local()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.untuned: set = set()
+
+
+def tune(model: torch.nn.Module, example_input, *, progress: bool = True, stream=None) -> Dict[str, int]:
+    """Tune every fastconv op signature of ``model(example_input)`` now (under ``auto``), with a
+    progress line on stderr. Returns ``{"signatures": n, "tuned": k}``; later calls with inputs of
+    that shape find every choice cached (in memory and on disk)."""
+    stream = sys.stderr if stream is None else stream
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    with torch.inference_mode(), _backend.use_backend("auto"):
+        with _listing() as found:  # a first pass lists the untuned signatures (heuristic tactics, no timing)
+            model(*inputs)
+        total = len(found.untuned)
+        bar = _Progress(total, stream)
+        if progress:
+            _progress.append(bar)
+        try:
+            model(*inputs)
+        finally:
+            if progress:
+                _progress.remove(bar)
+                if total and getattr(stream, "isatty", lambda: False)():
+                    stream.write("\n")
+    return {"signatures": total, "tuned": bar.done}
+
+
+@contextlib.contextmanager
+def _listing() -> Iterator[_Recorder]:
+    """On this thread: untuned signatures are recorded and run their heuristic tactic, untimed."""
+    rec = _Recorder()
+    previous = getattr(_listing_state, "rec", None)
+    _listing_state.rec = rec
+    try:
+        yield rec
+    finally:
+        _listing_state.rec = previous

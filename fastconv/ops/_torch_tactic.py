@@ -1,0 +1,84 @@
+"""The ``torch`` tactic: PyTorch's own convolution with fastconv's fusion around it.
+
+On the CPU in float32 (and for float16/bfloat16 computed in float32, as the reference does) the
+conv is oneDNN's ``mkldnn::_convolution_pointwise`` with BN already folded into the weights and the
+residual as oneDNN's binary ``"add"`` post-op. oneDNN returns a fresh tensor, so writing ``out``
+(possibly a channel slice) costs one pass, which also applies the ReLU (``clamp_min(y, 0, out=o)``:
+NaN-propagating like torch.relu, which oneDNN's ``"relu"`` post-op is not). That pass is counted in
+``KernelStats.copied_bytes``. Elsewhere (CUDA: cuDNN) the conv is ``F.conv2d`` with the bias in it,
+the residual added in place, and the same ReLU-and-copy pass writes ``out``. A prologue
+(``relu(x * scale + shift)``, DenseNet's BN-ReLU) is materialized once before the conv.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import _autotune
+
+
+def _use_onednn(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and x.dtype in (torch.float32, torch.float16, torch.bfloat16))
+
+
+def _write(y: torch.Tensor, outs: Sequence[torch.Tensor], relu: bool) -> None:
+    """Split y's channels over outs, applying the ReLU on the way (NaN-propagating, as torch.relu).
+
+    This is one pass over the output that a fused kernel would not need: counted as a copy."""
+    c0 = 0
+    for o in outs:
+        part = y.narrow(1, c0, o.shape[1])
+        if relu and part.dtype != o.dtype:  # computed in float32: round once (relu commutes with it)
+            part = part.to(o.dtype)
+        if relu:
+            torch.clamp_min(part, 0, out=o)
+        else:
+            o.copy_(part)
+        c0 += o.shape[1]
+    _autotune.count_copy(y.numel() * outs[0].element_size())
+
+
+def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+         stride: List[int], padding: List[int], dilation: List[int], groups: int, relu: bool,
+         outs: Sequence[torch.Tensor], in_scale: Optional[torch.Tensor] = None,
+         in_shift: Optional[torch.Tensor] = None, in_relu: bool = False) -> None:
+    """outs ← relu?(conv(x', weight, padding=[top, bottom, left, right]) + bias + residual), x' the prologue."""
+    out_dtype = outs[0].dtype
+    onednn = _use_onednn(x)
+    if onednn and x.dtype != torch.float32:  # compute in float32 and round once, as the reference does
+        x, weight = x.float(), weight.float()
+        bias = None if bias is None else bias.float()
+        residual = None if residual is None else residual.float()
+        in_scale = None if in_scale is None else in_scale.float()
+        in_shift = None if in_shift is None else in_shift.float()
+    if in_scale is not None or in_shift is not None or in_relu:
+        if stride != [1, 1] and tuple(weight.shape[2:]) == (1, 1) and padding == [0, 0, 0, 0]:
+            x, stride = x[:, :, ::stride[0], ::stride[1]], [1, 1]  # a 1x1 conv: subsample first
+        x = x * in_scale.view(1, -1, 1, 1) if in_scale is not None else x.clone()
+        if in_shift is not None:
+            x.add_(in_shift.view(1, -1, 1, 1))
+        if in_relu:
+            x.relu_()
+    top, bottom, left, right = padding
+    if top == bottom and left == right:
+        pad = [top, left]
+    else:
+        x = F.pad(x, [left, right, top, bottom])
+        pad = [0, 0]
+    if onednn:
+        # bias and residual are oneDNN post-ops; its "relu" post-op is not used because it maps NaN
+        # to 0 (fastconv's ReLU, like torch.relu, propagates NaN): the ReLU rides on the copy into out
+        if residual is None:
+            y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, stride, dilation, groups,
+                                                       "none", [], "")
+        else:
+            y = torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, pad, stride, dilation,
+                                                              groups, "add", None, None, [], None)
+    else:
+        y = F.conv2d(x, weight, bias, stride, pad, dilation, groups)
+        if residual is not None:
+            y.add_(residual)
+    _write(y, outs, relu)

@@ -1,0 +1,83 @@
+"""The "torch" tactic (PyTorch's kernel + fastconv's fusion, a candidate of ``auto``) against the
+same oracles as fastconv's own kernels, on every op, layout, dtype and out-slice case those cover."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+from tests.ops import test_conv1x1 as c1
+from tests.ops import test_conv2d_relu_cpu as c3
+from tests.ops import test_max_pool2d as mp
+from tests.utils import to_layout
+
+
+@pytest.mark.parametrize("i", range(c3.N_CASES))
+def test_conv2d_relu_random_configs(i, monkeypatch):
+    c3.run_case("torch", c3.make_case(i), monkeypatch)
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_conv1x1_random_configurations(seed):
+    c1.check_case(c1.random_case(seed), "torch")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("layout,out_layout", [("nchw", "nchw"), ("nhwc", "nhwc"), ("prefix_nhwc", "nchw"),
+                                               ("prefix_nchw", "nhwc")])
+@pytest.mark.parametrize("prologue", ["both_relu", "none"])
+def test_conv1x1_multi(dtype, layout, out_layout, prologue):
+    c1.check_multi("torch", dtype, layout, out_layout, prologue=prologue)
+
+
+def test_conv1x1_multi_concatenated_strided():
+    c1.check_multi("torch", torch.float32, "nchw", "nhwc", stride=2, concatenated=True, prologue="scale")
+
+
+def test_max_pool2d_random_configurations_bit_exact():
+    rng = random.Random(1234)
+    with fastconv.use_backend("torch"):
+        for i in range(150):
+            mp.run_case(mp.random_case(rng), rng, use_out=i % 3 == 0)
+
+
+@pytest.mark.parametrize("nhwc", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_max_pool2d_out_into_channel_slice(nhwc, dtype):
+    x = torch.randn(2, 6, 11, 11).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last) if nhwc else x
+    buf = torch.full((2, 10, 6, 6), mp.SENTINEL, dtype=dtype)
+    buf = buf.contiguous(memory_format=torch.channels_last) if nhwc else buf
+    with fastconv.use_backend("torch"):
+        fastconv.max_pool2d(x, 3, 2, 1, out=buf[:, 3:9])
+    mp.assert_pool_equal(buf[:, 3:9], F.max_pool2d(x, 3, 2, 1))
+    assert (torch.cat([buf[:, :3], buf[:, 9:]], 1) == mp.SENTINEL).all()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_dense_concat_copy(seed):
+    rng = torch.Generator().manual_seed(seed)
+    pyrng = random.Random(seed)
+    dtype = [torch.float32, torch.float16, torch.bfloat16, torch.float64][seed % 4]
+    channels = [pyrng.randint(1, 7) for _ in range(pyrng.randint(1, 4))]
+    n, h, w = pyrng.randint(1, 3), pyrng.randint(1, 6), pyrng.randint(1, 6)
+    feats = [to_layout(torch.randn(n, c, h, w, generator=rng).to(dtype), pyrng.choice(["nchw", "nhwc", "strided"]))
+             for c in channels]
+    total = sum(channels)
+    buf = torch.full((n, total + 3, h, w), float("nan"), dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with fastconv.use_backend("torch"):
+        assert torch.equal(fastconv.dense_concat(feats), torch.cat(feats, 1))
+        fastconv.dense_concat(feats, out=buf[:, 2:2 + total])
+    assert torch.equal(buf[:, 2:2 + total], torch.cat(feats, 1))
+    assert buf[:, :2].isnan().all() and buf[:, 2 + total:].isnan().all()
+
+
+def test_relu_propagates_nan():
+    x = torch.randn(1, 2, 5, 5)
+    x[0, 0, 2, 2] = float("nan")
+    with fastconv.use_backend("torch"):
+        y = fastconv.conv2d_relu(x, torch.randn(3, 2, 3, 3), padding=1)
+    assert torch.isnan(y[0, :, 1:4, 1:4]).all()

@@ -1,0 +1,314 @@
+"""The auto backend: tactic selection (with injected timers), the on-disk cache, FASTCONV_AUTOTUNE=0,
+concurrency, whole-model tuning, and the CUDA-graph API's CPU error."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fastconv
+from fastconv import _autotune
+import importlib
+
+conv_mod = importlib.import_module("fastconv.ops.conv2d_relu")
+
+needs_cpu_ext = pytest.mark.skipif("cpu" not in fastconv.available_backends(),
+                                   reason="the C++ extension (cpu backend) is not built")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(d))
+    monkeypatch.delenv("FASTCONV_AUTOTUNE", raising=False)
+    fastconv.clear_cache()
+    yield d
+    fastconv.clear_cache()
+
+
+class FakeTimer:
+    """Deterministic timings per tactic; counts the candidates it was asked to time."""
+
+    def __init__(self, times):
+        self.times, self.timed = times, []
+
+    def __call__(self, tactic, fn, device):
+        fn()  # the candidate really runs (and must write out)
+        self.timed.append(tactic)
+        return self.times[tactic]
+
+
+def never_time(tactic, fn, device):
+    raise AssertionError(f"timed {tactic} although the choice should have been cached / heuristic")
+
+
+def conv_call(c=8, h=10, layout=torch.contiguous_format, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, c, h, h, generator=g).contiguous(memory_format=layout)
+    w = torch.randn(16, c, 3, 3, generator=g) * 0.1
+    b = torch.randn(16, generator=g)
+    return x, w, b
+
+
+def run_conv(x, w, b):
+    with fastconv.kernel_stats() as stats:
+        y = fastconv.conv2d_relu(x, w, b, padding=1)
+    (tactic,) = {t for (op, t) in stats.calls if op == "conv2d_relu"}
+    return y, tactic
+
+
+def ref_conv(x, w, b):
+    return torch.relu(torch.nn.functional.conv2d(x.double(), w.double(), b.double(), padding=1))
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("times,expected", [({"cpu": 2.0, "torch": 1.0}, "torch"),
+                                            ({"cpu": 1.0, "torch": 2.0}, "cpu")])
+def test_selection_follows_fake_timings(times, expected):
+    timer = FakeTimer(times)
+    x, w, b = conv_call()
+    with _autotune.use_timer(timer):
+        y, tactic = run_conv(x, w, b)
+        assert sorted(timer.timed) == ["cpu", "torch"]
+        assert tactic == expected
+        torch.testing.assert_close(y.double(), ref_conv(x, w, b), rtol=1e-5, atol=1e-5)
+        # same signature: cached in memory, not timed again
+        y2, tactic2 = run_conv(*conv_call(seed=1))
+        assert tactic2 == expected and len(timer.timed) == 2
+        # another layout is another signature: timed again
+        _, tactic3 = run_conv(*conv_call(layout=torch.channels_last))
+        assert tactic3 == expected and len(timer.timed) == 4
+
+
+@needs_cpu_ext
+def test_cache_round_trip_through_disk(cache_dir):
+    x, w, b = conv_call()
+    with _autotune.use_timer(FakeTimer({"cpu": 3.0, "torch": 1.0})):
+        _, tactic = run_conv(x, w, b)
+    assert tactic == "torch"
+    files = list(cache_dir.glob("tactics-*.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert data["device_key"] == _autotune.device_key(torch.device("cpu"))
+    assert list(data["entries"].values()) == ["torch"]
+    assert any(k.startswith("conv2d_relu(") for k in data["entries"])
+    fastconv.clear_cache()  # a fresh process: only the file remains
+    with _autotune.use_timer(never_time):
+        _, tactic = run_conv(x, w, b)
+    assert tactic == "torch"
+
+
+@needs_cpu_ext
+def test_cache_file_depends_on_thread_count(cache_dir):
+    x, w, b = conv_call()
+    with _autotune.use_timer(FakeTimer({"cpu": 3.0, "torch": 1.0})):
+        run_conv(x, w, b)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        timer = FakeTimer({"cpu": 1.0, "torch": 3.0})
+        with _autotune.use_timer(timer):
+            _, tactic = run_conv(x, w, b)
+        assert tactic == "cpu" and timer.timed  # other thread count: tuned again, its own file
+    finally:
+        torch.set_num_threads(threads)
+    assert len(list(cache_dir.glob("tactics-*.json"))) == 2
+
+
+@needs_cpu_ext
+def test_corrupt_cache_warns_then_works(cache_dir):
+    path = _autotune.CACHE.path(_autotune.device_key(torch.device("cpu")))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write('{"entries": {"conv2d_relu(')  # truncated JSON
+    x, w, b = conv_call()
+    timer = FakeTimer({"cpu": 1.0, "torch": 2.0})
+    with _autotune.use_timer(timer), pytest.warns(RuntimeWarning, match="corrupt"):
+        y, tactic = run_conv(x, w, b)
+    assert tactic == "cpu" and timer.timed
+    torch.testing.assert_close(y.double(), ref_conv(x, w, b), rtol=1e-5, atol=1e-5)
+    data = json.loads(open(path).read())  # rewritten whole
+    assert list(data["entries"].values()) == ["cpu"]
+
+
+@needs_cpu_ext
+def test_wrong_content_is_ignored_with_a_warning(cache_dir):
+    path = _autotune.CACHE.path(_autotune.device_key(torch.device("cpu")))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"device_key": "another machine", "entries": {"x": "cpu"}}, f)
+    with _autotune.use_timer(FakeTimer({"cpu": 2.0, "torch": 1.0})), pytest.warns(RuntimeWarning, match="corrupt"):
+        _, tactic = run_conv(*conv_call())
+    assert tactic == "torch"
+
+
+@needs_cpu_ext
+def test_unwritable_cache_dir_warns_and_keeps_memory(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(blocker / "cache"))  # cannot be created, even by root
+    fastconv.clear_cache()
+    timer = FakeTimer({"cpu": 2.0, "torch": 1.0})
+    x, w, b = conv_call()
+    with _autotune.use_timer(timer), pytest.warns(RuntimeWarning, match="cannot be written"):
+        y, tactic = run_conv(x, w, b)
+    assert tactic == "torch"
+    torch.testing.assert_close(y.double(), ref_conv(x, w, b), rtol=1e-5, atol=1e-5)
+    with _autotune.use_timer(never_time), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, tactic = run_conv(x, w, b)  # the in-memory choice, no new warning
+    assert tactic == "torch"
+
+
+@needs_cpu_ext
+def test_autotune_off_uses_heuristics_without_timing(monkeypatch, cache_dir):
+    monkeypatch.setenv("FASTCONV_AUTOTUNE", "0")
+    with _autotune.use_timer(never_time):
+        y, tactic = run_conv(*conv_call())
+    assert tactic == _autotune.heuristic("conv2d_relu", torch.device("cpu")) == "cpu"
+    assert not list(cache_dir.glob("tactics-*.json"))
+
+
+@needs_cpu_ext
+def test_no_timing_while_compiling(monkeypatch, cache_dir):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with _autotune.use_timer(never_time):
+        _, tactic = run_conv(*conv_call())
+    assert tactic == "cpu"
+    assert not list(cache_dir.glob("tactics-*.json"))  # the heuristic choice is not stored
+
+
+@needs_cpu_ext
+def test_errors_propagate_during_tuning(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setitem(conv_mod.KERNELS, "torch", broken)
+    with _autotune.use_timer(FakeTimer({"cpu": 2.0, "torch": 1.0})), pytest.raises(RuntimeError, match="exploded"):
+        run_conv(*conv_call())
+
+
+@needs_cpu_ext
+def test_unsupported_candidate_is_left_out(monkeypatch):
+    def unsupported(*args):
+        raise NotImplementedError("no such kernel")
+
+    monkeypatch.setitem(conv_mod.KERNELS, "torch", unsupported)
+    with _autotune.use_timer(FakeTimer({"cpu": 2.0, "torch": 1.0})):
+        _, tactic = run_conv(*conv_call())
+    assert tactic == "cpu"
+
+
+def test_concurrent_threads_store_every_entry(cache_dir):
+    dkey = "test device | threads"
+
+    def work(t):
+        for i in range(25):
+            _autotune.CACHE.store(dkey, f"sig-{t}-{i}", "cpu" if i % 2 else "torch")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    data = json.loads(open(_autotune.CACHE.path(dkey)).read())
+    assert len(data["entries"]) == 150
+    assert data["entries"]["sig-3-4"] == "torch" and data["entries"]["sig-5-7"] == "cpu"
+    assert not [p for p in os.listdir(cache_dir) if p.endswith(".tmp")]
+
+
+def test_two_processes_writing_the_cache(cache_dir):
+    dkey = "test device | processes"
+    script = (
+        "import sys\n"
+        "from fastconv import _autotune\n"
+        "for i in range(40):\n"
+        f"    _autotune.CACHE.store({dkey!r}, f'sig-{{sys.argv[1]}}-{{i}}', 'torch')\n"
+    )
+    env = dict(os.environ, FASTCONV_CACHE_DIR=str(cache_dir), PYTHONPATH=ROOT)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(p)], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for p in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err.decode()[-2000:]
+    data = json.loads(open(_autotune.CACHE.path(dkey)).read())
+    assert len(data["entries"]) == 80  # neither process lost the other's entries
+
+
+@needs_cpu_ext
+def test_tune_model_progress_and_cache(cache_dir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 16, 1), nn.ReLU()).eval()
+    fused = fastconv.convert(model)
+    x = torch.randn(1, 3, 16, 16)
+    stream = io.StringIO()
+    timer = FakeTimer({"cpu": 1.0, "torch": 2.0})
+    with _autotune.use_timer(timer):
+        result = fastconv.tune(fused, x, stream=stream)
+    assert result == {"signatures": 3, "tuned": 3}  # conv2d_relu, max_pool2d, conv1x1
+    lines = stream.getvalue().strip().splitlines()
+    assert [ln.split("] ")[1].split()[0] for ln in lines] == ["1/3", "2/3", "3/3"]
+    with _autotune.use_timer(never_time):
+        assert fastconv.tune(fused, x, stream=io.StringIO()) == {"signatures": 0, "tuned": 0}
+        with torch.inference_mode():
+            torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@needs_cpu_ext
+def test_convert_with_example_input_tunes(cache_dir):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
+    timer = FakeTimer({"cpu": 2.0, "torch": 1.0})
+    with _autotune.use_timer(timer):
+        fused = fastconv.convert(model, example_input=torch.randn(1, 3, 12, 12))
+    assert timer.timed == ["cpu", "torch"]
+    with _autotune.use_timer(never_time), fastconv.kernel_stats() as stats:
+        fused(torch.randn(1, 3, 12, 12))
+    assert stats.calls == {("conv2d_relu", "torch"): 1}
+    assert stats.own_fraction() == 0.0 and stats.conv_flops() == 2 * 8 * 144 * 27
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_graph_without_cuda_raises():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval()
+    with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
+        fastconv.convert(model, example_input=torch.randn(1, 3, 8, 8), cuda_graph=True)
+    with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
+        fastconv.CUDAGraphModel(fastconv.convert(model), torch.randn(1, 3, 8, 8))
+
+
+def test_torch_backend_is_selectable():
+    assert "torch" in fastconv.available_backends()
+    x, w, b = conv_call()
+    with fastconv.use_backend("torch"), fastconv.kernel_stats() as stats:
+        y = fastconv.conv2d_relu(x, w, b, padding=1, out=torch.empty(2, 20, 10, 10)[:, 2:18])
+    assert stats.calls == {("conv2d_relu", "torch"): 1}
+    assert stats.copied_bytes == y.numel() * 4  # oneDNN's fresh result copied into the slice, counted
+    torch.testing.assert_close(y.double(), ref_conv(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("backend,own", [("cpu", 1.0), ("torch", 0.0), ("auto", None)])
+def test_bench_reports_own_kernel_fraction(backend, own):
+    from fastconv import _bench
+
+    cfg = _bench.BenchConfig(models=("resnet18",), size=48, repeats=1, warmup=0, backend=backend)
+    (row,) = _bench.bench_model("resnet18", cfg)
+    if own is None:
+        assert 0.0 <= row["own_flops_frac"] <= 1.0
+        assert sum(n for k, n in row["tactics"].items() if k.startswith("conv")) > 0
+    else:
+        assert row["own_flops_frac"] == own
+        assert all(k.endswith(":" + backend) for k in row["tactics"])
+    headers, rows = _bench.table_rows([row])
+    assert headers[-1] == "own-kernel conv FLOPs" and rows[0][-1].endswith("%")
+    assert row["fastconv_rel_err"] < 1e-4

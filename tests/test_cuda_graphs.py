@@ -1,0 +1,58 @@
+"""CUDA-graph capture of converted models (convert(..., cuda_graph=True)); needs a CUDA device."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fastconv
+from fastconv import _autotune
+
+
+def _model():
+    torch.manual_seed(0)
+    import torchvision
+
+    m = torchvision.models.resnet18().eval()
+    with torch.no_grad():
+        for bn in m.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.running_mean.normal_(0, 0.1)
+                bn.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_graph_replay_matches_eager_converted(dtype, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    fastconv.clear_cache()
+    model = _model().to("cuda", dtype)
+    x = torch.randn(1, 3, 64, 64, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+    fast = fastconv.convert(model, channels_last=True)
+    graphed = fastconv.convert(model, channels_last=True, example_input=x, cuda_graph=True)
+    assert isinstance(graphed, fastconv.CUDAGraphModel)
+    tol = 2e-2 if dtype == torch.float16 else 5e-3
+    with torch.inference_mode():
+        for seed in range(3):
+            xi = torch.randn(x.shape, device="cuda", dtype=dtype, generator=torch.Generator("cuda").manual_seed(seed))
+            xi = xi.contiguous(memory_format=torch.channels_last)
+            y = graphed(xi)
+            assert y.data_ptr() == graphed.static_output.data_ptr()  # the static buffer, overwritten next call
+            torch.testing.assert_close(y.float(), fast(xi).float(), rtol=tol, atol=tol)
+        # replay never tunes: every signature was tuned before capture
+        with _autotune.use_timer(lambda *a: pytest.fail("timed during replay")):
+            graphed(x)
+        # another shape runs the eager converted forward
+        x2 = torch.randn(2, 3, 64, 64, device="cuda", dtype=dtype)
+        torch.testing.assert_close(graphed(x2).float(), fast(x2).float(), rtol=tol, atol=tol)
+    strict = fastconv.CUDAGraphModel(fast, x, fallback="raise", progress=False)
+    with torch.inference_mode(), pytest.raises(ValueError, match="captured for input"):
+        strict(torch.randn(2, 3, 64, 64, device="cuda", dtype=dtype))
+
+
+@pytest.mark.gpu
+def test_graph_needs_a_cuda_example():
+    fast = fastconv.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval())
+    with pytest.raises(RuntimeError, match="example_input must be a CUDA tensor"):
+        fastconv.CUDAGraphModel(fast, torch.randn(1, 3, 8, 8))
