@@ -4,7 +4,8 @@ Environment:
   FASTCONV_NO_EXT=1   skip the extension (pure Python: triton and reference backends)
   FASTCONV_CUDA=1|0   force the CUDA sources on (no GPU needed to compile) or off;
                       unset: on when torch has CUDA and nvcc is found
-  TORCH_CUDA_ARCH_LIST  defaults to "8.0;9.0a" when no GPU is visible
+  TORCH_CUDA_ARCH_LIST  defaults to "8.0;9.0a" when no GPU is visible; the CUTLASS SM90 kernels
+                      need "9.0a" in it (FASTCONV_SM90A), else the cuda backend uses its direct kernels
   CUDA_HOME           the toolkit; found from nvcc otherwise (wrapper scripts are followed)
 Build against the installed torch: pip install --no-build-isolation .
 """
@@ -114,7 +115,7 @@ def extensions():
     else:
         with_cuda = torch.version.cuda is not None and cuda_home is not None
 
-    sources = [os.path.join("csrc", "fastconv.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources = [os.path.join("csrc", "fastconv.cpp"), os.path.join("csrc", "cuda_plan.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx_flags = ["-O3", "-fopenmp" if sys.platform.startswith("linux") else "-O3"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     define_macros = []
@@ -124,8 +125,18 @@ def extensions():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0a"
         arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "(from the visible GPU)")
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        if not cutlass_includes():
+            raise RuntimeError(
+                "the CUDA sources need the CUTLASS headers of the nvidia-cutlass package "
+                "(pip install nvidia-cutlass), or build without them: FASTCONV_CUDA=0"
+            )
         include_dirs += nvidia_wheel_includes() + cutlass_includes()
         define_macros.append(("FASTCONV_WITH_CUDA", "1"))
+        # The CUTLASS SM90 kernels (csrc/cuda/cutlass_sm90_conv.cu) have real device code only in
+        # an sm_90a build; without it they are stubs and the dispatch (csrc/cuda_plan.h) never
+        # picks them. The other targets of the list compile those kernels to stubs as well.
+        if "9.0a" in [a.strip() for a in re.split(r"[;\s]+", arch_list)]:
+            define_macros.append(("FASTCONV_SM90A", "1"))
         nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "--expt-extended-lambda", "-lineinfo"]
         ext = CUDAExtension(
             "fastconv._C", sources, include_dirs=include_dirs, define_macros=define_macros,

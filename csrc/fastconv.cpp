@@ -31,9 +31,16 @@ TORCH_LIBRARY_FRAGMENT(fastconv, m) {
   m.def(
       "_max_pool2d_cpu(Tensor x, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
       "Tensor(a!) out) -> ()");
+  m.def(
+      "_max_pool2d_cuda(Tensor x, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
+      "Tensor(a!) out) -> ()");
   // conv1x1 and its grouped form in one schema: weight is 2-D [sum of outs' channels, C_in]; out j
   // receives the next outs[j].size(1) rows of the GEMM; residual only with a single out.
   m.def(
       "_conv1x1_cpu(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, Tensor? in_scale, "
       "Tensor? in_shift, bool in_relu, int[] stride, bool relu, Tensor(a!)[] outs) -> ()");
+  m.def(
+      "_conv1x1_cuda(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, Tensor? in_scale, "
+      "Tensor? in_shift, bool in_relu, int[] stride, bool relu, Tensor(a!)[] outs) -> ()");
+  // _cuda_plan(...) -> str, the CUDA backend's dispatch decision: csrc/cuda_plan.cpp.
 }

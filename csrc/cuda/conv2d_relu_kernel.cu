@@ -1,13 +1,21 @@
 // fastconv::_conv2d_relu_cuda: out = relu?(conv2d(x, weight) + bias + residual) on a CUDA device.
 //
-// This is the CORRECTNESS BASELINE of the cuda backend, not its fast path: a direct convolution
+// Dispatch (csrc/cuda_plan.h, reported by fastconv::_cuda_plan): float16/bfloat16 channels_last
+// problems with groups == 1 and 16-byte alignment on a compute-capability-9.0 device run the
+// CUTLASS 3.x SM90 implicit-GEMM kernel (csrc/cuda/cutlass_sm90_conv.cu); everything else (NCHW,
+// groups, 3-channel stems, float32/float64, other GPUs) runs the direct kernel below.
+//
+// The direct kernel is the CORRECTNESS BASELINE of the cuda backend, not its fast path: a direct convolution
 // with one thread per output element, fp32 accumulation (fp64 for double), every tensor read and
 // written through its own strides with 64-bit offsets, so any layout (NCHW, channels_last, a
 // channel slice of a larger buffer as out=) is handled by the same code. The CUTLASS implicit-GEMM
 // kernels (SM90 TMA/wgmma, SM80 tensor-op; DESIGN §4) replace it for the shapes they support and
 // are tested against it.
 #include "conv2d_relu_common.h"
+#include "cuda_plan_tensors.h"
+#include "cutlass_sm90.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -61,6 +69,44 @@ __global__ void conv2d_relu_direct_kernel(const scalar_t* __restrict__ x, Stride
   }
 }
 
+at::Tensor aligned_contiguous(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  if (reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 16 != 0) c = c.clone();
+  return c;
+}
+
+void run_cutlass_sm90(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      const std::optional<at::Tensor>& residual, const Conv2dGeometry& g, at::IntArrayRef padding,
+                      bool relu, bool repack_weight, const at::Tensor& out) {
+  // [K, C, R, S] with C innermost (channels_last) is CUTLASS's KRSC filter.
+  const at::Tensor wk = repack_weight ? weight.contiguous(at::MemoryFormat::ChannelsLast) : weight;
+  at::Tensor bk;
+  if (bias.has_value() && bias->defined()) bk = aligned_contiguous(*bias);
+  Sm90ConvArgs a;
+  a.bf16 = x.scalar_type() == at::kBFloat16;
+  a.x = x.const_data_ptr();
+  a.n = g.n; a.h = g.h; a.w = g.w; a.c = g.c;
+  const auto xs = nhwc_strides(x), ws = nhwc_strides(wk), os = nhwc_strides(out);
+  a.xs_n = xs[0]; a.xs_h = xs[2]; a.xs_w = xs[3];
+  a.weight = wk.const_data_ptr();
+  a.k = g.co; a.r = g.kh; a.s = g.kw;
+  a.ws_k = ws[0]; a.ws_r = ws[2]; a.ws_s = ws[3];
+  a.bias = bk.defined() ? bk.const_data_ptr() : nullptr;
+  if (residual.has_value() && residual->defined()) {
+    a.residual = residual->const_data_ptr();
+    const auto rs = nhwc_strides(*residual);
+    a.rs[0] = rs[0]; a.rs[1] = rs[2]; a.rs[2] = rs[3];
+  }
+  a.out = out.data_ptr();
+  a.p = g.oh; a.q = g.ow;
+  a.os[0] = os[0]; a.os[1] = os[2]; a.os[2] = os[3];
+  for (int i = 0; i < 4; ++i) a.pad[i] = padding[i];
+  a.stride[0] = g.sh; a.stride[1] = g.sw;
+  a.dil[0] = g.dh; a.dil[1] = g.dw;
+  a.relu = relu;
+  run_sm90_conv(a, out);
+}
+
 void conv2d_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       const std::optional<at::Tensor>& residual, at::IntArrayRef stride, at::IntArrayRef padding,
                       at::IntArrayRef dilation, int64_t groups, bool relu, const at::Tensor& out) {
@@ -68,6 +114,14 @@ void conv2d_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const std::
                                                   padding, dilation, groups, out, c10::DeviceType::CUDA);
   if (out.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
+  const auto* prop = at::cuda::getCurrentDeviceProperties();
+  const ConvPlan plan = plan_conv(plan_input(false, x, weight, residual, out, stride, padding, dilation, groups, false,
+                                             prop->major * 10 + prop->minor, at::globalContext().allowTF32CuDNN(),
+                                             kBuiltSm90a));
+  if (plan.path == "cutlass_sm90") {
+    run_cutlass_sm90(x, weight, bias, residual, g, padding, relu, plan.repack_weight, out);
+    return;
+  }
   const bool has_bias = bias.has_value() && bias->defined();
   const bool has_res = residual.has_value() && residual->defined();
   const Strides4 zero{0, 0, 0, 0};

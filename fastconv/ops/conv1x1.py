@@ -105,9 +105,8 @@ def _triton_kernel(x, weight, bias, residual, in_scale, in_shift, in_relu, strid
     triton_conv1x1.conv1x1(x, weight, bias, residual, in_scale, in_shift, in_relu, stride, relu, outs)
 
 
-def _cuda_kernel(*args):
-    # The CUDA/CUTLASS 1x1 GEMM is not written yet; the error says so instead of falling back silently.
-    raise NotImplementedError(f"fastconv.{OP}: backend 'cuda' has no conv1x1 kernel yet; use 'triton'")
+def _cuda_kernel(x, weight, bias, residual, in_scale, in_shift, in_relu, stride, relu, outs):
+    torch.ops.fastconv._conv1x1_cuda(x, weight, bias, residual, in_scale, in_shift, in_relu, stride, relu, outs)
 
 
 def _torch_kernel(x, weight, bias, residual, in_scale, in_shift, in_relu, stride, relu, outs):

@@ -87,8 +87,7 @@ def _cpu_kernel(x, kernel_size, stride, padding, dilation, ceil_mode, out):
 
 
 def _cuda_kernel(x, kernel_size, stride, padding, dilation, ceil_mode, out):
-    # no CUDA max-pool kernel yet: the triton backend is the GPU path (DESIGN §4)
-    raise RuntimeError(f"fastconv.{OP}: backend 'cuda' has no max_pool2d kernel yet; use 'triton' or 'auto'")
+    torch.ops.fastconv._max_pool2d_cuda(x, kernel_size, stride, padding, dilation, out)
 
 
 def _triton_kernel(x, kernel_size, stride, padding, dilation, ceil_mode, out):

@@ -1,0 +1,99 @@
+// ConvPlanInput from tensors: shared by the private op fastconv::_cuda_plan (any device, meta
+// included) and the CUDA ops, so that the unit-tested decision is the one the kernels take.
+#pragma once
+
+#include "cuda_plan.h"
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <array>
+#include <cstdint>
+
+namespace fastconv {
+
+inline PlanDtype plan_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return PlanDtype::kHalf;
+    case at::kBFloat16: return PlanDtype::kBFloat16;
+    case at::kFloat: return PlanDtype::kFloat;
+    case at::kDouble: return PlanDtype::kDouble;
+    default: return PlanDtype::kOther;
+  }
+}
+
+inline int64_t misalignment16(const at::Tensor& t) {
+  if (!t.defined() || t.is_meta()) return 0;
+  return static_cast<int64_t>(reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16);
+}
+
+// (N, C, H, W) strides; when channels are innermost (stride 1), the strides of size-1 spatial or
+// batch dimensions (which address nothing, and which PyTorch leaves at arbitrary values such as 1)
+// are replaced by their packed NHWC values, so alignment rules and TMA descriptors see a regular
+// layout.
+inline std::array<int64_t, 4> nhwc_strides(const at::Tensor& t) {
+  std::array<int64_t, 4> s{t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+  if (s[1] != 1 && t.size(1) != 1) return s;
+  s[1] = 1;
+  if (t.size(3) == 1) s[3] = t.size(1);
+  if (t.size(2) == 1) s[2] = t.size(3) * s[3];
+  if (t.size(0) == 1) s[0] = t.size(2) * s[2];
+  return s;
+}
+
+// True when the extension was compiled with sm_90a device code (setup.py defines FASTCONV_SM90A
+// when TORCH_CUDA_ARCH_LIST names 9.0a).
+constexpr bool kBuiltSm90a =
+#if defined(FASTCONV_SM90A)
+    true;
+#else
+    false;
+#endif
+
+// weight: 4-D [Co, Ci/groups, KH, KW] (conv2d_relu) or 2-D [Co, Ci] (conv1x1, then padding and
+// dilation are ignored and kh = kw = 1).
+inline ConvPlanInput plan_input(bool conv1x1, const at::Tensor& x, const at::Tensor& weight,
+                                const c10::optional<at::Tensor>& residual, const at::Tensor& out,
+                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                int64_t groups, bool prologue, int cc, bool allow_tf32, bool built_sm90a) {
+  ConvPlanInput p;
+  p.conv1x1 = conv1x1;
+  p.cc = cc;
+  p.built_sm90a = built_sm90a;
+  p.dtype = plan_dtype(x.scalar_type());
+  p.allow_tf32 = allow_tf32;
+  p.n = x.size(0); p.c = x.size(1); p.h = x.size(2); p.w = x.size(3);
+  p.co = out.size(1);
+  p.oh = out.size(2); p.ow = out.size(3);
+  p.groups = groups;
+  const auto xs = nhwc_strides(x), os = nhwc_strides(out);
+  for (int i = 0; i < 4; ++i) {
+    p.xs[i] = xs[i];
+    p.os[i] = os[i];
+  }
+  if (weight.dim() == 4) {
+    p.kh = weight.size(2); p.kw = weight.size(3);
+    const auto ws = nhwc_strides(weight);
+    for (int i = 0; i < 4; ++i) p.ws[i] = ws[i];
+  } else {
+    p.ws[0] = weight.stride(0); p.ws[1] = weight.stride(1);
+  }
+  for (int i = 0; i < 2 && i < static_cast<int>(stride.size()); ++i) p.stride[i] = stride[i];
+  if (!conv1x1) {
+    for (int i = 0; i < 4 && i < static_cast<int>(padding.size()); ++i) p.pad[i] = padding[i];
+    for (int i = 0; i < 2 && i < static_cast<int>(dilation.size()); ++i) p.dil[i] = dilation[i];
+  }
+  if (residual.has_value() && residual->defined()) {
+    p.has_residual = true;
+    const auto rs = nhwc_strides(*residual);
+    for (int i = 0; i < 4; ++i) p.rs[i] = rs[i];
+    p.r_mis = misalignment16(*residual);
+  }
+  p.x_mis = misalignment16(x);
+  p.w_mis = misalignment16(weight);
+  p.o_mis = misalignment16(out);
+  p.has_prologue = prologue;
+  return p;
+}
+
+}  // namespace fastconv

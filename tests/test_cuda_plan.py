@@ -1,0 +1,183 @@
+"""The cuda backend's dispatch rules (csrc/cuda_plan.h), checked on the CPU through the private op
+fastconv::_cuda_plan: which problems the CUTLASS SM90 kernels take and why the others run the
+direct kernels. No GPU needed: the op reads shapes, strides, dtypes and 16-byte alignment of
+CPU (or meta) tensors, with the compute capability and the sm_90a build passed explicitly."""
+import pytest
+import torch
+
+from fastconv import _ext
+
+pytestmark = pytest.mark.skipif(
+    _ext.load_error() is not None or not hasattr(torch.ops.fastconv, "_cuda_plan"),
+    reason="the C++ extension (with fastconv::_cuda_plan) is not built",
+)
+
+CL = torch.channels_last
+
+
+def conv_plan(x, w, out, *, residual=None, stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1,
+              cc=90, tf32=False, built=True):
+    return torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, residual, out, list(stride), list(padding),
+                                         list(dilation), groups, False, cc, tf32, built)
+
+
+def problem(n=2, c=16, h=8, w=8, co=32, k=3, dtype=torch.float16, layout=CL, stride=1, pad=1, device="cpu"):
+    x = torch.empty(n, c, h, w, dtype=dtype, device=device).contiguous(memory_format=layout)
+    wt = torch.empty(co, c, k, k, dtype=dtype, device=device).contiguous(memory_format=CL)
+    oh = (h + 2 * pad - k) // stride + 1
+    ow = (w + 2 * pad - k) // stride + 1
+    out = torch.empty(n, co, oh, ow, dtype=dtype, device=device).contiguous(memory_format=layout)
+    return x, wt, out
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cutlass_for_aligned_nhwc_fp16_bf16_on_sm90(dtype):
+    x, w, out = problem(dtype=dtype)
+    assert conv_plan(x, w, out) == "cutlass_sm90"
+
+
+def test_meta_tensors_work_too():
+    x, w, out = problem(device="meta")
+    assert conv_plan(x, w, out) == "cutlass_sm90"
+
+
+@pytest.mark.parametrize("cc", [80, 86, 89, 100, 120])
+def test_other_gpus_take_the_direct_kernel(cc):
+    x, w, out = problem()
+    plan = conv_plan(x, w, out, cc=cc)
+    assert plan.startswith("direct:") and "compute capability" in plan
+
+
+def test_not_built_for_sm90a():
+    x, w, out = problem()
+    plan = conv_plan(x, w, out, built=False)
+    assert plan.startswith("direct:") and "sm_90a" in plan
+
+
+def test_nchw_input_takes_the_direct_kernel():
+    x, w, out = problem(layout=torch.contiguous_format)
+    plan = conv_plan(x, w, out)
+    assert plan.startswith("direct:") and "channels_last" in plan
+
+
+def test_groups_take_the_direct_kernel():
+    x, _, out = problem()
+    w = torch.empty(32, 8, 3, 3, dtype=torch.float16).contiguous(memory_format=CL)
+    plan = conv_plan(x, w, out, groups=2)
+    assert plan.startswith("direct:") and "groups=2" in plan
+
+
+def test_three_channel_stem_takes_the_direct_kernel():
+    x, w, out = problem(c=3, k=7, stride=2, pad=3, h=32, w=32, co=64)
+    plan = conv_plan(x, w, out, stride=(2, 2), padding=(3, 3, 3, 3))
+    assert plan.startswith("direct:") and "C_in=3" in plan
+
+
+def test_unaligned_out_channels():
+    x, w, out = problem(co=36)
+    plan = conv_plan(x, w, out)
+    assert plan.startswith("direct:") and "C_out=36" in plan
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_float32_takes_the_direct_kernel(tf32):
+    x, w, out = problem(dtype=torch.float32)
+    plan = conv_plan(x, w, out, tf32=tf32)
+    assert plan.startswith("direct:") and "float32" in plan
+    assert ("TF32 CUTLASS" in plan) == tf32
+
+
+def test_float64_takes_the_direct_kernel():
+    x, w, out = problem(dtype=torch.float64)
+    plan = conv_plan(x, w, out)
+    assert plan.startswith("direct:") and "float64" in plan
+
+
+def test_out_channel_slice_of_an_nhwc_buffer():
+    x, w, _ = problem()
+    buf = torch.empty(2, 96, 8, 8, dtype=torch.float16).contiguous(memory_format=CL)
+    assert conv_plan(x, w, buf[:, 32:64]) == "cutlass_sm90"  # 64-byte offset, 192-byte pixel pitch
+    plan = conv_plan(x, w, buf[:, 4:36])  # 8-byte offset: TMA needs 16
+    assert plan.startswith("direct:") and "16-byte aligned" in plan
+    odd = torch.empty(2, 100, 8, 8, dtype=torch.float16).contiguous(memory_format=CL)  # 200-byte pitch
+    plan = conv_plan(x, w, odd[:, :32])
+    assert plan.startswith("direct:") and "pixel strides" in plan
+
+
+def test_x_channel_slice_of_an_nhwc_buffer():
+    _, w, out = problem()
+    buf = torch.empty(2, 48, 8, 8, dtype=torch.float16).contiguous(memory_format=CL)
+    assert conv_plan(buf[:, 16:32], w, out) == "cutlass_sm90"
+
+
+def test_residual_layout():
+    x, w, out = problem()
+    assert conv_plan(x, w, out, residual=torch.empty_like(out)) == "cutlass_sm90"
+    plan = conv_plan(x, w, out, residual=out.contiguous())
+    assert plan.startswith("direct:") and "residual" in plan
+
+
+def test_nchw_weight_is_repacked():
+    x, w, out = problem()
+    plan = conv_plan(x, w.contiguous(), out)
+    assert plan.startswith("cutlass_sm90") and "repacked" in plan
+
+
+def test_projection_shortcut_stride_and_dilation():
+    x, w, out = problem(k=1, stride=2, pad=0, h=16, w=16)
+    assert conv_plan(x, w, out, stride=(2, 2), padding=(0, 0, 0, 0)) == "cutlass_sm90"
+    x, w, out = problem(k=3, pad=2, h=16, w=16)
+    assert conv_plan(x, w, out, padding=(2, 2, 2, 2), dilation=(2, 2)) == "cutlass_sm90"
+
+
+def test_tma_im2col_limits():
+    x, w, out = problem(k=3, pad=0, h=600, w=8)
+    plan = conv_plan(x, w, out, padding=(300, 300, 0, 0))
+    assert plan.startswith("direct:") and "256" in plan
+
+
+def test_conv1x1_plans():
+    x = torch.empty(2, 64, 8, 8, dtype=torch.float16).contiguous(memory_format=CL)
+    w = torch.empty(32, 64, dtype=torch.float16)
+    out = torch.empty(2, 32, 8, 8, dtype=torch.float16).contiguous(memory_format=CL)
+
+    def plan1x1(x, w, out, prologue=False, stride=(1, 1)):
+        return torch.ops.fastconv._cuda_plan("conv1x1", x, w, None, out, list(stride), [], [], 1, prologue, 90,
+                                             False, True)
+
+    assert plan1x1(x, w, out) == "cutlass_sm90"
+    # the prologue is a separate fused kernel writing an NHWC temporary: x's own layout is free
+    plan = plan1x1(x.contiguous(), w, out, prologue=True)
+    assert plan.startswith("cutlass_sm90") and "prologue" in plan
+    assert plan1x1(x.contiguous(), w, out).startswith("direct:")
+    out2 = torch.empty(2, 32, 4, 4, dtype=torch.float16).contiguous(memory_format=CL)
+    assert plan1x1(x, w, out2, stride=(2, 2)) == "cutlass_sm90"
+    # a grouped out: rows 8.. of a [40, 64] weight (16-byte aligned since C_in % 8 == 0)
+    wbig = torch.empty(40, 64, dtype=torch.float16)
+    assert plan1x1(x, wbig[8:], out) == "cutlass_sm90"
+
+
+def test_bad_arguments_raise():
+    x, w, out = problem()
+    with pytest.raises(RuntimeError, match="op must be"):
+        torch.ops.fastconv._cuda_plan("conv3d", x, w, None, out, [1, 1], [1, 1, 1, 1], [1, 1], 1)
+    with pytest.raises(RuntimeError, match="4-D"):
+        torch.ops.fastconv._cuda_plan("conv1x1", x, w, None, out, [1, 1], [], [], 1)
+
+
+def test_cuda_private_op_schemas_exist():
+    ops = torch.ops.fastconv
+    for name in ("_conv2d_relu_cuda", "_conv1x1_cuda", "_max_pool2d_cuda", "_dense_concat_cuda"):
+        schema = str(getattr(ops, name).default._schema)
+        assert "Tensor(a!)" in schema, (name, schema)
+    assert str(ops._conv1x1_cuda.default._schema).split("(", 1)[1] == \
+        str(ops._conv1x1_cpu.default._schema).split("(", 1)[1]
+    assert str(ops._max_pool2d_cuda.default._schema).split("(", 1)[1] == \
+        str(ops._max_pool2d_cpu.default._schema).split("(", 1)[1]
+
+
+def test_broadcast_input_takes_the_direct_kernel():
+    _, w, out = problem()
+    x = torch.empty(1, 16, 8, 8, dtype=torch.float16).contiguous(memory_format=CL).expand(2, 16, 8, 8)
+    plan = conv_plan(x, w, out)
+    assert plan.startswith("direct:") and "overlap" in plan
