@@ -93,6 +93,9 @@ def main() -> int:
         lines.append(f"| {r['model']} | {r['batch']} | {r['eager_ms']:.0f} | {r['auto_ms']:.0f} | "
                      f"{r['speedup']:.2f}× | ≥ {goal:.1f}× | {'yes' if r['speedup'] >= goal else 'no'} | "
                      f"{r['max_abs']:.1e} | {r['mix']} | {r['copied_mb']:.1f} | {r['tune_s']:.0f} ({r['signatures']}) |")
+    lines += ["", "Every timed call (ms, in order; eager and auto interleaved):", ""]
+    for r in rows:
+        lines.append(f"- {r['model']}: eager {[round(t) for t in r['eager_all']]}, auto {[round(t) for t in r['auto_all']]}")
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -46,7 +46,6 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
          outs: Sequence[torch.Tensor], in_scale: Optional[torch.Tensor] = None,
          in_shift: Optional[torch.Tensor] = None, in_relu: bool = False) -> None:
     """outs ← relu?(conv(x', weight, padding=[top, bottom, left, right]) + bias + residual), x' the prologue."""
-    out_dtype = outs[0].dtype
     onednn = _use_onednn(x)
     if onednn and x.dtype != torch.float32:  # compute in float32 and round once, as the reference does
         x, weight = x.float(), weight.float()
