@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 namespace fastconv {
@@ -80,7 +81,14 @@ __global__ void max_pool2d_vec_kernel(const scalar_t* __restrict__ x, scalar_t* 
     __align__(16) scalar_t o[V];
 #pragma unroll
     for (int i = 0; i < V; ++i) o[i] = static_cast<scalar_t>(acc[i]);
-    *reinterpret_cast<uint4*>(y + n * g.ys[0] + c + oh * g.ys[2] + ow * g.ys[3]) = *reinterpret_cast<const uint4*>(o);
+    // One 16-byte store. Written in PTX: NVVM splits a uint4 store of converted values into
+    // per-element stores (st.global.f32 x4), which the SASS test would catch.
+    uint32_t words[4];
+    memcpy(words, o, 16);
+    scalar_t* dst = y + n * g.ys[0] + c + oh * g.ys[2] + ow * g.ys[3];
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(__cvta_generic_to_global(dst)), "r"(words[0]), "r"(words[1]),
+                 "r"(words[2]), "r"(words[3])
+                 : "memory");
   }
 }
 
