@@ -132,6 +132,13 @@ def run_case(dtype_name: str, shape, batch: int, spec, device: str = "cuda", pro
             fns[provider] = call
         except Exception as exc:  # one backend failing a shape must not hide the others' numbers
             rows.append({**base, "provider": provider, "error": f"{type(exc).__name__}: {exc}"})
+    if not case.flops and fns and device == "cuda":
+        # bandwidth yardstick for the memory-bound ops: a device-to-device copy moving the same
+        # bytes (half read, half written); DESIGN goal for max-pool: >= 85% of its GB/s
+        src = torch.empty(max(case.moved // 2, 1), dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
+        fns["d2d-copy"] = lambda *args: dst.copy_(src)
+        rows.append({**base, "provider": "d2d-copy"})
     times = timer(fns, case.inputs) if fns else {}
     peak = spec.peak[peak_key(dtype_name, torch.backends.cudnn.allow_tf32)] if spec else None
     for r in rows:
@@ -147,6 +154,8 @@ def run_case(dtype_name: str, shape, batch: int, spec, device: str = "cuda", pro
             r["fraction_of_peak"] = case.moved / (ms * 1e-3) / spec.bandwidth if spec else None
         if "torch" in times:
             r["speedup_vs_torch"] = times["torch"] / ms
+        if "d2d-copy" in times:
+            r["fraction_of_copy_bandwidth"] = times["d2d-copy"] / ms
     return rows
 
 
