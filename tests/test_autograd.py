@@ -1,6 +1,7 @@
 """Autograd: the formulas registered on the functional ops (torch.library.register_autograd).
 
-gradcheck runs in float64 on every backend that runs float64 here: `reference` and `cpu`. The
+gradcheck (fast mode: the Jacobian checked along random directions, which any wrong formula
+fails, at a fraction of the cost on a 2-core CI machine) runs in float64 on every backend that runs float64 here: `reference` and `cpu`. The
 Triton backend is not gradchecked: Triton (compiled or interpreted) has no float64 path in
 fastconv's kernels (they reject float64 with a TypeError), and gradcheck's finite differences
 are meaningless in float32. Its forward is covered by the op tests; its backward is the same
@@ -54,7 +55,7 @@ def test_gradcheck_conv2d_relu(backend, case, with_residual):
 
     with fastconv.use_backend(backend):
         assert f(*args).dtype == torch.float64
-        assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5)
+        assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 @pytest.mark.parametrize("backend", GRAD_BACKENDS)
@@ -74,7 +75,7 @@ def test_gradcheck_conv1x1(backend, stride, prologue, with_residual):
 
     args = (x, w, b, r, scale, shift)
     with fastconv.use_backend(backend):
-        assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5)
+        assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 @pytest.mark.parametrize("backend", GRAD_BACKENDS)
@@ -85,7 +86,7 @@ def test_gradcheck_max_pool2d(backend, kw):
     g = torch.Generator().manual_seed(11)
     x = (torch.randperm(2 * 3 * 9 * 8, generator=g).double().reshape(2, 3, 9, 8) / 10).requires_grad_()
     with fastconv.use_backend(backend):
-        assert torch.autograd.gradcheck(lambda x: fastconv.max_pool2d(x, **kw), (x,), eps=1e-6, atol=1e-5)
+        assert torch.autograd.gradcheck(lambda x: fastconv.max_pool2d(x, **kw), (x,), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 def test_triton_rejects_float64():

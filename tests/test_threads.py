@@ -218,7 +218,7 @@ def _mixed_calls(count):
 
 
 def test_no_memory_growth():
-    _mixed_calls(600)  # warm up: allocator pools, lazy imports, caches
+    _mixed_calls(300)  # warm up: allocator pools, lazy imports, caches
     gc.collect()
     before = _rss_bytes()
     _mixed_calls(3000)

@@ -295,11 +295,12 @@ def test_private_cpu_op_checks():
         op(x[0], [2, 2], [2, 2], [0, 0], [1, 1], torch.empty(3, 4, 4))
     with pytest.raises(RuntimeError):  # at::assert_no_overlap
         op(x, [1, 1], [1, 1], [0, 0], [1, 1], x)
-    # an out larger than the pooling rules allow: the extra windows lie outside x and give -inf
-    out = torch.empty(2, 3, 6, 6)
-    op(x, [2, 2], [2, 2], [0, 0], [1, 1], out)
-    assert torch.equal(out[:, :, :4, :4], F.max_pool2d(x, 2))
-    assert (out[:, :, 4:] == float("-inf")).all() and (out[:, :, :, 4:] == float("-inf")).all()
+    # an out of another spatial size than the pooling rules give (with or without ceil_mode) is rejected
+    with pytest.raises(RuntimeError, match="not the pooled shape"):
+        op(x, [2, 2], [2, 2], [0, 0], [1, 1], torch.empty(2, 3, 6, 6))
+    out = torch.empty(2, 3, 4, 5)  # ceil_mode's width for a 3x3/2 pool of 8 + padding 1: accepted
+    op(x, [3, 3], [2, 2], [1, 1], [1, 1], out)
+    assert torch.equal(out[:, :, :, :4], F.max_pool2d(x, 3, 2, 1)[:, :, :, :4])
 
 
 # ---------------------------------------------------------------------------------------------
