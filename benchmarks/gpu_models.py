@@ -13,7 +13,6 @@ repetitions and no budget. Without a CUDA device it exits at once with a message
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks import gpu_ops  # noqa: E402
 from fastconv import _bench  # noqa: E402
 from fastconv._table import render_table  # noqa: E402
 
@@ -56,12 +56,7 @@ def markdown(report: dict) -> str:
 
 
 def write(report: dict, json_path: Optional[str], md_path: Optional[str]) -> None:
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(report, f, indent=1)
-    if md_path:
-        with open(md_path, "w") as f:
-            f.write(markdown(report))
+    gpu_ops.write(report, json_path, md_path, render=markdown)
 
 
 def _case_name(case) -> str:

@@ -73,13 +73,15 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(report: dict, json_path: Optional[str], md_path: Optional[str]) -> None:
+def write(report: dict, json_path: Optional[str], md_path: Optional[str], render=None) -> None:
+    """Rewrite the JSON and markdown reports (``render``: the markdown renderer, this script's by default;
+    benchmarks/gpu_models.py passes its own)."""
     if json_path:
         with open(json_path, "w") as f:
             json.dump(report, f, indent=1)
     if md_path:
         with open(md_path, "w") as f:
-            f.write(markdown(report))
+            f.write((render or markdown)(report))
 
 
 def _time_providers(fns: Dict[str, object], inputs, rounds: int = 3) -> Dict[str, float]:

@@ -177,18 +177,24 @@ struct Copy4 {
   int64_t ss[4], ds[4];
 };
 
+// Source and destination element offsets of flat index idx (loop order, last dimension fastest).
+__device__ __forceinline__ void copy4_offsets(const Copy4& g, int64_t idx, int64_t& so, int64_t& doff) {
+  so = doff = 0;
+#pragma unroll
+  for (int d = 3; d >= 0; --d) {
+    const int64_t i = idx % g.size[d];
+    idx /= g.size[d];
+    so += i * g.ss[d];
+    doff += i * g.ds[d];
+  }
+}
+
 template <typename scalar_t>
 __global__ void copy4d_kernel(const scalar_t* __restrict__ src, scalar_t* __restrict__ dst, Copy4 g, int64_t total) {
   const int64_t step = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    int64_t r = idx, so = 0, doff = 0;
-#pragma unroll
-    for (int d = 3; d >= 0; --d) {
-      const int64_t i = r % g.size[d];
-      r /= g.size[d];
-      so += i * g.ss[d];
-      doff += i * g.ds[d];
-    }
+    int64_t so, doff;
+    copy4_offsets(g, idx, so, doff);
     dst[doff] = src[so];
   }
 }
@@ -198,14 +204,8 @@ __global__ void copy4d_vec_kernel(const char* __restrict__ src, char* __restrict
                                   int esize) {
   const int64_t step = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    int64_t r = idx, so = 0, doff = 0;
-#pragma unroll
-    for (int d = 3; d >= 0; --d) {
-      const int64_t i = r % g.size[d];
-      r /= g.size[d];
-      so += i * g.ss[d];
-      doff += i * g.ds[d];
-    }
+    int64_t so, doff;
+    copy4_offsets(g, idx, so, doff);
     *reinterpret_cast<uint4*>(dst + doff * esize) = *reinterpret_cast<const uint4*>(src + so * esize);
   }
 }
