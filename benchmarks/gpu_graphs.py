@@ -26,12 +26,12 @@ import fastconv  # noqa: E402
 from fastconv import _bench  # noqa: E402
 
 
-def run(name: str, dtype: torch.dtype, repeats: int) -> dict:
+def run(name: str, dtype: torch.dtype, repeats: int, batch: int = 1) -> dict:
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = _bench.randomize_batchnorm(_bench.torchvision_model(name), gen).eval()
     eager = model.to("cuda", dtype).to(memory_format=torch.channels_last)
-    xs = [torch.randn(1, 3, 224, 224, generator=gen).to("cuda", dtype).contiguous(memory_format=torch.channels_last)
+    xs = [torch.randn(batch, 3, 224, 224, generator=gen).to("cuda", dtype).contiguous(memory_format=torch.channels_last)
           for _ in range(3)]
     t0 = time.perf_counter()
     fast = fastconv.convert(eager, channels_last=True)
@@ -42,14 +42,32 @@ def run(name: str, dtype: torch.dtype, repeats: int) -> dict:
         got = [graphed(x).float().clone() for x in xs]  # the static output: cloned before the next call
         err = max(_bench.rel_error(g, r) for g, r in zip(got, ref))
         distinct = _bench.rel_error(got[0], got[1])
-        other = torch.randn(2, 3, 224, 224, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+        other = torch.randn(batch + 1, 3, 224, 224, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
         fallback_err = _bench.rel_error(graphed(other).float(), fast(other).float())
         times = _bench.time_interleaved({"eager": eager, "converted": fast, "graph": graphed}, xs, repeats, 5, "cuda")
     med = {k: statistics.median(v) for k, v in times.items()}
     ok = err < 1e-2 and distinct > 1e-3 and fallback_err < 1e-2
-    return {"model": name, "dtype": str(dtype)[6:], "eager_ms": med["eager"], "converted_ms": med["converted"],
+    return {"model": name, "batch": batch, "dtype": str(dtype)[6:], "eager_ms": med["eager"], "converted_ms": med["converted"],
             "graph_ms": med["graph"], "replay_rel_err": err, "inputs_distinct": distinct,
             "fallback_rel_err": fallback_err, "build_s": build_s, "ok": ok}
+
+
+def _markdown(rows, dtype: str) -> str:
+    lines = [f"CUDA graphs on {torch.cuda.get_device_name()}: {dtype} channels_last, 224×224", "",
+             "| model | batch | eager ms | converted ms | graph ms | graph × eager | replay rel. err | fallback rel. err | ok |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['eager_ms']:.3f} | {r['converted_ms']:.3f} | {r['graph_ms']:.3f} | "
+                     f"{r['eager_ms'] / r['graph_ms']:.2f} | {r['replay_rel_err']:.1e} | {r['fallback_rel_err']:.1e} | "
+                     f"{'yes' if r['ok'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def _write(rows, args) -> None:
+    if args.markdown:
+        open(args.markdown, "w").write(_markdown(rows, args.dtype) + "\n")
+    if args.json:
+        json.dump(rows, open(args.json, "w"), indent=1)
 
 
 def main() -> int:
@@ -57,6 +75,7 @@ def main() -> int:
     ap.add_argument("--models", nargs="*", default=["resnet18", "googlenet"])
     ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--batch", type=int, nargs="*", default=[1])
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     ap.add_argument("--full", action="store_true", help="accepted for gpu_check; more repeats")
@@ -64,20 +83,12 @@ def main() -> int:
     if not torch.cuda.is_available():
         raise SystemExit("gpu_graphs.py needs a CUDA device")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    rows = [run(m, dtype, args.repeats * (3 if args.full else 1)) for m in args.models]
-    lines = [f"CUDA graphs on {torch.cuda.get_device_name()}: batch 1, {args.dtype} channels_last, 224×224", "",
-             "| model | eager ms | converted ms | graph ms | graph × eager | replay rel. err | fallback rel. err | ok |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['eager_ms']:.3f} | {r['converted_ms']:.3f} | {r['graph_ms']:.3f} | "
-                     f"{r['eager_ms'] / r['graph_ms']:.2f} | {r['replay_rel_err']:.1e} | {r['fallback_rel_err']:.1e} | "
-                     f"{'yes' if r['ok'] else 'NO'} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        open(args.markdown, "w").write(text + "\n")
-    if args.json:
-        json.dump(rows, open(args.json, "w"), indent=1)
+    rows = []
+    for batch in args.batch:
+        for m in args.models:  # the report is rewritten after every model: a stage cut off still reports
+            rows.append(run(m, dtype, args.repeats * (3 if args.full else 1), batch))
+            _write(rows, args)
+    print(_markdown(rows, args.dtype))
     return 0 if all(r["ok"] for r in rows) else 1
 
 

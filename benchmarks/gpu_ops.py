@@ -32,11 +32,11 @@ KINDS = ("CONV_SHAPES", "CONV1X1_SHAPES", "POOL_SHAPES", "DENSE_BLOCK_SHAPES")
 PROVIDERS = ("torch", "fastconv-triton", "fastconv-cuda")
 
 
-def plan(full: bool, dtypes=("bf16", "fp32")) -> List[tuple]:
+def plan(full: bool, dtypes=("bf16", "fp32"), kinds=KINDS) -> List[tuple]:
     """(dtype, shape) pairs in the order they run: bf16 over every op first, then fp32."""
     out = []
     for dtype in dtypes:
-        for kind in KINDS:
+        for kind in kinds:
             items = getattr(S, kind)
             if not full:
                 items = S.sample(items, per_net=2 if dtype == "bf16" else 1)
@@ -51,20 +51,26 @@ def peak_key(dtype: str, allow_tf32: bool) -> str:
 def row_cells(r: dict) -> List[str]:
     cells = [r["op"], r["shape"], r["dtype"], r["provider"]]
     if "error" in r:
-        return cells + ["", "", "", "", r["error"][:80]]
+        return cells + ["", "", "", "", r["error"][:80], "", ""]
+    graph = [f"{r['graph_ms'] * 1e3:.1f}" if r.get("graph_ms") else r.get("graph_error", "")[:40],
+             f"{r['graph_speedup_vs_torch']:.2f}" if r.get("graph_speedup_vs_torch") else ""]
     rate = f"{r['tflops']:.1f} TFLOP/s" if r.get("tflops") is not None else f"{r['gbps']:.0f} GB/s"
     frac = r.get("fraction_of_peak")
     return cells + [f"{r['ms'] * 1e3:.1f}", rate, "" if frac is None else f"{100 * frac:.0f}%",
-                    f"{r['speedup_vs_torch']:.2f}" if r.get("speedup_vs_torch") else "", f"{r['rel_err']:.1e}"]
+                    f"{r['speedup_vs_torch']:.2f}" if r.get("speedup_vs_torch") else "",
+                    f"{r['rel_err']:.1e}" if "rel_err" in r else "-"] + graph  # the d2d-copy yardstick has no error
 
 
-HEADERS = ["op", "shape", "dtype", "provider", "µs", "rate", "of peak", "× torch", "rel. error"]
+HEADERS = ["op", "shape", "dtype", "provider", "µs", "rate", "of peak", "× torch", "rel. error", "graph µs",
+           "graph × torch"]
 
 
 def markdown(report: dict) -> str:
     env = report["env"]
     lines = [f"GPU: {env.get('device')}; " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()), "",
-             f"batch {report['batch']}, median of triton.testing.do_bench (L2 flushed) over alternating rounds; "
+             f"batch {report['batch']}, median of triton.testing.do_bench (L2 flushed) over alternating rounds, "
+             "which includes each call's host overhead where it exceeds the flush; 'graph': GPU time alone, "
+             f"{GRAPH_CALLS} calls captured in one CUDA graph (inputs cycled, L2 not flushed), median of replays; "
              "fp32 rows allow TF32 (PyTorch's default for convs); error against the baseline in fp32 without TF32; "
              f"peak: {env.get('peak_name', 'unknown card')}", ""]
     lines.append(render_table(HEADERS, [row_cells(r) for r in report["results"]], markdown=True))
@@ -91,18 +97,62 @@ def _time_providers(fns: Dict[str, object], inputs, rounds: int = 3) -> Dict[str
     import torch
     from triton.testing import do_bench
 
-    times = {name: [] for name in fns}
+    times, failed = {name: [] for name in fns}, {}
     for r in range(rounds):
         for name in (list(fns) if r % 2 == 0 else list(reversed(list(fns)))):
+            if name in failed:
+                continue
             cycle = itertools.cycle(inputs)
             fn = fns[name]
-            times[name].append(do_bench(lambda: fn(*next(cycle)), warmup=5, rep=20, return_mode="median"))
+            try:
+                times[name].append(do_bench(lambda: fn(*next(cycle)), warmup=5, rep=20, return_mode="median"))
+            except Exception as exc:  # reported in the provider's row; the other providers go on
+                failed[name] = f"{type(exc).__name__}: {exc}"
     torch.cuda.synchronize()
-    return {name: statistics.median(v) for name, v in times.items()}
+    return {**{name: statistics.median(v) for name, v in times.items() if name not in failed}, **failed}
+
+
+GRAPH_CALLS = 20
+
+
+def _time_graphs(fns: Dict[str, object], inputs, rounds: int = 5) -> Dict[str, object]:
+    """Median GPU ms per call without the host: GRAPH_CALLS calls (inputs cycled) captured in one
+    CUDA graph per provider and replayed in alternating rounds. A provider that cannot be captured
+    maps to its error message."""
+    import torch
+
+    graphs, out = {}, {}
+    for name, fn in fns.items():
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for args in inputs:
+                    fn(*args)  # warm: nothing is allocated, tuned or compiled during capture
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for i in range(GRAPH_CALLS):
+                    fn(*inputs[i % len(inputs)])
+            graphs[name] = graph
+        except Exception as exc:
+            out[name] = f"{type(exc).__name__}: {exc}"
+    times = {name: [] for name in graphs}
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for r in range(rounds):
+        for name in (list(graphs) if r % 2 == 0 else list(reversed(list(graphs)))):
+            graphs[name].replay()
+            start.record()
+            graphs[name].replay()
+            end.record()
+            end.synchronize()
+            times[name].append(start.elapsed_time(end) / GRAPH_CALLS)
+    out.update({name: statistics.median(v) for name, v in times.items()})
+    return out
 
 
 def run_case(dtype_name: str, shape, batch: int, spec, device: str = "cuda", providers=PROVIDERS,
-             timer=_time_providers) -> List[dict]:
+             timer=_time_providers, graph_timer=_time_graphs) -> List[dict]:
     """Rows for one shape: every provider's time, rate, fraction of peak and error (or why it has none).
     ``device``, ``providers`` and ``timer`` let the tests run this on the CPU."""
     import torch
@@ -142,11 +192,15 @@ def run_case(dtype_name: str, shape, batch: int, spec, device: str = "cuda", pro
         fns["d2d-copy"] = lambda *args: dst.copy_(src)
         rows.append({**base, "provider": "d2d-copy"})
     times = timer(fns, case.inputs) if fns else {}
+    graph_times = graph_timer(fns, case.inputs) if fns and graph_timer else {}
     peak = spec.peak[peak_key(dtype_name, torch.backends.cudnn.allow_tf32)] if spec else None
     for r in rows:
         if r["provider"] not in times:
             continue
         ms = times[r["provider"]]
+        if isinstance(ms, str):  # the timer could not run it (e.g. an error raised while timing)
+            r["error"] = f"timing failed: {ms}"
+            continue
         r["ms"] = ms
         if case.flops:
             r["tflops"] = case.flops / ms / 1e9
@@ -154,10 +208,17 @@ def run_case(dtype_name: str, shape, batch: int, spec, device: str = "cuda", pro
         else:
             r["gbps"] = case.moved / ms / 1e6
             r["fraction_of_peak"] = case.moved / (ms * 1e-3) / spec.bandwidth if spec else None
-        if "torch" in times:
+        if isinstance(times.get("torch"), float):
             r["speedup_vs_torch"] = times["torch"] / ms
-        if "d2d-copy" in times:
+        if isinstance(times.get("d2d-copy"), float):
             r["fraction_of_copy_bandwidth"] = times["d2d-copy"] / ms
+        g = graph_times.get(r["provider"])
+        if isinstance(g, float):
+            r["graph_ms"] = g
+            if isinstance(graph_times.get("torch"), float):
+                r["graph_speedup_vs_torch"] = graph_times["torch"] / g
+        elif g is not None:
+            r["graph_error"] = g
     return rows
 
 
@@ -169,6 +230,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--budget", type=float, default=None, help="seconds of work before the remaining cases are "
                    "skipped (default 120; --full: 3600)")
+    p.add_argument("--ops", default=",".join(KINDS), help=f"which shape lists, of {','.join(KINDS)}")
+    p.add_argument("--dtypes", default="bf16,fp32")
     args = p.parse_args(argv)
     import torch
 
@@ -186,7 +249,7 @@ def main(argv=None) -> int:
     report = {"env": env, "batch": args.batch, "full": args.full, "results": [], "not_run": []}
     budget = args.budget if args.budget is not None else (3600 if args.full else 120)
     t0 = time.time()
-    cases = plan(args.full)
+    cases = plan(args.full, tuple(args.dtypes.split(",")), tuple(args.ops.split(",")))
     for i, (dtype_name, shape) in enumerate(cases):
         if time.time() - t0 > budget:
             report["not_run"] = [f"{d} {S.shape_id(s)}" for d, s in cases[i:]]

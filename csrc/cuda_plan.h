@@ -88,6 +88,9 @@ inline ConvPlan plan_conv(const ConvPlanInput& p) {
   if (p.groups != 1) return direct("groups=" + std::to_string(p.groups) + " (CUTLASS path needs groups == 1)");
   if (p.n == 0 || p.oh == 0 || p.ow == 0 || p.co == 0) return direct("empty problem");
   if (p.c % kAlign != 0) {
+    // Zero-padding C to 8 was tried and fails on an H200: the SM90 kernel traps (illegal
+    // instruction) when C is below its 64-channel K tile, and padding to 64 would cost 8x the
+    // stem's MACs. A few-channels kernel is what the stems need (issue 4).
     return direct("C_in=" + std::to_string(p.c) +
                   " is not a multiple of 8 (16-byte TMA alignment; stems with 3 channels take the direct kernel)");
   }

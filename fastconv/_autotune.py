@@ -259,8 +259,10 @@ class TacticCache:
             return self._memory.get((dkey, sig))
 
     def store(self, dkey: str, sig: str, tactic: str, timings: Optional[Dict[str, float]] = None) -> None:
+        global generation
         with self._lock:
             self._memory[(dkey, sig)] = tactic
+            generation += 1
             path = self.path(dkey)
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -284,7 +286,9 @@ class TacticCache:
 
     def clear_memory(self) -> None:
         """Forget the in-memory choices (the files stay; they are read again on the next lookup)."""
+        global generation
         with self._lock:
+            generation += 1
             self._memory.clear()
             self._loaded.clear()
             self._warned.clear()
@@ -305,6 +309,9 @@ def _file_lock(path: str) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+# Bumped whenever a choice is stored or forgotten: the fused modules' remembered kernels
+# (fastconv/_fastpath.py) are keyed by it, so they are looked up again after any change.
+generation = 0
 CACHE = TacticCache()
 
 
@@ -373,6 +380,21 @@ def choose(op: str, device: torch.device, sig: str, run: Callable[[str], None]) 
         for p in list(_progress):
             p.tuned(sig, timings, best)
         return best
+
+
+def final_tactic(op: str, device: torch.device, sig_tensors: Sequence, sig_flags: Sequence) -> Optional[str]:
+    """The tactic every later call with this signature will run, or None while ``auto`` has yet
+    to tune it (its choice then depends on timing, capture or tracing state). For remembering a
+    kernel after a full call (fastconv/_fastpath.py)."""
+    if _backend.current_backend() != "auto":
+        return _backend.resolve(device, op)
+    cands = candidates(op, device)
+    if len(cands) == 1:
+        return cands[0]
+    hit = CACHE.lookup(device_key(device), signature(op, sig_tensors, sig_flags))
+    if hit is not None and hit in cands:
+        return hit
+    return None if autotune_enabled() else heuristic(op, device)
 
 
 # ---------------------------------------------------------------------------------------------

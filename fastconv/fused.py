@@ -11,7 +11,12 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from . import ops
+from . import _fastpath, ops
+from .ops import _checks
+from .ops.conv1x1 import planned_kernel as conv1x1_planned_kernel
+from .ops.conv2d_relu import normalize_padding
+from .ops.conv2d_relu import planned_kernel as conv2d_planned_kernel
+from .nn.layers import MaxPool2d
 
 
 def _as_dtype(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
@@ -83,10 +88,50 @@ class FusedConv(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if _fastpath.usable(x, residual, out):
+            return self._fast(x, residual, out)
+        return self._full(x, residual, out)
+
+    def _full(self, x, residual, out):
         if self.pointwise:
             return ops.conv1x1(x, self.weight, self.bias, self.stride, relu=self.relu, residual=residual, out=out)
         return ops.conv2d_relu(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                                relu=self.relu, residual=residual, out=out)
+
+    def _fast(self, x, residual, out):
+        """The full path once per call layout, then its kernel directly (fastconv/_fastpath.py)."""
+        return _fastpath.call(self, (x, residual, out, self.weight, self.bias), lambda: self._full(x, residual, out),
+                              lambda y: self._plan(x, residual, y), lambda p: self._replay(p, x, residual, out))
+
+    def _plan(self, x, residual, y):
+        w, b = self.weight, self.bias
+        if y.numel() == 0:
+            return None
+        fmt = _checks.output_layout(x)
+        if self.pointwise:
+            stride = list(_checks.pair("conv1x1", self.stride, "stride"))
+            kernel = conv1x1_planned_kernel(x, w.reshape(w.shape[0], w.shape[1]), b, residual, None, None, False,
+                                            stride, self.relu, [y])
+            return None if kernel is None else (kernel, stride, y.shape, fmt)
+        stride = _checks.pair("conv2d_relu", self.stride, "stride")
+        dilation = _checks.pair("conv2d_relu", self.dilation, "dilation")
+        padding = normalize_padding(self.padding, w.shape[2:], stride, dilation)
+        scalars = (stride, padding, dilation, self.groups)
+        kernel = conv2d_planned_kernel(x, w, b, residual, *scalars, self.relu, y)
+        return None if kernel is None else (kernel, scalars, y.shape, fmt)
+
+    def _replay(self, plan, x, residual, out):
+        kernel, scalars, shape, fmt = plan
+        w, b = self.weight, self.bias
+        if out is None:
+            out = _fastpath.output_like(shape, x, fmt)
+        else:
+            _checks.check_no_overlap("conv2d_relu", out, [("x", x), ("weight", w), ("bias", b), ("residual", residual)])
+        if self.pointwise:
+            kernel(x, w.reshape(w.shape[0], w.shape[1]), b, residual, None, None, False, scalars, self.relu, [out])
+        else:
+            kernel(x, w, b, residual, *scalars, self.relu, out)
+        return out
 
 
 def _is_zero(padding) -> bool:
@@ -116,8 +161,37 @@ class FusedPreActConv1x1(nn.Module):
         self.stride, self.relu = conv.stride, relu
 
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if _fastpath.usable(x, out):
+            tensors = (x, out, self.weight, self.bias, self.in_scale, self.in_shift)
+            return _fastpath.call(self, tensors, lambda: self._full(x, out), lambda y: self._plan(x, y),
+                                  lambda p: self._replay(p, x, out))
+        return self._full(x, out)
+
+    def _full(self, x, out):
         return ops.conv1x1(x, self.weight, self.bias, self.stride, relu=self.relu, in_scale=self.in_scale,
                            in_shift=self.in_shift, in_relu=True, out=out)
+
+    def _args(self, x, stride, outs):
+        w = self.weight
+        return (x, w.reshape(w.shape[0], w.shape[1]), self.bias, None, self.in_scale, self.in_shift, True, stride,
+                self.relu, outs)
+
+    def _plan(self, x, y):
+        if y.numel() == 0:
+            return None
+        stride = list(_checks.pair("conv1x1", self.stride, "stride"))
+        kernel = conv1x1_planned_kernel(*self._args(x, stride, [y]))
+        return None if kernel is None else (kernel, stride, y.shape, _checks.output_layout(x))
+
+    def _replay(self, plan, x, out):
+        kernel, stride, shape, fmt = plan
+        if out is None:
+            out = _fastpath.output_like(shape, x, fmt)
+        else:
+            _checks.check_no_overlap("conv1x1", out, [("x", x), ("weight", self.weight), ("bias", self.bias),
+                                                      ("in_scale", self.in_scale), ("in_shift", self.in_shift)])
+        kernel(*self._args(x, stride, [out]))
+        return out
 
 
 class FusedResidualBlock(nn.Module):
@@ -165,8 +239,7 @@ class FusedInception(nn.Module):
         self.branch2 = _basic_conv(m.branch2[1], dtype)
         self.branch3 = _basic_conv(m.branch3[1], dtype)
         pool = m.branch4[0]
-        self.pool = dict(kernel_size=pool.kernel_size, stride=pool.stride, padding=pool.padding,
-                         dilation=pool.dilation, ceil_mode=pool.ceil_mode)
+        self.pool = MaxPool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode)
         self.branch4 = _basic_conv(m.branch4[1], dtype)
         self.out_channels = [self.splits[0], self.branch2.weight.shape[0], self.branch3.weight.shape[0],
                              self.branch4.weight.shape[0]]
@@ -178,12 +251,21 @@ class FusedInception(nn.Module):
         c1, c2, c3, c4 = self.out_channels
         red2 = torch.empty(n, self.splits[1], h, w, dtype=x.dtype, device=x.device, memory_format=fmt)
         red3 = torch.empty(n, self.splits[2], h, w, dtype=x.dtype, device=x.device, memory_format=fmt)
-        ops.conv1x1_multi(x, self.reduce_weight, self.reduce_bias, relu=True, outs=[out[:, :c1], red2, red3])
+        self._reduce(x, [out[:, :c1], red2, red3])
         self.branch2(red2, out=out[:, c1:c1 + c2])
         self.branch3(red3, out=out[:, c1 + c2:c1 + c2 + c3])
-        pooled = ops.max_pool2d(x, **self.pool)
+        pooled = self.pool(x)
         self.branch4(pooled, out=out[:, c1 + c2 + c3:])
         return out
+
+    def _reduce(self, x, outs):
+        """The three 1×1s as one GEMM; outs are this module's fresh buffers (no overlap to check)."""
+        full = lambda: ops.conv1x1_multi(x, self.reduce_weight, self.reduce_bias, relu=True, outs=outs)  # noqa: E731
+        if not _fastpath.usable(x) or x.numel() == 0:
+            return full()
+        args = lambda o: (x, self.reduce_weight, self.reduce_bias, None, None, None, False, [1, 1], True, o)  # noqa: E731
+        _fastpath.call(self, (x, self.reduce_weight, self.reduce_bias, *outs), full,
+                       lambda result: conv1x1_planned_kernel(*args(result)), lambda kernel: kernel(*args(outs)))
 
 
 class FusedDenseBlock(nn.Module):

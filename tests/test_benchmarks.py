@@ -62,11 +62,16 @@ def test_gpu_plans():
 def test_gpu_markdown():
     env = {"device": "NVIDIA H100 80GB HBM3", "versions": {"torch": "x"}, "peak_name": "H100 SXM"}
     rows = [{"op": "conv2d_relu", "shape": "conv3x3s1-64to64-56x56", "dtype": "bf16", "provider": "torch",
-             "ms": 0.05, "tflops": 120.0, "fraction_of_peak": 0.12, "speedup_vs_torch": 1.0, "rel_err": 3e-3},
+             "ms": 0.05, "tflops": 120.0, "fraction_of_peak": 0.12, "speedup_vs_torch": 1.0, "rel_err": 3e-3,
+             "graph_ms": 0.04, "graph_speedup_vs_torch": 1.0},
             {"op": "conv2d_relu", "shape": "conv3x3s1-64to64-56x56", "dtype": "bf16", "provider": "fastconv-cuda",
-             "error": "skipped: no kernels"}]
+             "error": "skipped: no kernels"},
+            # the copy yardstick has no error column (its KeyError once cost the whole ops table on a GPU)
+            {"op": "max_pool2d", "shape": "pool3s2p0-64-55x55", "dtype": "bf16", "provider": "d2d-copy",
+             "ms": 0.0092, "gbps": 1674.0, "fraction_of_peak": 0.35, "speedup_vs_torch": 4.19}]
     md = gpu_ops.markdown({"env": env, "batch": 32, "results": rows, "not_run": ["a"]})
-    assert "| conv2d_relu | conv3x3s1-64to64-56x56 | bf16 | torch | 50.0 | 120.0 TFLOP/s | 12% | 1.00 | 3.0e-03 |" in md
+    assert "| max_pool2d | pool3s2p0-64-55x55 | bf16 | d2d-copy | 9.2 | 1674 GB/s | 35% | 4.19 | - |  |  |" in md
+    assert "| conv2d_relu | conv3x3s1-64to64-56x56 | bf16 | torch | 50.0 | 120.0 TFLOP/s | 12% | 1.00 | 3.0e-03 | 40.0 | 1.00 |" in md
     assert "skipped: no kernels" in md and "not run (time budget): 1 cases" in md
     row = {"model": "resnet50", "batch": 32, "dtype": "bf16", "channels_last": True, "eager_ms": 10.0,
            "fastconv_ms": 8.0, "speedup": 1.25, "fastconv_rel_err": 2e-3, "fastconv_top1_agree": 1.0}
@@ -112,8 +117,13 @@ def test_gpu_ops_run_case_on_cpu():
     shape = S.scale_down(S.CONV_SHAPES[0])
     rows = gpu_ops.run_case("fp32", shape, 1, _devices.gpu_spec("h100"), device="cpu",
                             providers=("torch", "fastconv-cpu", "fastconv-cuda"),
-                            timer=lambda fns, inputs: {name: 1.0 for name in fns})
+                            timer=lambda fns, inputs: {name: 1.0 for name in fns},
+                            graph_timer=lambda fns, inputs: {name: 0.5 if name == "torch" else "capture failed"
+                                                             for name in fns})
     by = {r["provider"]: r for r in rows}
+    assert by["torch"]["graph_ms"] == 0.5 and by["torch"]["graph_speedup_vs_torch"] == 1.0
+    if "error" not in by["fastconv-cpu"]:
+        assert by["fastconv-cpu"]["graph_error"] == "capture failed" and "graph_ms" not in by["fastconv-cpu"]
     assert by["fastconv-cuda"]["error"].startswith("skipped:")
     if "error" in by["fastconv-cpu"]:
         assert by["fastconv-cpu"]["error"].startswith("skipped:")  # no C++ extension here
@@ -122,8 +132,13 @@ def test_gpu_ops_run_case_on_cpu():
             assert r["ms"] == 1.0 and r["rel_err"] < 1e-5 and r["speedup_vs_torch"] == 1.0
             assert r["tflops"] == pytest.approx(2 * shape.macs(1) / 1e-3 / 1e12)
             assert r["fraction_of_peak"] == pytest.approx(r["tflops"] * 1e12 / 494.7e12)  # fp32 → TF32 peak
+    # a provider whose timing raises gets an error row; the others keep their numbers
+    rows = gpu_ops.run_case("fp32", shape, 1, _devices.gpu_spec("h100"), device="cpu", providers=("torch", "fastconv-reference"),
+                            timer=lambda fns, inputs: {"torch": 1.0, "fastconv-reference": "RuntimeError: boom"},
+                            graph_timer=None)
+    assert rows[0]["ms"] == 1.0 and rows[1]["error"] == "timing failed: RuntimeError: boom"
     pool = gpu_ops.run_case("bf16", S.scale_down(S.POOL_SHAPES[0]), 1, None, device="cpu", providers=("torch",),
-                            timer=lambda fns, inputs: {name: 2.0 for name in fns})
+                            timer=lambda fns, inputs: {name: 2.0 for name in fns}, graph_timer=None)
     assert pool[0]["gbps"] > 0 and pool[0]["fraction_of_peak"] is None
 
 

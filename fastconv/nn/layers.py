@@ -12,7 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import ops
+from .. import _fastpath, ops
+from ..ops import _checks
+from ..ops.max_pool2d import normalize as _pool_normalize
+from ..ops.max_pool2d import planned_kernel as _pool_planned_kernel
 
 
 class Conv2dReLU(nn.Conv2d):
@@ -80,4 +83,26 @@ class MaxPool2d(nn.MaxPool2d):
             raise ValueError("fastconv.nn.MaxPool2d: return_indices=True is not supported; use torch.nn.MaxPool2d")
 
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if _fastpath.usable(x, out):  # the kernel the first call resolved to, directly (fastconv/_fastpath.py)
+            return _fastpath.call(self, (x, out), lambda: self._full(x, out), lambda y: self._plan(x, y),
+                                  lambda p: self._replay(p, x, out))
+        return self._full(x, out)
+
+    def _full(self, x, out):
         return ops.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, out=out)
+
+    def _plan(self, x, y):
+        if y.numel() == 0:
+            return None
+        window = _pool_normalize(self.kernel_size, self.stride, self.padding, self.dilation)
+        kernel = _pool_planned_kernel(x, *window, self.ceil_mode, y)
+        return None if kernel is None else (kernel, window, y.shape, _checks.output_layout(x))
+
+    def _replay(self, plan, x, out):
+        kernel, window, shape, fmt = plan
+        if out is None:
+            out = _fastpath.output_like(shape, x, fmt)
+        else:
+            _checks.check_no_overlap("max_pool2d", out, [("x", x)])
+        kernel(x, *window, self.ceil_mode, out)
+        return out

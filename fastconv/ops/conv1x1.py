@@ -125,9 +125,21 @@ def _run(x, weight, bias, residual, in_scale, in_shift, in_relu, stride, relu, o
         return
     w2d = weight.reshape(weight.shape[0], weight.shape[1])  # a view for [C_out, C_in, 1, 1] weights
     args = (x, w2d, bias, residual, in_scale, in_shift, in_relu, list(stride), relu, outs)
-    _autotune.dispatch(OP, x.device, KERNELS, args, (x, w2d, bias, residual, in_scale, in_shift, outs),
-                       (in_relu, list(stride), relu),
+    _autotune.dispatch(OP, x.device, KERNELS, args, *_signature(*args),
                        lambda: 2 * sum(o.numel() for o in outs) * w2d.shape[1])
+
+
+def _signature(x, w2d, bias, residual, in_scale, in_shift, in_relu, stride, relu, outs):
+    """The tensors and flags ``auto`` keys its choice by (kernel arguments: ``w2d`` 2-D, ``outs`` a list)."""
+    return (x, w2d, bias, residual, in_scale, in_shift, outs), (in_relu, stride, relu)
+
+
+def planned_kernel(x, w2d, bias, residual, in_scale, in_shift, in_relu, stride, relu, outs):
+    """The kernel every later call with these kernel arguments' signature runs, or None while
+    ``auto`` has yet to tune it (for the fused modules' fast path, fastconv/_fastpath.py)."""
+    tactic = _autotune.final_tactic(OP, x.device, *_signature(x, w2d, bias, residual, in_scale, in_shift, in_relu,
+                                                               stride, relu, outs))
+    return None if tactic is None else KERNELS[tactic]
 
 
 def _empty_out(x, shape):

@@ -118,13 +118,25 @@ KERNELS = {"reference": _reference_kernel, "cpu": _cpu_kernel, "cuda": _cuda_ker
            "torch": _torch_kernel}
 
 
+def _signature(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
+    """The tensors and flags ``auto`` keys its choice by."""
+    return (x, weight, bias, residual, out), (stride, padding, dilation, groups, relu)
+
+
 def _run(x, weight, bias, residual, stride, padding, dilation, groups, relu, out) -> None:
     if out.numel() == 0:
         return
     args = (x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
-    _autotune.dispatch(OP, x.device, KERNELS, args, (x, weight, bias, residual, out),
-                       (stride, padding, dilation, groups, relu),
+    _autotune.dispatch(OP, x.device, KERNELS, args, *_signature(*args),
                        lambda: 2 * out.numel() * weight[0].numel())
+
+
+def planned_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
+    """The kernel every later call with these arguments' signature runs, or None while ``auto``
+    has yet to tune it (for the fused modules' fast path, fastconv/_fastpath.py)."""
+    tactic = _autotune.final_tactic(OP, x.device, *_signature(x, weight, bias, residual, stride, padding, dilation,
+                                                               groups, relu, out))
+    return None if tactic is None else KERNELS[tactic]
 
 
 # ---------------------------------------------------------------------------------------------

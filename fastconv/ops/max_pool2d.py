@@ -13,7 +13,7 @@ the first one is kept.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -106,11 +106,34 @@ KERNELS = {"reference": _reference_kernel, "cpu": _cpu_kernel, "cuda": _cuda_ker
            "torch": _torch_kernel}
 
 
+def _signature(x, kernel_size, stride, padding, dilation, ceil_mode, out):
+    """The tensors and flags ``auto`` keys its choice by."""
+    return (x, out), (kernel_size, stride, padding, dilation, ceil_mode)
+
+
 def _run(x, kernel_size, stride, padding, dilation, ceil_mode, out) -> None:
     if out.numel() == 0:
         return
     args = (x, kernel_size, stride, padding, dilation, ceil_mode, out)
-    _autotune.dispatch(OP, x.device, KERNELS, args, (x, out), (kernel_size, stride, padding, dilation, ceil_mode))
+    _autotune.dispatch(OP, x.device, KERNELS, args, *_signature(*args))
+
+
+def normalize(kernel_size, stride, padding, dilation) -> Tuple[List[int], List[int], List[int], List[int]]:
+    """The pooling window arguments as the ops take them (``stride`` None or empty: ``kernel_size``)."""
+    kernel_ = _checks.pair(OP, kernel_size, "kernel_size")
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        stride_ = list(kernel_)
+    else:
+        stride_ = _checks.pair(OP, stride, "stride")
+    return kernel_, stride_, _checks.pair(OP, padding, "padding"), _checks.pair(OP, dilation, "dilation")
+
+
+def planned_kernel(x, kernel_size, stride, padding, dilation, ceil_mode, out):
+    """The kernel every later call with these arguments' signature runs, or None while ``auto``
+    has yet to tune it (for the fused modules' fast path, fastconv/_fastpath.py)."""
+    tactic = _autotune.final_tactic(OP, x.device, *_signature(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                                               out))
+    return None if tactic is None else KERNELS[tactic]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,13 +222,7 @@ def max_pool2d(
     receives the result in place. 3-D (unbatched) input is accepted as F.max_pool2d accepts it.
     """
     _checks.check_tensor(OP, x, "x", ndims=(3, 4))
-    kernel_ = _checks.pair(OP, kernel_size, "kernel_size")
-    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
-        stride_ = list(kernel_)
-    else:
-        stride_ = _checks.pair(OP, stride, "stride")
-    padding_ = _checks.pair(OP, padding, "padding")
-    dilation_ = _checks.pair(OP, dilation, "dilation")
+    kernel_, stride_, padding_, dilation_ = normalize(kernel_size, stride, padding, dilation)
     _checks.check_flag(OP, ceil_mode, "ceil_mode")
     unbatched = x.dim() == 3
     if unbatched:

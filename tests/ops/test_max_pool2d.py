@@ -381,7 +381,7 @@ def test_triton_rejects_float64():
 def test_triton_cuda(dtype):
     rng = random.Random(11)
     with fastconv.use_backend("triton"):
-        for i in range(40):
+        for i in range(12):  # each new shape autotunes the Triton configs: 40 took > 90 s on an H200
             case = random_case(rng)
             if case["dtype"] == torch.float64:
                 continue

@@ -1,0 +1,146 @@
+"""The fused modules' eager fast path (fastconv/_fastpath.py): after one full call per call
+layout, a converted model runs its kernels directly — and still computes the same thing, checks
+overlapping outs, follows backend switches and retuning, and leaves autograd, autocast and
+tracing to the full op path."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fastconv
+from fastconv import _fastpath, fused
+from tests.utils import assert_close_rel
+
+conv2d_mod = sys.modules["fastconv.ops.conv2d_relu"]
+pool_mod = sys.modules["fastconv.ops.max_pool2d"]
+
+
+def _net():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                      nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 8, 3, stride=2, padding=1))
+    with torch.no_grad():
+        m[1].running_mean.normal_(0, 0.1)
+        m[1].running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def _full_path_forbidden(monkeypatch):
+    """Make every public functional raise: only the fast path can then run the model."""
+    def boom(*args, **kwargs):
+        raise AssertionError("the full op path ran")
+
+    for name in ("conv2d_relu", "conv1x1", "conv1x1_multi", "max_pool2d"):
+        monkeypatch.setattr(fastconv.ops, name, boom)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "auto"])
+def test_replay_matches_eager_on_fresh_inputs(backend, monkeypatch):
+    if backend not in fastconv.available_backends():
+        pytest.skip(fastconv.backend_status()[backend])
+    eager = _net()
+    fast = fastconv.convert(eager)
+    with torch.inference_mode(), fastconv.use_backend(backend):
+        fast(torch.randn(2, 4, 12, 12))  # full path once (tunes under auto)
+        fast(torch.randn(2, 4, 12, 12))  # after tuning: the plans are final
+        _full_path_forbidden(monkeypatch)
+        for seed in range(3):
+            x = torch.randn(2, 4, 12, 12, generator=torch.Generator().manual_seed(seed))
+            assert_close_rel(fast(x), eager(x), torch.float32, f"replay {seed}", tol=1e-4)
+
+
+def test_new_layout_takes_the_full_path_once():
+    fast = fastconv.convert(_net())
+    x = torch.randn(2, 4, 12, 12)
+    with torch.inference_mode(), fastconv.use_backend("torch"):
+        fast(x)
+        conv = next(m for m in fast.modules() if isinstance(m, fused.FusedConv))
+        assert len(conv.__dict__["_fastpath_plans"]) == 1
+        y_cl = fast(x.contiguous(memory_format=torch.channels_last))  # other strides: another plan
+        assert len(conv.__dict__["_fastpath_plans"]) == 2
+        assert_close_rel(y_cl, fast(x), torch.float32, "channels_last replay")
+    assert "_fastpath_plans" not in conv.state_dict()
+
+
+def test_backend_switch_is_followed(monkeypatch):
+    fast = fastconv.convert(_net())
+    x = torch.randn(1, 4, 10, 10)
+    calls = []
+    reference_kernel = conv2d_mod.KERNELS["reference"]
+    monkeypatch.setitem(conv2d_mod.KERNELS, "reference", lambda *a: (calls.append(1), reference_kernel(*a)))
+    with torch.inference_mode():
+        with fastconv.use_backend("torch"):
+            fast(x)
+            fast(x)
+        assert not calls
+        with fastconv.use_backend("reference"):
+            fast(x)
+            fast(x)
+    assert len(calls) == 4  # two 3x3 convs, twice: the reference kernel, not the remembered torch one
+
+
+def test_retuning_invalidates_plans(monkeypatch):
+    fast = fastconv.convert(_net())
+    x = torch.randn(1, 4, 10, 10)
+    with torch.inference_mode(), fastconv.use_backend("auto"):
+        fast(x)
+        fast(x)
+        before = fastconv._autotune.generation
+        fastconv.clear_cache()
+        assert fastconv._autotune.generation != before
+        seen = []
+        real = conv2d_mod.planned_kernel
+        monkeypatch.setattr(fused, "conv2d_planned_kernel", lambda *a: (seen.append(1), real(*a))[1])
+        fast(x)  # plans keyed by the old generation are not used: planned again
+        fast(x)
+    assert seen
+
+
+def test_overlapping_out_is_still_rejected():
+    conv = fused.FusedConv(torch.randn(8, 8, 3, 3), torch.randn(8), padding=1)
+    buf = torch.randn(1, 16, 6, 6)
+    with torch.inference_mode(), fastconv.use_backend("torch"):
+        conv(buf[:, :8], out=buf[:, 8:])  # disjoint channel slices of one buffer: allowed
+        conv(buf[:, :8], out=buf[:, 8:])  # replayed
+        with pytest.raises(RuntimeError, match="overlaps"):
+            conv(buf[:, 8:], out=buf[:, 8:])  # same layout key, but reads the channels it writes
+
+
+def test_autograd_and_autocast_take_the_full_path(monkeypatch):
+    pool = fastconv.nn.MaxPool2d(3, 2, 1)
+    x = torch.randn(1, 4, 9, 9, requires_grad=True)
+    with fastconv.use_backend("torch"):
+        pool(x.detach())
+        pool(x.detach())  # a plan exists for this layout
+        y = pool(x)  # but x requires grad: the op with its autograd formula runs
+        y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert not _fastpath.usable(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _fastpath.usable(x.detach())
+    with torch.inference_mode():
+        assert _fastpath.usable(x.detach())
+
+
+def test_traced_and_compiled_calls_see_the_ops():
+    fast = fastconv.convert(_net())
+    x = torch.randn(1, 4, 10, 10)
+    with torch.inference_mode(), fastconv.use_backend("torch"):
+        fast(x)
+        fast(x)
+    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
+    with fastconv.use_backend("torch"):
+        with torch.no_grad():
+            y = compiled(x)
+    assert_close_rel(y, fast(x), torch.float32, "compiled after replay")
+
+
+def test_zero_batch_is_not_remembered():
+    conv = fused.FusedConv(torch.randn(8, 4, 3, 3), torch.randn(8), padding=1)
+    with torch.inference_mode(), fastconv.use_backend("torch"):
+        assert conv(torch.randn(0, 4, 5, 5)).shape == (0, 8, 5, 5)
+        assert conv(torch.randn(0, 4, 5, 5)).shape == (0, 8, 5, 5)
+    assert not conv.__dict__.get("_fastpath_plans")
