@@ -19,9 +19,11 @@ STAGES = [
     ("build", 240, "{py} -c \"import fastconv, sys; s = fastconv.backend_status()['cuda']; print('prebuilt: cuda', s); "
                    "sys.exit(s != 'available')\" || {py} -m pip install --no-build-isolation --no-deps -e . -q"),
     ("tests", 180, "{py} -m pytest tests -m gpu -q -rfE --tb=short -p no:cacheprovider {xdist}"),
-    ("ops", 110, "{py} benchmarks/gpu_ops.py --budget 80 --json {out}/ops.json --markdown {out}/ops.md"),
-    ("models", 150, "{py} benchmarks/gpu_models.py --budget 110 --json {out}/models.json --markdown {out}/models.md"),
-    ("graphs", 50, "{py} benchmarks/gpu_graphs.py --json {out}/graphs.json --markdown {out}/graphs.md"),
+    ("ops", 100, "{py} benchmarks/gpu_ops.py --budget 70 --json {out}/ops.json --markdown {out}/ops.md"),
+    ("models", 120, "{py} benchmarks/gpu_models.py --models resnet50,densenet121,googlenet,vgg16,alexnet "
+                    "--budget 85 --json {out}/models.json --markdown {out}/models.md"),
+    ("graphs", 80, "{py} benchmarks/gpu_graphs.py --models resnet18 --batch 1 32 --json {out}/graphs.json "
+                   "--markdown {out}/graphs.md"),
 ]
 
 

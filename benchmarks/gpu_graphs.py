@@ -52,8 +52,8 @@ def run(name: str, dtype: torch.dtype, repeats: int, batch: int = 1) -> dict:
             "fallback_rel_err": fallback_err, "build_s": build_s, "ok": ok}
 
 
-def _markdown(rows, dtype: str) -> str:
-    lines = [f"CUDA graphs on {torch.cuda.get_device_name()}: {dtype} channels_last, 224×224", "",
+def _markdown(rows, dtype: str, device: str = "") -> str:
+    lines = [f"CUDA graphs on {device or torch.cuda.get_device_name()}: {dtype} channels_last, 224×224", "",
              "| model | batch | eager ms | converted ms | graph ms | graph × eager | replay rel. err | fallback rel. err | ok |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -162,3 +162,29 @@ def test_gpu_models_run_plan_budget_and_compile_column():
     report = {"results": [], "errors": [], "not_run": []}
     gpu_models.run_plan(cfg, cases, -1, report, prepare=lambda name, cfg: name, measure=measure)
     assert report["not_run"] == ["a bs 32", "b bs 32", "a bs 32 compile"] and not report["results"]
+
+
+def test_gpu_check_stages_fit_the_lease():
+    """gpu_check.sh's stages after the build stay within DESIGN's 8 minutes, and format cleanly."""
+    from benchmarks import gpu_check
+
+    names = [name for name, _, _ in gpu_check.STAGES]
+    assert names == ["build", "tests", "ops", "models", "graphs"]
+    assert sum(deadline for name, deadline, _ in gpu_check.STAGES if name != "build") <= 8 * 60
+    for _, _, command in gpu_check.STAGES:
+        cmd = command.format(py="python", out="/tmp/o", xdist=gpu_check._xdist_flags())
+        assert "{" not in cmd and "python" in cmd
+
+
+def test_gpu_graphs_markdown():
+    import argparse
+
+    from benchmarks import gpu_graphs
+
+    row = {"model": "resnet18", "batch": 32, "dtype": "bfloat16", "eager_ms": 2.0, "converted_ms": 4.0,
+           "graph_ms": 0.5, "replay_rel_err": 0.0, "fallback_rel_err": 1e-3, "ok": True}
+    md = gpu_graphs._markdown([row], "bf16", device="NVIDIA H200")
+    assert md.startswith("CUDA graphs on NVIDIA H200: bf16")
+    assert "| resnet18 | 32 | 2.000 | 4.000 | 0.500 | 4.00 | 0.0e+00 | 1.0e-03 | yes |" in md
+    args = argparse.Namespace(markdown=None, json=None, dtype="bf16")
+    gpu_graphs._write([row], args)  # no files asked for: nothing written, no error
