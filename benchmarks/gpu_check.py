@@ -18,7 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = [
     ("build", 240, "{py} -c \"import fastconv, sys; s = fastconv.backend_status()['cuda']; print('prebuilt: cuda', s); "
                    "sys.exit(s != 'available')\" || {py} -m pip install --no-build-isolation --no-deps -e . -q"),
-    ("tests", 180, "{py} -m pytest tests -m gpu -q -rfE --tb=short -p no:cacheprovider {xdist}"),
+    ("tests", 165, "{py} -m pytest tests -m gpu -q -rfE --tb=short -p no:cacheprovider {xdist}"),
+    ("overhead", 15, "{py} benchmarks/host_overhead.py --calls 1000 --json {out}/overhead.json "
+                     "--markdown {out}/overhead.md"),
     ("ops", 100, "{py} benchmarks/gpu_ops.py --budget 70 --json {out}/ops.json --markdown {out}/ops.md"),
     ("models", 120, "{py} benchmarks/gpu_models.py --models resnet50,densenet121,googlenet,vgg16,alexnet "
                     "--budget 85 --json {out}/models.json --markdown {out}/models.md"),

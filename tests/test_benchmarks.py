@@ -169,7 +169,7 @@ def test_gpu_check_stages_fit_the_lease():
     from benchmarks import gpu_check
 
     names = [name for name, _, _ in gpu_check.STAGES]
-    assert names == ["build", "tests", "ops", "models", "graphs"]
+    assert names == ["build", "tests", "overhead", "ops", "models", "graphs"]
     assert sum(deadline for name, deadline, _ in gpu_check.STAGES if name != "build") <= 8 * 60
     for _, _, command in gpu_check.STAGES:
         cmd = command.format(py="python", out="/tmp/o", xdist=gpu_check._xdist_flags())
@@ -188,3 +188,14 @@ def test_gpu_graphs_markdown():
     assert "| resnet18 | 32 | 2.000 | 4.000 | 0.500 | 4.00 | 0.0e+00 | 1.0e-03 | yes |" in md
     args = argparse.Namespace(markdown=None, json=None, dtype="bf16")
     gpu_graphs._write([row], args)  # no files asked for: nothing written, no error
+
+
+def test_host_overhead_rows_on_cpu():
+    from benchmarks import host_overhead
+
+    rows = host_overhead.measure("cpu", 5, torch.float32)
+    paths = {r["path"] for r in rows}
+    assert "torch conv+relu" in paths and "fastconv.conv2d_relu [auto]" in paths and "converted layer [auto]" in paths
+    assert all(r["us"] > 0 for r in rows if "us" in r)
+    md = host_overhead.markdown(rows, {"device": "CPU", "dtype": "fp32", "calls": 5, "versions": {"torch": "x"}})
+    assert "| torch conv+relu | 3x3 |" in md and "| converted layer [auto] | 1x1 |" in md
