@@ -47,7 +47,8 @@ def usable(x: torch.Tensor, *others: Optional[torch.Tensor]) -> bool:
 
 def state() -> Tuple:
     """What every remembered choice also depends on: the backend selection and the tuning state."""
-    return _backend.current_backend(), _autotune.generation, _autotune.autotune_enabled()
+    return (_backend.current_backend(), _autotune.generation, _autotune.autotune_enabled(),
+            _autotune.current_timing())
 
 
 MAX_PLANS = 64  # per module; more call layouts than this (or stale tuning generations): start over

@@ -19,10 +19,18 @@ class CUDAGraphModel(nn.Module):
     Before capture the model runs under ``auto``: every op signature is tuned (tactic timing,
     Triton autotuning, lazy initialization) and then warmed up on a side stream, so the capture
     itself records kernel launches only: no timing, synchronization or tuning happens in it.
+
+    ``tune_by``: what the tactic timing measures. ``"wall"`` (default): host and GPU time of an
+    eager call, the same choices eager calls use. ``"gpu"``: GPU time alone (each candidate
+    captured in a CUDA graph and replayed, ``_autotune.gpu_time_timer``), which is what a replay
+    costs; its choices are cached apart from eager ones. On the 2026-11-28 H200 run fastconv's 1×1
+    kernels were 1.1–2.2× cuDNN in GPU time but lost in eager timing to their launch cost, so
+    ``"gpu"`` should pick them for graphs; it has not run on a GPU yet, hence not the default.
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, *, warmup: int = 2,
-                 fallback: str = "eager", clone_output: bool = False, progress: bool = True) -> None:
+                 fallback: str = "eager", clone_output: bool = False, progress: bool = True,
+                 tune_by: str = "wall") -> None:
         super().__init__()
         if not torch.cuda.is_available():
             raise RuntimeError("fastconv.convert(cuda_graph=True): CUDA graphs need a CUDA device, and none is "
@@ -32,14 +40,16 @@ class CUDAGraphModel(nn.Module):
             raise RuntimeError(f"fastconv.convert(cuda_graph=True): example_input must be a CUDA tensor, got {where}")
         if fallback not in ("eager", "raise"):
             raise ValueError(f"fastconv.convert: fallback must be 'eager' or 'raise', got {fallback!r}")
+        if tune_by not in ("wall", "gpu"):
+            raise ValueError(f"fastconv.convert: tune_by must be 'wall' or 'gpu', got {tune_by!r}")
         self.model = model
-        self.fallback, self.clone_output = fallback, clone_output
+        self.fallback, self.clone_output, self.tune_by = fallback, clone_output, tune_by
         static = torch.empty_strided(example_input.shape, example_input.stride(), dtype=example_input.dtype,
                                      device=example_input.device)
         static.copy_(example_input)
         self.static_input = static
         self._key = self._input_key(static)
-        with torch.inference_mode():
+        with torch.inference_mode(), _autotune.timing_mode(tune_by):  # capture looks choices up in it too
             _autotune.tune(model, static, progress=progress)  # tactic timing: before capture
             side = torch.cuda.Stream(device=static.device)
             side.wait_stream(torch.cuda.current_stream(static.device))

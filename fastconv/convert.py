@@ -119,7 +119,7 @@ class _InputCast(nn.Module):
 
 def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_last: Optional[bool] = None,
             inplace: bool = False, example_input: Optional[torch.Tensor] = None, cuda_graph: bool = False,
-            graph_fallback: str = "eager") -> nn.Module:
+            graph_fallback: str = "eager", graph_tune_by: str = "wall") -> nn.Module:
     """An inference module computing what ``model.eval()`` computes, on fastconv's fused ops.
 
     BatchNorm is folded into the preceding conv, conv+bias(+residual)+ReLU fused, max-pooling and
@@ -134,7 +134,11 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
     inputs of that shape; the returned tensor is a static buffer **overwritten by the next call**.
     Inputs of another shape run the eager converted forward (``graph_fallback="eager"``) or raise
     (``graph_fallback="raise"``). On a machine without CUDA ``cuda_graph=True`` raises RuntimeError.
+    ``graph_tune_by="gpu"`` tunes the captured model's tactics by GPU time alone instead of eager
+    wall time (``CUDAGraphModel``'s ``tune_by``; not yet checked on a GPU, hence not the default).
     """
+    if graph_tune_by not in ("wall", "gpu"):
+        raise ValueError(f"fastconv.convert: graph_tune_by must be 'wall' or 'gpu', got {graph_tune_by!r}")
     if cuda_graph:
         if not torch.cuda.is_available():
             raise RuntimeError("fastconv.convert(cuda_graph=True): CUDA graphs need a CUDA device, and none is "
@@ -160,7 +164,7 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
     if cuda_graph:
         from ._graphs import CUDAGraphModel
 
-        return CUDAGraphModel(converted, example_input, fallback=graph_fallback).eval()
+        return CUDAGraphModel(converted, example_input, fallback=graph_fallback, tune_by=graph_tune_by).eval()
     if example_input is not None:
         from ._autotune import tune
 

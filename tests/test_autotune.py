@@ -286,6 +286,40 @@ def test_cuda_graph_without_cuda_raises():
         fastconv.CUDAGraphModel(fastconv.convert(model), torch.randn(1, 3, 8, 8))
 
 
+@needs_cpu_ext
+def test_gpu_timing_mode_uses_its_timer_and_its_own_cache_key(monkeypatch, cache_dir):
+    """timing_mode("gpu") (CUDAGraphModel(tune_by="gpu")): candidates are timed by gpu_time_timer,
+    and the choices are kept under their own device key, so eager calls never see them."""
+    gpu = FakeTimer({"cpu": 1.0, "torch": 2.0})
+    monkeypatch.setattr(_autotune, "gpu_time_timer", gpu)
+    x, w, b = conv_call()
+    wall_key = _autotune.device_key(x.device)
+    with _autotune.timing_mode("gpu"):
+        gpu_key = _autotune.device_key(x.device)
+        y, tactic = run_conv(x, w, b)
+    assert gpu_key == wall_key + " | timing gpu"
+    assert tactic == "cpu" and sorted(gpu.timed) == ["cpu", "torch"]
+    torch.testing.assert_close(y.double(), ref_conv(x, w, b), rtol=1e-5, atol=1e-5)
+    sig = next(k for (dk, k) in _autotune.CACHE._memory if dk == gpu_key)
+    assert _autotune.CACHE.lookup(gpu_key, sig) == "cpu" and _autotune.CACHE.lookup(wall_key, sig) is None
+    assert len(list(cache_dir.glob("tactics-*.json"))) == 1  # the gpu-timed file only
+    # an eager call of the same signature tunes by wall time (the default timer, here a fake)
+    with _autotune.use_timer(FakeTimer({"cpu": 2.0, "torch": 1.0})):
+        _, tactic = run_conv(x, w, b)
+    assert tactic == "torch" and _autotune.current_timing() == "wall"
+    with pytest.raises(ValueError, match="timing mode"):
+        with _autotune.timing_mode("host"):
+            pass
+    with pytest.raises(ValueError, match="graph_tune_by"):
+        fastconv.convert(nn.Sequential(nn.Conv2d(3, 4, 3)), graph_tune_by="host")
+
+
+def test_gpu_time_timer_on_the_cpu_falls_back_to_wall_time():
+    calls = []
+    t = _autotune.gpu_time_timer("torch", lambda: calls.append(1), torch.device("cpu"))
+    assert t >= 0 and len(calls) >= 2
+
+
 def test_torch_backend_is_selectable():
     assert "torch" in fastconv.available_backends()
     x, w, b = conv_call()

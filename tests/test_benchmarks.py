@@ -182,10 +182,11 @@ def test_gpu_graphs_markdown():
     from benchmarks import gpu_graphs
 
     row = {"model": "resnet18", "batch": 32, "dtype": "bfloat16", "eager_ms": 2.0, "converted_ms": 4.0,
-           "graph_ms": 0.5, "replay_rel_err": 0.0, "fallback_rel_err": 1e-3, "ok": True}
+           "graph_ms": 0.5, "graph_gpu_tuned_ms": 0.4, "torch_graph_ms": 0.6, "replay_rel_err": 0.0,
+           "gpu_tuned_rel_err": 2e-3, "fallback_rel_err": 1e-3, "ok": True}
     md = gpu_graphs._markdown([row], "bf16", device="NVIDIA H200")
     assert md.startswith("CUDA graphs on NVIDIA H200: bf16")
-    assert "| resnet18 | 32 | 2.000 | 4.000 | 0.500 | 4.00 | 0.0e+00 | 1.0e-03 | yes |" in md
+    assert "| resnet18 | 32 | 2.000 | 4.000 | 0.500 | 4.00 | 0.400 | 0.600 | 1.50 | 2.0e-03 | 1.0e-03 | yes |" in md
     args = argparse.Namespace(markdown=None, json=None, dtype="bf16")
     gpu_graphs._write([row], args)  # no files asked for: nothing written, no error
 
