@@ -24,6 +24,20 @@ def _use_onednn(x: torch.Tensor) -> bool:
             and x.dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
+def _plain_strides(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``t`` with the row-major strides when it is contiguous but carries other strides on size-1
+    dimensions (e.g. a [1, C, 1, 1] channels_last result): torch 2.11's oneDNN cannot describe
+    those ("could not create a memory"); the same memory, restrided, is fine."""
+    if t is None or not t.is_contiguous():
+        return t
+    expected, acc = [], 1
+    for size in reversed(t.shape):
+        expected.append(acc)
+        acc *= max(size, 1)
+    expected.reverse()
+    return t if list(t.stride()) == expected else t.as_strided(t.shape, expected)
+
+
 def _write(y: torch.Tensor, outs: Sequence[torch.Tensor], relu: bool) -> None:
     """Split y's channels over outs, applying the ReLU on the way (NaN-propagating, as torch.relu).
 
@@ -68,11 +82,16 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         x = F.pad(x, [left, right, top, bottom])
         pad = [0, 0]
     if onednn:
+        x, residual = _plain_strides(x), _plain_strides(residual)
         # bias and residual are oneDNN post-ops; its "relu" post-op is not used because it maps NaN
         # to 0 (fastconv's ReLU, like torch.relu, propagates NaN): the ReLU rides on the copy into out
-        if residual is None:
+        if residual is None or weight.shape[0] == 1:
+            # (one output channel: torch 2.11's oneDNN cannot build the binary post-op's memory
+            # descriptor, "could not create a memory"; the residual is added after the conv instead)
             y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, stride, dilation, groups,
                                                        "none", [], "")
+            if residual is not None:
+                y.add_(residual)
         else:
             y = torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, pad, stride, dilation,
                                                               groups, "add", None, None, [], None)

@@ -81,3 +81,23 @@ def test_relu_propagates_nan():
     with fastconv.use_backend("torch"):
         y = fastconv.conv2d_relu(x, torch.randn(3, 2, 3, 3), padding=1)
     assert torch.isnan(y[0, :, 1:4, 1:4]).all()
+
+
+@pytest.mark.parametrize("case", ["one_output_channel", "size1_dims_with_odd_strides"])
+def test_onednn_shapes_torch_2_11_rejected(case):
+    """Two calls torch 2.11's oneDNN refused ("could not create a memory"): a residual post-op with
+    one output channel, and a [1, C, 1, 1] input/residual carrying channels_last strides (a
+    ResNet-18 layer4 at 32x32). The tactic adds the residual itself / restrides; results match."""
+    g = torch.Generator().manual_seed(3)
+    if case == "one_output_channel":
+        x = torch.randn(2, 5, 7, 6, generator=g).contiguous(memory_format=torch.channels_last)
+        w, b = torch.randn(1, 5, 3, 3, generator=g), torch.randn(1, generator=g)
+        r = torch.randn(2, 1, 7, 6, generator=g)
+    else:
+        x = torch.randn(1, 16, 1, 1, generator=g).as_strided((1, 16, 1, 1), (16, 1, 16, 16))
+        w, b = torch.randn(16, 16, 3, 3, generator=g), torch.randn(16, generator=g)
+        r = torch.randn(1, 16, 1, 1, generator=g).as_strided((1, 16, 1, 1), (16, 1, 16, 16))
+    with fastconv.use_backend("torch"):
+        y = fastconv.conv2d_relu(x, w, b, 1, 1, residual=r)
+    ref = torch.relu(F.conv2d(x.double(), w.double(), b.double(), 1, 1) + r.double())
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
