@@ -5,10 +5,10 @@ The full path of one fused conv is the public functional (argument normalization
 the torch.library custom op, and under ``auto`` a signature string and a cache lookup: about
 40–70 µs of Python per call measured on the CPU, where PyTorch's own conv+ReLU costs ~16 µs. On a
 GPU that made converted models host-bound (NVIDIA H200, ResNet-50, bf16, batch 32: 11.4 ms
-converted against 5.4 ms eager; benchmarks/RESULTS_gpu.md). So each fused module remembers, per
-call layout — the shapes, strides, dtypes and device of every tensor, the selected backend and
-the tuning state — the kernel and output layout the full path settled on, and calls that kernel
-directly from then on. Everything validated on the first call depends only on that key, except
+converted against 5.4 ms eager; benchmarks/RESULTS_gpu_h200.md). So each fused module remembers, per
+call layout — the shapes, strides, dtypes and device of every tensor, the module's own settings
+(stride, padding, ... as they are now), the selected backend and the tuning state — the kernel and
+output layout the full path settled on, and calls that kernel directly from then on. Everything validated on the first call depends only on that key, except
 whether an ``out`` overlaps an input, which is checked again on every call.
 
 It applies only where it cannot change what a call means: plain tensors (not the fake,
@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import torch
 
 from . import _autotune, _backend
+from .ops import _checks
 
 
 def meta(t: Optional[torch.Tensor]):
@@ -54,15 +55,21 @@ def state() -> Tuple:
 MAX_PLANS = 64  # per module; more call layouts than this (or stale tuning generations): start over
 
 
-def call(module: torch.nn.Module, key_tensors: Sequence[Optional[torch.Tensor]], full: Callable[[], Any],
-         plan: Callable[[Any], Optional[tuple]], run: Callable[[tuple], Any]):
+def _hashable(v):
+    return tuple(_hashable(e) for e in v) if isinstance(v, (list, tuple)) else v
+
+
+def call(module: torch.nn.Module, key_tensors: Sequence[Optional[torch.Tensor]], settings: tuple,
+         full: Callable[[], Any], plan: Callable[[Any], Optional[tuple]], run: Callable[[tuple], Any]):
     """``full()`` (the public op path) the first time a call layout is seen, remembering
     ``plan(result)`` (None: not final yet, keep taking the full path); ``run(plan)`` afterwards.
-    The plans live in a plain attribute of ``module`` (not a buffer or state-dict entry)."""
+    ``settings``: the module attributes the call depends on (a user may change them). The plans
+    live in a plain attribute of ``module`` (not a buffer or state-dict entry)."""
     table = module.__dict__.get("_fastpath_plans")
     if table is None:
         table = module.__dict__["_fastpath_plans"] = {}
-    entry = table.get((state(), *map(meta, key_tensors)))
+    settings = _hashable(settings)
+    entry = table.get((state(), settings, *map(meta, key_tensors)))
     if entry is not None:
         return run(entry)
     result = full()
@@ -70,9 +77,16 @@ def call(module: torch.nn.Module, key_tensors: Sequence[Optional[torch.Tensor]],
     if remembered is not None:
         if len(table) >= MAX_PLANS:
             table.clear()
-        table[(state(), *map(meta, key_tensors))] = remembered  # the state after the call: tuning may have bumped it
+        # keyed by the state after the call: tuning during it may have bumped the generation
+        table[(state(), settings, *map(meta, key_tensors))] = remembered
     return result
 
 
-def output_like(shape, x: torch.Tensor, memory_format) -> torch.Tensor:
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+def destination(out: Optional[torch.Tensor], shape, x: torch.Tensor, memory_format, op: str,
+                inputs: Sequence[Tuple[str, Optional[torch.Tensor]]]) -> torch.Tensor:
+    """A replayed call's output: a fresh tensor of the remembered shape and layout, or the given
+    ``out`` checked again for overlap with ``inputs`` (that depends on pointers, not on the key)."""
+    if out is None:
+        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+    _checks.check_no_overlap(op, out, inputs)
+    return out

@@ -100,8 +100,10 @@ class FusedConv(nn.Module):
 
     def _fast(self, x, residual, out):
         """The full path once per call layout, then its kernel directly (fastconv/_fastpath.py)."""
-        return _fastpath.call(self, (x, residual, out, self.weight, self.bias), lambda: self._full(x, residual, out),
-                              lambda y: self._plan(x, residual, y), lambda p: self._replay(p, x, residual, out))
+        settings = (self.stride, self.padding, self.dilation, self.groups, self.relu, self.pointwise)
+        return _fastpath.call(self, (x, residual, out, self.weight, self.bias), settings,
+                              lambda: self._full(x, residual, out), lambda y: self._plan(x, residual, y),
+                              lambda p: self._replay(p, x, residual, out))
 
     def _plan(self, x, residual, y):
         w, b = self.weight, self.bias
@@ -123,10 +125,8 @@ class FusedConv(nn.Module):
     def _replay(self, plan, x, residual, out):
         kernel, scalars, shape, fmt = plan
         w, b = self.weight, self.bias
-        if out is None:
-            out = _fastpath.output_like(shape, x, fmt)
-        else:
-            _checks.check_no_overlap("conv2d_relu", out, [("x", x), ("weight", w), ("bias", b), ("residual", residual)])
+        out = _fastpath.destination(out, shape, x, fmt, "conv2d_relu",
+                                    (("x", x), ("weight", w), ("bias", b), ("residual", residual)))
         if self.pointwise:
             kernel(x, w.reshape(w.shape[0], w.shape[1]), b, residual, None, None, False, scalars, self.relu, [out])
         else:
@@ -163,8 +163,8 @@ class FusedPreActConv1x1(nn.Module):
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         if _fastpath.usable(x, out):
             tensors = (x, out, self.weight, self.bias, self.in_scale, self.in_shift)
-            return _fastpath.call(self, tensors, lambda: self._full(x, out), lambda y: self._plan(x, y),
-                                  lambda p: self._replay(p, x, out))
+            return _fastpath.call(self, tensors, (self.stride, self.relu), lambda: self._full(x, out),
+                                  lambda y: self._plan(x, y), lambda p: self._replay(p, x, out))
         return self._full(x, out)
 
     def _full(self, x, out):
@@ -185,11 +185,9 @@ class FusedPreActConv1x1(nn.Module):
 
     def _replay(self, plan, x, out):
         kernel, stride, shape, fmt = plan
-        if out is None:
-            out = _fastpath.output_like(shape, x, fmt)
-        else:
-            _checks.check_no_overlap("conv1x1", out, [("x", x), ("weight", self.weight), ("bias", self.bias),
-                                                      ("in_scale", self.in_scale), ("in_shift", self.in_shift)])
+        inputs = (("x", x), ("weight", self.weight), ("bias", self.bias), ("in_scale", self.in_scale),
+                  ("in_shift", self.in_shift))
+        out = _fastpath.destination(out, shape, x, fmt, "conv1x1", inputs)
         kernel(*self._args(x, stride, [out]))
         return out
 
@@ -260,11 +258,16 @@ class FusedInception(nn.Module):
 
     def _reduce(self, x, outs):
         """The three 1×1s as one GEMM; outs are this module's fresh buffers (no overlap to check)."""
-        full = lambda: ops.conv1x1_multi(x, self.reduce_weight, self.reduce_bias, relu=True, outs=outs)  # noqa: E731
+        def full():
+            return ops.conv1x1_multi(x, self.reduce_weight, self.reduce_bias, relu=True, outs=outs)
+
         if not _fastpath.usable(x) or x.numel() == 0:
             return full()
-        args = lambda o: (x, self.reduce_weight, self.reduce_bias, None, None, None, False, [1, 1], True, o)  # noqa: E731
-        _fastpath.call(self, (x, self.reduce_weight, self.reduce_bias, *outs), full,
+
+        def args(o):  # conv1x1's kernel arguments (weight 2-D, stride [1, 1], ReLU, no prologue)
+            return x, self.reduce_weight, self.reduce_bias, None, None, None, False, [1, 1], True, o
+
+        _fastpath.call(self, (x, self.reduce_weight, self.reduce_bias, *outs), (), full,
                        lambda result: conv1x1_planned_kernel(*args(result)), lambda kernel: kernel(*args(outs)))
 
 

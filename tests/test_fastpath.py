@@ -144,3 +144,23 @@ def test_zero_batch_is_not_remembered():
         assert conv(torch.randn(0, 4, 5, 5)).shape == (0, 8, 5, 5)
         assert conv(torch.randn(0, 4, 5, 5)).shape == (0, 8, 5, 5)
     assert not conv.__dict__.get("_fastpath_plans")
+
+
+def test_changed_module_settings_are_followed():
+    """A user may change a layer's attributes between calls: the remembered plan must not outlive them."""
+    pool = fastconv.nn.MaxPool2d(3, 2, 1)
+    x = torch.randn(1, 4, 9, 9)
+    with torch.inference_mode(), fastconv.use_backend("torch"):
+        pool(x)
+        pool(x)
+        pool.kernel_size, pool.stride, pool.padding = [2, 2], [2, 2], 0  # lists too
+        y = pool(x)
+    torch.testing.assert_close(y, torch.nn.functional.max_pool2d(x, 2, 2))
+    conv = fused.FusedConv(torch.randn(8, 4, 3, 3), torch.randn(8), padding=1)
+    with torch.inference_mode(), fastconv.use_backend("torch"):
+        conv(x)
+        conv(x)
+        conv.padding, conv.relu = 0, False
+        y = conv(x)
+    ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias)
+    assert_close_rel(y, ref, torch.float32, "changed padding/relu", tol=1e-5)

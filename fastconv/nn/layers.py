@@ -84,7 +84,8 @@ class MaxPool2d(nn.MaxPool2d):
 
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         if _fastpath.usable(x, out):  # the kernel the first call resolved to, directly (fastconv/_fastpath.py)
-            return _fastpath.call(self, (x, out), lambda: self._full(x, out), lambda y: self._plan(x, y),
+            settings = (self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+            return _fastpath.call(self, (x, out), settings, lambda: self._full(x, out), lambda y: self._plan(x, y),
                                   lambda p: self._replay(p, x, out))
         return self._full(x, out)
 
@@ -100,9 +101,6 @@ class MaxPool2d(nn.MaxPool2d):
 
     def _replay(self, plan, x, out):
         kernel, window, shape, fmt = plan
-        if out is None:
-            out = _fastpath.output_like(shape, x, fmt)
-        else:
-            _checks.check_no_overlap("max_pool2d", out, [("x", x)])
+        out = _fastpath.destination(out, shape, x, fmt, "max_pool2d", (("x", x),))
         kernel(x, *window, self.ceil_mode, out)
         return out
