@@ -4,8 +4,8 @@ For every op call signature (op, shapes, strides — which encode the layout and
 outs —, dtypes, device, epilogue/prologue flags) ``auto`` times the candidate tactics once on the
 call's own arguments, keeps the fastest in memory and in a JSON file, and runs it from then on:
 
-- on CUDA: ``triton`` (whose own autotuner picks its config per shape), ``cuda`` where the
-  CUDA/CUTLASS kernel exists for the op, and ``torch`` (PyTorch's kernel with fastconv's fusion
+- on CUDA: ``triton`` (whose own autotuner picks its config per shape), ``cuda`` (the C++/CUDA
+  kernels: CUTLASS SM90 or the direct ones) for conv2d_relu, conv1x1 and max_pool2d, and ``torch`` (PyTorch's kernel with fastconv's fusion
   around it);
 - on the CPU: ``cpu`` (fastconv's C++ kernels, when the extension is built) and ``torch`` (oneDNN
   with its fused post-ops where it has them).
@@ -76,10 +76,15 @@ def candidates(op: str, device: torch.device) -> List[str]:
     return list(found)
 
 
+CUDA_KERNEL_OPS = ("conv2d_relu", "conv1x1", "max_pool2d")
+
+
 def _find_candidates(op: str, device: torch.device) -> List[str]:
     if device.type == "cuda":
         cands = ["triton"]
-        if op == "conv2d_relu" and _backend.backend_status()["cuda"] == "available":
+        # the C++/CUDA kernels of these ops passed the GPU suite (H200, 2026-11-28); dense_concat's
+        # copy is not a tuning candidate (its Triton and CUDA kernels are the same one-pass copy)
+        if op in CUDA_KERNEL_OPS and _backend.backend_status()["cuda"] == "available":
             cands.append("cuda")
         return cands + ["torch"]
     if device.type == "cpu":

@@ -320,6 +320,17 @@ def test_gpu_time_timer_on_the_cpu_falls_back_to_wall_time():
     assert t >= 0 and len(calls) >= 2
 
 
+@pytest.mark.parametrize("cuda_status,expected", [
+    ("available", {"conv2d_relu": ["triton", "cuda", "torch"], "conv1x1": ["triton", "cuda", "torch"],
+                   "max_pool2d": ["triton", "cuda", "torch"], "dense_concat": ["triton", "torch"]}),
+    ("not built", {op: ["triton", "torch"] for op in ("conv2d_relu", "conv1x1", "max_pool2d", "dense_concat")}),
+])
+def test_cuda_candidates(monkeypatch, cuda_status, expected):
+    monkeypatch.setattr(fastconv._backend, "backend_status", lambda: {"cuda": cuda_status})
+    for op, cands in expected.items():
+        assert _autotune._find_candidates(op, torch.device("cuda")) == cands
+
+
 def test_torch_backend_is_selectable():
     assert "torch" in fastconv.available_backends()
     x, w, b = conv_call()
