@@ -56,3 +56,33 @@ def test_graph_needs_a_cuda_example():
     fast = fastconv.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval())
     with pytest.raises(RuntimeError, match="example_input must be a CUDA tensor"):
         fastconv.CUDAGraphModel(fast, torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.gpu
+def test_graph_tuned_by_gpu_time_matches_and_keeps_its_own_choices(tmp_path, monkeypatch):
+    """convert(..., cuda_graph=True, graph_tune_by="gpu"): tactics timed by GPU time alone (each
+    candidate captured and replayed), stored under their own device key; replay matches the
+    eager converted forward, and eager calls do not see the GPU-timed choices."""
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    fastconv.clear_cache()
+    model = _model().to("cuda", torch.float16)
+    x = torch.randn(2, 3, 64, 64, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    graphed = fastconv.convert(model, channels_last=True, example_input=x, cuda_graph=True, graph_tune_by="gpu")
+    assert graphed.tune_by == "gpu"
+    gpu_keys = {dk for (dk, _) in _autotune.CACHE._memory if dk.endswith("| timing gpu")}
+    assert gpu_keys, "no choice was stored under the GPU-timing key"
+    assert not any(not dk.endswith("| timing gpu") for (dk, _) in _autotune.CACHE._memory)
+    fast = fastconv.convert(model, channels_last=True)
+    with torch.inference_mode():
+        for seed in range(2):
+            xi = torch.randn(x.shape, device="cuda", dtype=x.dtype, generator=torch.Generator("cuda").manual_seed(seed))
+            xi = xi.contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(graphed(xi).float(), fast(xi).float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+def test_gpu_time_timer_measures_a_kernel():
+    a = torch.randn(2048, 2048, device="cuda", dtype=torch.float16)
+    out = torch.empty_like(a)
+    t = _autotune.gpu_time_timer("torch", lambda: torch.mm(a, a, out=out), torch.device("cuda"))
+    assert 1e-6 < t < 1e-2  # a 2048^3 fp16 GEMM: microseconds, not the host's milliseconds
