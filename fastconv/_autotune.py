@@ -5,8 +5,8 @@ outs —, dtypes, device, epilogue/prologue flags) ``auto`` times the candidate 
 call's own arguments, keeps the fastest in memory and in a JSON file, and runs it from then on:
 
 - on CUDA: ``triton`` (whose own autotuner picks its config per shape), ``cuda`` (the C++/CUDA
-  kernels: CUTLASS SM90 or the direct ones) for conv2d_relu, conv1x1 and max_pool2d, and ``torch`` (PyTorch's kernel with fastconv's fusion
-  around it);
+  kernels: CUTLASS SM90 or the direct ones) for conv2d_relu, conv1x1 and max_pool2d, and
+  ``torch`` (PyTorch's kernel with fastconv's fusion around it);
 - on the CPU: ``cpu`` (fastconv's C++ kernels, when the extension is built) and ``torch`` (oneDNN
   with its fused post-ops where it has them).
 
