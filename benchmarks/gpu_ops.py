@@ -121,20 +121,13 @@ def _time_graphs(fns: Dict[str, object], inputs, rounds: int = 5) -> Dict[str, o
     maps to its error message."""
     import torch
 
+    from fastconv._graphs import capture
+
     graphs, out = {}, {}
     for name, fn in fns.items():
         try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for args in inputs:
-                    fn(*args)  # warm: nothing is allocated, tuned or compiled during capture
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for i in range(GRAPH_CALLS):
-                    fn(*inputs[i % len(inputs)])
-            graphs[name] = graph
+            graphs[name], _ = capture(lambda fn=fn: [fn(*inputs[i % len(inputs)]) for i in range(GRAPH_CALLS)],
+                                      torch.device("cuda", torch.cuda.current_device()))
         except Exception as exc:
             out[name] = f"{type(exc).__name__}: {exc}"
     times = {name: [] for name in graphs}

@@ -211,18 +211,11 @@ def gpu_time_timer(tactic: str, fn: Callable[[], None], device: torch.device) ->
     captured is timed by ``default_timer`` instead."""
     if device.type != "cuda":
         return default_timer(tactic, fn, device)
-    fn()
-    side = torch.cuda.Stream(device=device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        fn()  # a warm call on a side stream before capture, as torch.cuda.graphs recommends
-    torch.cuda.current_stream(device).wait_stream(side)
-    torch.cuda.synchronize(device)
-    graph = torch.cuda.CUDAGraph()
+    from ._graphs import capture  # (_graphs imports this module)
+
+    fn()  # on the current stream first: a NotImplementedError (unsupported tactic) surfaces here
     try:
-        with torch.cuda.graph(graph):
-            for _ in range(GRAPH_CALLS):
-                fn()
+        graph, _ = capture(lambda: [fn() for _ in range(GRAPH_CALLS)], device)
     except Exception:  # e.g. a kernel path that synchronizes: time it with the host in the loop
         torch.cuda.synchronize(device)
         return default_timer(tactic, fn, device)

@@ -1,10 +1,29 @@
 """CUDA-graph capture of a converted model's eval forward (``convert(..., cuda_graph=True)``)."""
 from __future__ import annotations
 
+from typing import Any, Callable, Tuple
+
 import torch
 import torch.nn as nn
 
 from . import _autotune
+
+
+def capture(run: Callable[[], Any], device: torch.device, warmup: int = 1) -> Tuple[torch.cuda.CUDAGraph, Any]:
+    """``run()`` captured in a new CUDA graph, after ``warmup`` calls on a side stream (lazy
+    initialization, tuning and autotuning happen there, never inside the capture). Returns the
+    graph and what the captured call returned (its tensors are the graph's static outputs)."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(max(1, warmup)):
+            run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        result = run()
+    return graph, result
 
 
 class CUDAGraphModel(nn.Module):
@@ -51,16 +70,7 @@ class CUDAGraphModel(nn.Module):
         self._key = self._input_key(static)
         with torch.inference_mode(), _autotune.timing_mode(tune_by):  # capture looks choices up in it too
             _autotune.tune(model, static, progress=progress)  # tactic timing: before capture
-            side = torch.cuda.Stream(device=static.device)
-            side.wait_stream(torch.cuda.current_stream(static.device))
-            with torch.cuda.stream(side):
-                for _ in range(max(1, warmup)):
-                    model(static)
-            torch.cuda.current_stream(static.device).wait_stream(side)
-            torch.cuda.synchronize(static.device)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.static_output = model(static)
+            self.graph, self.static_output = capture(lambda: model(static), static.device, warmup)
         torch.cuda.synchronize(static.device)
 
     @staticmethod
