@@ -52,6 +52,13 @@ def short_name(demangled: str) -> str:
     if "ConvUniversal" in demangled:
         dtype = "bf16" if "bfloat16" in demangled else "fp16" if "half_t" in demangled else "?"
         return f"cutlass ConvUniversal sm90 fprop {dtype}"
+    if "ImplicitGemmConvolution" in demangled:
+        # CUTLASS 2.x: the element type follows the activation iterator's tile shape. c++filt gives
+        # up on these names, so match the mangled form ("...EEEf" is float) as well.
+        i = demangled.find("ActivationTileAccessIterator")
+        m = re.search(r"bfloat16_t|half_t|EEEf|, float", demangled[i:i + 160]) if i >= 0 else None
+        dtype = {"bfloat16_t": "bf16", "half_t": "fp16"}.get(m.group(0), "tf32") if m else "?"
+        return f"cutlass ImplicitGemmConvolution sm80 fprop {dtype}"
     demangled = demangled.replace("(anonymous namespace)::", "")
     m = re.match(r"(?:void )?([\w:]+?)(?:<|\()", demangled)
     base = m.group(1) if m else demangled[:60]

@@ -11,6 +11,11 @@
 //                   accumulation; epilogue relu?(acc + bias + residual) with ReLU a runtime switch.
 //                   conv1x1 takes the same kernel with a 1x1 filter (an implicit GEMM whose im2col
 //                   is the identity), so one instantiation per dtype serves both ops.
+//   "cutlass_sm80"  CUTLASS 2.x implicit-GEMM fprop, cp.async + mma.sync (HMMA), for compute
+//                   capability 8.x (A100, A10, L4, RTX 30/40); fp16/bf16, and fp32 through TF32
+//                   when torch.backends.cudnn.allow_tf32 is on; same epilogue, same 1x1 reuse.
+//                   Used only when FASTCONV_CUTLASS_SM80 says so (sm80_mode below): these kernels
+//                   compile and their SASS is checked here, but no sm_80 GPU has run them yet.
 //   "direct"        the naive direct-convolution kernel (conv2d_relu) / the tiled SIMT GEMM
 //                   (conv1x1): any strides, groups, dtypes (fp64 included). The correctness
 //                   baseline, and the path for everything CUTLASS cannot take.
@@ -43,10 +48,15 @@ struct ConvPlanInput {
   // Byte addresses modulo 16 (0 = 16-byte aligned) of x, weight, out, residual.
   int64_t x_mis = 0, w_mis = 0, o_mis = 0, r_mis = 0;
   bool has_prologue = false;  // conv1x1's in_scale/in_shift/in_relu
+  // FASTCONV_CUTLASS_SM80: 0 = the CUTLASS 2.x kernels are off (the default until a GPU run has
+  // verified them); 1 = on for compute capability 8.x, and on 9.0 for float32/TF32 (no SM90 TF32
+  // kernel); 2 = "force": also in place of the SM90 kernel on 9.0 (mma.sync runs on Hopper), so
+  // the GPU tests can exercise the 2.x kernels on an H100.
+  int sm80_mode = 0;
 };
 
 struct ConvPlan {
-  std::string path;    // "cutlass_sm90" or "direct"
+  std::string path;    // "cutlass_sm90", "cutlass_sm80" or "direct"
   std::string reason;  // why (for "direct"), or the variant notes (for CUTLASS)
   bool repack_weight = false;  // weight is not [K, R, S, C] with C innermost: copied per call
   bool prologue_temp = false;  // conv1x1 prologue: relu?(x*scale+shift) written to a temporary first
@@ -69,32 +79,106 @@ inline bool at_least_packed(const int64_t* s, int64_t c, int64_t h, int64_t w) {
   return s[3] >= c && s[2] >= w * s[3] && s[0] >= h * s[2];
 }
 
+// The pixel stride L of a tensor viewed as an [N*H*W, C] row-major matrix (channels innermost),
+// or -1 when no single L exists (what CUTLASS 2.x's packed epilogue iterator needs of out and
+// the residual). s = (N, C, H, W) strides; size-1 dimensions constrain nothing.
+inline int64_t uniform_pixel_stride(const int64_t* s, int64_t n, int64_t h, int64_t w) {
+  const int64_t l = w > 1 ? s[3] : h > 1 ? s[2] : s[0];
+  if (w > 1 && s[3] != l) return -1;
+  if (h > 1 && s[2] != l * w) return -1;
+  if (n > 1 && s[0] != l * w * h) return -1;
+  return l;
+}
+
+// The last rules, shared by both CUTLASS paths: the weight as [K, R, S, C] with C innermost and
+// 16-byte strides (otherwise a per-call repack), and conv1x1's prologue temporary.
+inline ConvPlan finish_plan(const ConvPlanInput& p, const char* path, int64_t align) {
+  ConvPlan plan{path, ""};
+  const bool w_krsc = p.ws[1] == 1 && p.ws[0] % align == 0 &&
+                      (p.conv1x1 || (p.ws[2] % align == 0 && p.ws[3] % align == 0)) && p.w_mis == 0;
+  if (!w_krsc) {
+    plan.repack_weight = true;
+    plan.reason = "weight repacked to KRSC per call (store it channels_last to avoid the copy)";
+  }
+  if (p.has_prologue) {
+    plan.prologue_temp = true;
+    if (!plan.reason.empty()) plan.reason += "; ";
+    plan.reason += "prologue relu?(x*scale+shift) written to a temporary by a fused CUDA kernel, then the GEMM";
+  }
+  return plan;
+}
+
+// Bytes from a 4-D tensor's first element to one past its last (strides (N, C, H, W), C innermost).
+inline int64_t span_bytes(const int64_t* s, int64_t n, int64_t c, int64_t h, int64_t w, int64_t elem) {
+  return ((n - 1) * s[0] + (h - 1) * s[2] + (w - 1) * s[3] + c) * elem;
+}
+
+// What the CUTLASS 2.x kernels need beyond the rules both paths share.
+inline ConvPlan plan_sm80_rest(const ConvPlanInput& p, int64_t align) {
+  auto direct = [](std::string why) { return ConvPlan{"direct", std::move(why)}; };
+  // The packed epilogue iterator walks out and the residual as [N*P*Q, K] with ONE row stride.
+  if (uniform_pixel_stride(p.os, p.n, p.oh, p.ow) < 0) {
+    return direct("out's pixel strides are not uniform (CUTLASS 2.x writes it as an [N*OH*OW, C] matrix)");
+  }
+  if (p.has_residual && uniform_pixel_stride(p.rs, p.n, p.oh, p.ow) < 0) {
+    return direct("residual's pixel strides are not uniform (CUTLASS 2.x reads it as an [N*OH*OW, C] matrix)");
+  }
+  // The 2.x iterators keep strides and some offsets in 32-bit ints (and can_implement refuses
+  // tensors of 2 GiB or more).
+  const int64_t elem = p.dtype == PlanDtype::kFloat ? 4 : 2, limit = INT32_MAX;
+  const int64_t wspan = (p.co - 1) * p.ws[0] + (p.kh - 1) * p.ws[2] + (p.kw - 1) * p.ws[3] + p.c;
+  if ((!p.has_prologue && span_bytes(p.xs, p.n, p.c, p.h, p.w, elem) > limit) ||
+      span_bytes(p.os, p.n, p.co, p.oh, p.ow, elem) > limit ||
+      (p.has_residual && span_bytes(p.rs, p.n, p.co, p.oh, p.ow, elem) > limit) || wspan * elem > limit) {
+    return direct("a tensor spans 2 GiB or more (CUTLASS 2.x conv offsets are 32-bit)");
+  }
+  return finish_plan(p, "cutlass_sm80", align);
+}
+
 // The rules, in order; the first that fails names the reason for the direct path.
 inline ConvPlan plan_conv(const ConvPlanInput& p) {
   auto direct = [](std::string why) { return ConvPlan{"direct", std::move(why)}; };
-  constexpr int64_t kAlign = 8;  // 16 bytes of 16-bit elements: TMA's global-address granule
-  if (p.dtype == PlanDtype::kFloat) {
-    return direct(p.allow_tf32 ? "float32 with TF32: no TF32 CUTLASS kernel is built (TF32 is on the roadmap)"
-                               : "float32 without TF32 needs exact fp32 math (no fp32 tensor-core path)");
+  const bool fp32 = p.dtype == PlanDtype::kFloat;
+  if (fp32 && !p.allow_tf32) {
+    return direct("float32 without TF32 needs exact fp32 math (no fp32 tensor-core path)");
   }
-  if (p.dtype != PlanDtype::kHalf && p.dtype != PlanDtype::kBFloat16) {
-    return direct(std::string("dtype ") + plan_dtype_name(p.dtype) + " (CUTLASS kernels take float16/bfloat16)");
+  if (!fp32 && p.dtype != PlanDtype::kHalf && p.dtype != PlanDtype::kBFloat16) {
+    return direct(std::string("dtype ") + plan_dtype_name(p.dtype) +
+                  " (CUTLASS kernels take float16/bfloat16, and float32 as TF32)");
   }
-  if (!p.built_sm90a) return direct("the extension was built without sm_90a (TORCH_CUDA_ARCH_LIST lacks 9.0a)");
-  if (p.cc != 90) {
-    return direct("compute capability " + std::to_string(p.cc) +
-                  ": the CUTLASS kernels are sm_90a (Hopper) only; no sm_80 CUTLASS kernel is built yet");
+  // Which kernel family may run on this device. The sm_80 cubins run on 8.x, and mma.sync on 9.0.
+  const std::string cc = "compute capability " + std::to_string(p.cc);
+  const bool sm80_device = p.cc >= 80 && p.cc <= 90;
+  std::string path;
+  if (p.sm80_mode == 2) {
+    if (!sm80_device) return direct(cc + ": the CUTLASS 2.x kernels run on 8.x and 9.0 only");
+    path = "cutlass_sm80";
+  } else if (p.cc == 90 && !fp32) {
+    if (!p.built_sm90a) return direct("the extension was built without sm_90a (TORCH_CUDA_ARCH_LIST lacks 9.0a)");
+    path = "cutlass_sm90";
+  } else if (sm80_device) {
+    if (p.sm80_mode == 0) {
+      return direct(cc + (fp32 ? " with float32/TF32" : "") +
+                    ": the CUTLASS 2.x kernels for it are off until verified on a GPU "
+                    "(FASTCONV_CUTLASS_SM80=1 turns them on)");
+    }
+    path = "cutlass_sm80";
+  } else {
+    return direct(cc + ": no CUTLASS kernel is built for it (sm_90a and sm_80 only)");
   }
+  const bool sm90 = path == "cutlass_sm90";
+  const int64_t kAlign = fp32 ? 4 : 8;  // 16 bytes: TMA's global-address granule, cp.async's widest access
   if (p.groups != 1) return direct("groups=" + std::to_string(p.groups) + " (CUTLASS path needs groups == 1)");
   if (p.n == 0 || p.oh == 0 || p.ow == 0 || p.co == 0) return direct("empty problem");
+  const std::string align_s = std::to_string(kAlign);
   if (p.c % kAlign != 0) {
     // Zero-padding C to 8 was tried and fails on an H200: the SM90 kernel traps (illegal
     // instruction) when C is below its 64-channel K tile, and padding to 64 would cost 8x the
     // stem's MACs. A few-channels kernel is what the stems need (issue 4).
-    return direct("C_in=" + std::to_string(p.c) +
-                  " is not a multiple of 8 (16-byte TMA alignment; stems with 3 channels take the direct kernel)");
+    return direct("C_in=" + std::to_string(p.c) + " is not a multiple of " + align_s +
+                  " (16-byte alignment; stems with 3 channels take the direct kernel)");
   }
-  if (p.co % kAlign != 0) return direct("C_out=" + std::to_string(p.co) + " is not a multiple of 8");
+  if (p.co % kAlign != 0) return direct("C_out=" + std::to_string(p.co) + " is not a multiple of " + align_s);
   // x: channels innermost (channels_last or a channel slice of an NHWC buffer), 16-byte strides.
   // With conv1x1's prologue x is read by the prologue kernel (any strides) instead.
   if (!p.has_prologue) {
@@ -108,7 +192,7 @@ inline ConvPlan plan_conv(const ConvPlanInput& p) {
     if (p.x_mis != 0) return direct("x is not 16-byte aligned");
   }
   // output (and residual, the epilogue's C): channels innermost, (n, h, w) strides multiples of 16
-  // bytes (TMA store/load), so a channel slice of an NHWC buffer qualifies.
+  // bytes (TMA store/load, 16-byte vector stores), so a channel slice of an NHWC buffer qualifies.
   auto pixel_aligned = [&](const int64_t* s) {
     for (int d : {0, 2, 3}) {
       if (s[d] % kAlign != 0 || s[d] < 0) return false;
@@ -127,6 +211,7 @@ inline ConvPlan plan_conv(const ConvPlanInput& p) {
     if (p.r_mis != 0) return direct("residual is not 16-byte aligned");
   }
   if (p.n * p.oh * p.ow > INT32_MAX) return direct("N*OH*OW exceeds 2^31-1 (the kernel's GEMM M is 32-bit)");
+  if (!sm90) return plan_sm80_rest(p, kAlign);
   if (p.n * p.h * p.w * p.c > (int64_t(1) << 40)) return direct("x too large for a TMA descriptor");
   // TMA im2col limits (2-D): padding in [0, 256]; corners in [-128, 127]; (k-1)*dilation < 255.
   for (int i = 0; i < 4; ++i) {
@@ -141,20 +226,7 @@ inline ConvPlan plan_conv(const ConvPlanInput& p) {
     if ((kext[i] - 1) * p.dil[i] >= 255) return direct("(kernel-1)*dilation >= 255 (TMA im2col offset limit)");
     if (!p.has_prologue && p.stride[i] > 8) return direct("stride > 8 (TMA im2col traversal-stride limit)");
   }
-  ConvPlan plan{"cutlass_sm90", ""};
-  // weight as [K, R, S, C] with C innermost and 16-byte strides; otherwise a per-call repack.
-  const bool w_krsc = p.ws[1] == 1 && p.ws[0] % kAlign == 0 && (p.conv1x1 || (p.ws[2] % kAlign == 0 && p.ws[3] % kAlign == 0)) &&
-                      p.w_mis == 0;
-  if (!w_krsc) {
-    plan.repack_weight = true;
-    plan.reason = "weight repacked to KRSC per call (store it channels_last to avoid the copy)";
-  }
-  if (p.has_prologue) {
-    plan.prologue_temp = true;
-    if (!plan.reason.empty()) plan.reason += "; ";
-    plan.reason += "prologue relu?(x*scale+shift) written to a temporary by a fused CUDA kernel, then the GEMM";
-  }
-  return plan;
+  return finish_plan(p, "cutlass_sm90", kAlign);
 }
 
 }  // namespace fastconv

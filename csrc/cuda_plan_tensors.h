@@ -9,6 +9,8 @@
 
 #include <array>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 namespace fastconv {
 
@@ -50,12 +52,23 @@ constexpr bool kBuiltSm90a =
     false;
 #endif
 
+// FASTCONV_CUTLASS_SM80 as ConvPlanInput::sm80_mode: unset, "" or "0" -> 0, "1" -> 1, "force" -> 2.
+// Read at every call, so a test (or a user) can switch it without reloading the extension.
+inline int sm80_mode_from_env() {
+  const char* v = std::getenv("FASTCONV_CUTLASS_SM80");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "0") == 0) return 0;
+  if (std::strcmp(v, "1") == 0) return 1;
+  if (std::strcmp(v, "force") == 0) return 2;
+  TORCH_CHECK(false, "FASTCONV_CUTLASS_SM80 must be 0, 1 or force, got '", v, "'");
+}
+
 // weight: 4-D [Co, Ci/groups, KH, KW] (conv2d_relu) or 2-D [Co, Ci] (conv1x1, then padding and
 // dilation are ignored and kh = kw = 1).
 inline ConvPlanInput plan_input(bool conv1x1, const at::Tensor& x, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& residual, const at::Tensor& out,
                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                int64_t groups, bool prologue, int cc, bool allow_tf32, bool built_sm90a) {
+                                int64_t groups, bool prologue, int cc, bool allow_tf32, bool built_sm90a,
+                                int sm80_mode) {
   ConvPlanInput p;
   p.conv1x1 = conv1x1;
   p.cc = cc;
@@ -93,6 +106,7 @@ inline ConvPlanInput plan_input(bool conv1x1, const at::Tensor& x, const at::Ten
   p.w_mis = misalignment16(weight);
   p.o_mis = misalignment16(out);
   p.has_prologue = prologue;
+  p.sm80_mode = sm80_mode;
   return p;
 }
 

@@ -1,7 +1,8 @@
 """The cuda backend's dispatch rules (csrc/cuda_plan.h), checked on the CPU through the private op
-fastconv::_cuda_plan: which problems the CUTLASS SM90 kernels take and why the others run the
-direct kernels. No GPU needed: the op reads shapes, strides, dtypes and 16-byte alignment of
-CPU (or meta) tensors, with the compute capability and the sm_90a build passed explicitly."""
+fastconv::_cuda_plan: which problems the CUTLASS SM90 (and, when enabled, SM80) kernels take and
+why the others run the direct kernels. No GPU needed: the op reads shapes, strides, dtypes and
+16-byte alignment of CPU (or meta) tensors, with the compute capability, the sm_90a build and
+the FASTCONV_CUTLASS_SM80 mode passed explicitly."""
 import pytest
 import torch
 
@@ -16,9 +17,9 @@ CL = torch.channels_last
 
 
 def conv_plan(x, w, out, *, residual=None, stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1,
-              cc=90, tf32=False, built=True):
+              cc=90, tf32=False, built=True, sm80=0):
     return torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, residual, out, list(stride), list(padding),
-                                         list(dilation), groups, False, cc, tf32, built)
+                                         list(dilation), groups, False, cc, tf32, built, sm80)
 
 
 def problem(n=2, c=16, h=8, w=8, co=32, k=3, dtype=torch.float16, layout=CL, stride=1, pad=1, device="cpu"):
@@ -84,7 +85,8 @@ def test_float32_takes_the_direct_kernel(tf32):
     x, w, out = problem(dtype=torch.float32)
     plan = conv_plan(x, w, out, tf32=tf32)
     assert plan.startswith("direct:") and "float32" in plan
-    assert ("TF32 CUTLASS" in plan) == tf32
+    # with TF32 allowed only the (disabled) CUTLASS 2.x TF32 kernel could take it
+    assert ("FASTCONV_CUTLASS_SM80=1" in plan) == tf32
 
 
 def test_float64_takes_the_direct_kernel():
@@ -143,7 +145,7 @@ def test_conv1x1_plans():
 
     def plan1x1(x, w, out, prologue=False, stride=(1, 1)):
         return torch.ops.fastconv._cuda_plan("conv1x1", x, w, None, out, list(stride), [], [], 1, prologue, 90,
-                                             False, True)
+                                             False, True, 0)
 
     assert plan1x1(x, w, out) == "cutlass_sm90"
     # the prologue is a separate fused kernel writing an NHWC temporary: x's own layout is free
@@ -181,3 +183,86 @@ def test_broadcast_input_takes_the_direct_kernel():
     x = torch.empty(1, 16, 8, 8, dtype=torch.float16).contiguous(memory_format=CL).expand(2, 16, 8, 8)
     plan = conv_plan(x, w, out)
     assert plan.startswith("direct:") and "overlap" in plan
+
+
+# ---- the CUTLASS 2.x (sm_80) kernels: FASTCONV_CUTLASS_SM80 (sm80: 0 off, 1 on, 2 force) ----
+
+@pytest.mark.parametrize("cc", [80, 86, 89])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sm80_kernels_take_ampere_and_ada_when_on(cc, dtype):
+    x, w, out = problem(dtype=dtype)
+    assert conv_plan(x, w, out, cc=cc, sm80=1) == "cutlass_sm80"
+    plan = conv_plan(x, w, out, cc=cc, sm80=0)
+    assert plan.startswith("direct:") and "FASTCONV_CUTLASS_SM80=1" in plan
+
+
+def test_sm80_tf32_for_float32_only_when_tf32_is_allowed():
+    x, w, out = problem(dtype=torch.float32, c=4, co=12)  # TF32's 16-byte granule is 4 channels
+    assert conv_plan(x, w, out, cc=80, sm80=1, tf32=True) == "cutlass_sm80"
+    plan = conv_plan(x, w, out, cc=80, sm80=1, tf32=False)
+    assert plan.startswith("direct:") and "without TF32" in plan
+    # Hopper has no SM90 TF32 kernel: with the 2.x kernels on, float32/TF32 takes them there too
+    assert conv_plan(x, w, out, cc=90, sm80=1, tf32=True) == "cutlass_sm80"
+    xh, wh, outh = problem(dtype=torch.float16, c=4, co=12)  # 8 bytes: not enough for 16-bit types
+    plan = conv_plan(xh, wh, outh, cc=80, sm80=1)
+    assert plan.startswith("direct:") and "C_in=4 is not a multiple of 8" in plan
+
+
+def test_sm90_stays_first_on_hopper_unless_forced():
+    x, w, out = problem()
+    assert conv_plan(x, w, out, cc=90, sm80=1) == "cutlass_sm90"
+    assert conv_plan(x, w, out, cc=90, sm80=2) == "cutlass_sm80"
+    assert conv_plan(x, w, out, cc=90, sm80=2, built=False) == "cutlass_sm80"  # no sm_90a needed
+    for cc in (75, 100, 120):
+        plan = conv_plan(x, w, out, cc=cc, sm80=2)
+        assert plan.startswith("direct:") and f"compute capability {cc}" in plan
+
+
+def test_sm80_has_no_tma_limits():
+    x, w, out = problem(k=3, pad=0, h=600, w=8)
+    assert conv_plan(x, w, out, padding=(300, 300, 0, 0), cc=80, sm80=1) == "cutlass_sm80"
+    x, w, out = problem(k=3, pad=1, stride=10, h=64, w=64)
+    assert conv_plan(x, w, out, stride=(10, 10), cc=80, sm80=1) == "cutlass_sm80"
+    assert "traversal-stride" in conv_plan(x, w, out, stride=(10, 10))
+
+
+def test_sm80_needs_uniform_pixel_strides_of_out_and_residual():
+    x, w, _ = problem()
+    buf = torch.empty(2, 96, 8, 8, dtype=torch.float16).contiguous(memory_format=CL)
+    assert conv_plan(x, w, buf[:, 32:64], cc=80, sm80=1) == "cutlass_sm80"  # a concat slice: one pitch
+    big = torch.empty(2, 32, 16, 8, dtype=torch.float16).contiguous(memory_format=CL)
+    crop = big[:, :, :8]  # rows of 8 pixels, then a jump: TMA's 3 strides take it, one row stride can't
+    assert conv_plan(x, w, crop) == "cutlass_sm90"
+    plan = conv_plan(x, w, crop, cc=80, sm80=1)
+    assert plan.startswith("direct:") and "out's pixel strides are not uniform" in plan
+    out = torch.empty(2, 32, 8, 8, dtype=torch.float16).contiguous(memory_format=CL)
+    plan = conv_plan(x, w, out, residual=crop, cc=80, sm80=1)
+    assert plan.startswith("direct:") and "residual's pixel strides are not uniform" in plan
+    # 1x1 outputs in a concat buffer: the size-1 H and W carry no stride of their own
+    x1, w1, _ = problem(h=1, w=1, k=1, pad=0)
+    buf1 = torch.empty(2, 96, 1, 1, dtype=torch.float16).contiguous(memory_format=CL)
+    assert conv_plan(x1, w1, buf1[:, 32:64], padding=(0, 0, 0, 0), cc=80, sm80=1) == "cutlass_sm80"
+
+
+def test_sm80_refuses_tensors_of_2_gib():
+    x, w, out = problem(n=1, c=64, h=4096, w=4096, co=64, device="meta")  # 2 GiB of fp16 input
+    plan = conv_plan(x, w, out, cc=80, sm80=1)
+    assert plan.startswith("direct:") and "2 GiB" in plan
+    x, w, out = problem(n=1, c=64, h=2048, w=2048, co=64, device="meta")  # 512 MiB
+    assert conv_plan(x, w, out, cc=80, sm80=1) == "cutlass_sm80"
+
+
+def test_sm80_mode_comes_from_the_environment(monkeypatch):
+    x, w, out = problem()
+    monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "1")
+    assert torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, [1, 1], [1, 1, 1, 1], [1, 1], 1, False,
+                                         80, False, True) == "cutlass_sm80"
+    monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "force")
+    assert torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, [1, 1], [1, 1, 1, 1], [1, 1], 1, False,
+                                         90, False, True) == "cutlass_sm80"
+    monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "yes")
+    with pytest.raises(RuntimeError, match="must be 0, 1 or force"):
+        torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, [1, 1], [1, 1, 1, 1], [1, 1], 1, False, 80)
+    monkeypatch.delenv("FASTCONV_CUTLASS_SM80")
+    assert torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, [1, 1], [1, 1, 1, 1], [1, 1], 1, False,
+                                         80, False, True).startswith("direct:")

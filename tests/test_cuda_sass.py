@@ -3,7 +3,8 @@ kernels really use Hopper's warpgroup MMA (HGMMA) and TMA im2col loads, and no k
 fastconv's own touches local memory (no STL/LDL: no spills, no stack arrays).
 
 conv1x1's GEMM is the same CUTLASS kernel with a 1x1 filter (csrc/cuda/conv1x1_kernel.cu), so the
-sm_90a ConvUniversal kernels cover both. Skips only when the extension was built without CUDA."""
+sm_90a ConvUniversal kernels cover both; likewise the CUTLASS 2.x ImplicitGemmConvolution kernels,
+which must show mma.sync (HMMA) in their SASS. Skips only when the extension was built without CUDA."""
 import pytest
 
 from benchmarks import cuda_sass_report as rep
@@ -75,11 +76,18 @@ def test_vectorized_copies_in_channels_last_kernels(sass):
             assert s["LDG.128"] > 0 and s["STG.128"] > 0, f"{arch} {label}: no 128-bit loads/stores"
 
 
-@pytest.mark.xfail(strict=True, reason="no CUTLASS 2.x sm_80 tensor-op kernels are built yet (the sm_80 cuda "
-                                       "backend runs the direct kernels): the issue's priority 4, not done")
 def test_sm80_cutlass_kernels_use_hmma(sass):
+    """The CUTLASS 2.x kernels (fp16, bf16, TF32) use mma.sync tensor cores in every target they are
+    built for: sm_80, and sm_90a (where the tests force them, FASTCONV_CUTLASS_SM80=force)."""
     by_arch, pretty, _ = sass
-    kernels = {n: t for n, t in by_arch.get("sm_80", {}).items() if "ImplicitGemmConvolution" in pretty[n]}
-    assert kernels, "no CUTLASS 2.x kernels in the sm_80 code"
-    for name, text in kernels.items():
-        assert rep.instruction_summary(text)["HMMA"] > 0
+    archs = [a for a in ("sm_80", "sm_90a") if a in by_arch]
+    assert archs, f"no sm_80 or sm_90a code in the extension (built for {_build_info.CUDA_ARCH_LIST})"
+    for arch in archs:
+        kernels = {n: t for n, t in by_arch.get(arch, {}).items() if "ImplicitGemmConvolution" in pretty[n]}
+        labels = sorted(rep.short_name(pretty[n]) for n in kernels)
+        assert labels == [f"cutlass ImplicitGemmConvolution sm80 fprop {d}" for d in ("bf16", "fp16", "tf32")], \
+            (arch, labels)
+        for name, text in kernels.items():
+            s = rep.instruction_summary(text)
+            assert s["HMMA"] > 0, f"{arch} {rep.short_name(pretty[name])}: no HMMA"
+            assert s["HGMMA"] == 0

@@ -2,17 +2,18 @@
 // outs[j].size(1) rows of the [sum Co, Ci] weight) on a CUDA device.
 //
 // Paths (decided per out by plan_conv, csrc/cuda_plan.h; fastconv::_cuda_plan reports them):
-//   cutlass_sm90: the CUTLASS SM90 implicit-GEMM kernel of csrc/cuda/cutlass_sm90_conv.cu with a
-//                 1x1 filter (a GEMM: TMA loads, wgmma, epilogue bias + residual + ReLU through
-//                 out's strides). DenseNet's pre-activation prologue relu?(x*scale+shift) cannot
-//                 be fused into a TMA operand load (TMA writes shared memory directly, no register
-//                 pass), so it runs as a fused CUDA kernel that writes a channels_last temporary in
-//                 x's dtype (already subsampled by the stride); the GEMM then runs at stride 1.
+//   cutlass_sm90 / cutlass_sm80: the CUTLASS implicit-GEMM kernels of csrc/cuda/cutlass_sm90_conv.cu
+//                 and csrc/cuda/cutlass_sm80_conv.cu with a 1x1 filter (a GEMM; epilogue bias +
+//                 residual + ReLU through out's strides). DenseNet's pre-activation prologue
+//                 relu?(x*scale+shift) cannot be fused into a TMA operand load (TMA writes shared
+//                 memory directly, no register pass; the 2.x kernels' cp.async likewise), so it
+//                 runs as a fused CUDA kernel that writes a channels_last temporary in x's dtype
+//                 (already subsampled by the stride); the GEMM then runs at stride 1.
 //   direct:       a tiled SIMT GEMM (64x64 tiles, fp32 accumulation, fp64 for double) reading x,
 //                 weight and out through their strides with the prologue and epilogue fused: any
 //                 layout, dtype and alignment. The correctness baseline and fallback.
 #include "cuda_plan_tensors.h"
-#include "cutlass_sm90.h"
+#include "cutlass_conv.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -221,6 +222,7 @@ void conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, const c10::opti
   const int cc = prop->major * 10 + prop->minor;
   const bool prologue = in_scale.has_value() || in_shift.has_value() || in_relu;
   const bool tf32 = at::globalContext().allowTF32CuDNN();
+  const int sm80_mode = sm80_mode_from_env();
 
   at::Tensor temp;  // the prologue's output, made once for all outs that take the CUTLASS path
   int64_t c0 = 0;
@@ -232,16 +234,16 @@ void conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, const c10::opti
     const c10::optional<at::Tensor> bj = bias.has_value() ? c10::optional<at::Tensor>(bias->narrow(0, c0, cj))
                                                           : c10::nullopt;
     const ConvPlan plan = plan_conv(plan_input(true, x, wj, residual, o, stride, {}, {}, 1, prologue, cc, tf32,
-                                               kBuiltSm90a));
-    if (plan.path == "cutlass_sm90") {
-      Sm90ConvArgs a;
-      a.bf16 = dt == at::kBFloat16;
+                                               kBuiltSm90a, sm80_mode));
+    if (plan.path != "direct") {
+      CutlassConvArgs a;
+      a.dtype = plan_dtype(dt);
       at::Tensor src = x;
       int64_t s0 = stride[0], s1 = stride[1];
       if (plan.prologue_temp) {
         if (!temp.defined()) {
           temp = at::empty({n, ci, oh, ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-          AT_DISPATCH_REDUCED_FLOATING_TYPES(dt, "_conv1x1_cuda_prologue", [&] {
+          AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "_conv1x1_cuda_prologue", [&] {
             Gemm1x1Params<scalar_t, float> p{};
             p.xs[0] = x.stride(0); p.xs[1] = x.stride(1); p.xs[2] = x.stride(2); p.xs[3] = x.stride(3);
             p.scale = in_scale.has_value() ? in_scale->const_data_ptr<scalar_t>() : nullptr;
@@ -280,7 +282,7 @@ void conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, const c10::opti
       a.os[0] = os[0]; a.os[1] = os[2]; a.os[2] = os[3];
       a.stride[0] = s0; a.stride[1] = s1;
       a.relu = relu;
-      run_sm90_conv(a, o);
+      run_cutlass_conv(plan.path, a, o);
     } else {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "_conv1x1_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;

@@ -1,9 +1,11 @@
 // fastconv::_conv2d_relu_cuda: out = relu?(conv2d(x, weight) + bias + residual) on a CUDA device.
 //
 // Dispatch (csrc/cuda_plan.h, reported by fastconv::_cuda_plan): float16/bfloat16 channels_last
-// problems with groups == 1 and 16-byte alignment on a compute-capability-9.0 device run the
-// CUTLASS 3.x SM90 implicit-GEMM kernel (csrc/cuda/cutlass_sm90_conv.cu); everything else (NCHW,
-// groups, 3-channel stems, float32/float64, other GPUs) runs the direct kernel below.
+// problems with groups == 1 and 16-byte alignment run the CUTLASS 3.x SM90 implicit-GEMM kernel
+// (csrc/cuda/cutlass_sm90_conv.cu) on a compute-capability-9.0 device, or, when
+// FASTCONV_CUTLASS_SM80 enables them, the CUTLASS 2.x kernels (csrc/cuda/cutlass_sm80_conv.cu,
+// fp32 through TF32 as well) on 8.x; everything else (NCHW, groups, 3-channel stems, float64,
+// exact float32) runs the direct kernel below.
 //
 // The direct kernel is the CORRECTNESS BASELINE of the cuda backend, not its fast path: a direct convolution
 // with one thread per output element, fp32 accumulation (fp64 for double), every tensor read and
@@ -13,7 +15,7 @@
 // are tested against it.
 #include "conv2d_relu_common.h"
 #include "cuda_plan_tensors.h"
-#include "cutlass_sm90.h"
+#include "cutlass_conv.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -75,15 +77,15 @@ at::Tensor aligned_contiguous(const at::Tensor& t) {
   return c;
 }
 
-void run_cutlass_sm90(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+void run_cutlass(const std::string& path, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       const std::optional<at::Tensor>& residual, const Conv2dGeometry& g, at::IntArrayRef padding,
                       bool relu, bool repack_weight, const at::Tensor& out) {
   // [K, C, R, S] with C innermost (channels_last) is CUTLASS's KRSC filter.
   const at::Tensor wk = repack_weight ? weight.contiguous(at::MemoryFormat::ChannelsLast) : weight;
   at::Tensor bk;
   if (bias.has_value() && bias->defined()) bk = aligned_contiguous(*bias);
-  Sm90ConvArgs a;
-  a.bf16 = x.scalar_type() == at::kBFloat16;
+  CutlassConvArgs a;
+  a.dtype = plan_dtype(x.scalar_type());
   a.x = x.const_data_ptr();
   a.n = g.n; a.h = g.h; a.w = g.w; a.c = g.c;
   const auto xs = nhwc_strides(x), ws = nhwc_strides(wk), os = nhwc_strides(out);
@@ -104,7 +106,7 @@ void run_cutlass_sm90(const at::Tensor& x, const at::Tensor& weight, const std::
   a.stride[0] = g.sh; a.stride[1] = g.sw;
   a.dil[0] = g.dh; a.dil[1] = g.dw;
   a.relu = relu;
-  run_sm90_conv(a, out);
+  run_cutlass_conv(path, a, out);
 }
 
 void conv2d_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -117,9 +119,9 @@ void conv2d_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const std::
   const auto* prop = at::cuda::getCurrentDeviceProperties();
   const ConvPlan plan = plan_conv(plan_input(false, x, weight, residual, out, stride, padding, dilation, groups, false,
                                              prop->major * 10 + prop->minor, at::globalContext().allowTF32CuDNN(),
-                                             kBuiltSm90a));
-  if (plan.path == "cutlass_sm90") {
-    run_cutlass_sm90(x, weight, bias, residual, g, padding, relu, plan.repack_weight, out);
+                                             kBuiltSm90a, sm80_mode_from_env()));
+  if (plan.path != "direct") {
+    run_cutlass(plan.path, x, weight, bias, residual, g, padding, relu, plan.repack_weight, out);
     return;
   }
   const bool has_bias = bias.has_value() && bias->defined();

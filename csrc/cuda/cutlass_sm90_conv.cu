@@ -24,7 +24,7 @@
 #ifndef NDEBUG
 #define NDEBUG
 #endif
-#include "cutlass_sm90.h"
+#include "cutlass_conv.h"
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -84,7 +84,7 @@ struct Sm90Fprop {
 };
 
 template <typename Element>
-void run_typed(const Sm90ConvArgs& a, const at::Tensor& like) {
+void run_typed(const CutlassConvArgs& a, const at::Tensor& like) {
   using F = Sm90Fprop<Element>;
   using Conv = typename F::Conv;
   using ProblemShape = typename F::ProblemShape;
@@ -165,10 +165,12 @@ std::string cutlass_kernel_info() {
 
 }  // namespace
 
-void run_sm90_conv(const Sm90ConvArgs& a, const at::Tensor& like) {
-  if (a.bf16) {
+void run_sm90_conv(const CutlassConvArgs& a, const at::Tensor& like) {
+  if (a.dtype == PlanDtype::kBFloat16) {
     run_typed<cutlass::bfloat16_t>(a, like);
   } else {
+    TORCH_CHECK(a.dtype == PlanDtype::kHalf, "fastconv cutlass_sm90: dtype ", plan_dtype_name(a.dtype),
+                " has no SM90 kernel (plan_conv should not have routed it here)");
     run_typed<cutlass::half_t>(a, like);
   }
 }

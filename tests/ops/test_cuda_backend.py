@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import fastconv
 from fastconv import _ext
 from fastconv.ops import conv1x1_multi, reference
-from tests.utils import REL_TOL, assert_close_rel, poisoned_like, to_layout
+from tests.utils import REL_TOL, REL_TOL_TF32, assert_close_rel, poisoned_like, to_layout
 
 pytestmark = [
     pytest.mark.gpu,
@@ -112,6 +112,110 @@ def test_conv2d_relu_nan_propagates():
     with fastconv.use_backend("cuda"):
         y = fastconv.conv2d_relu(x, w, None, 1, 1)
     assert torch.isnan(y[0, :, 1:4, 1:4]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The CUTLASS 2.x (sm_80) kernels, forced (FASTCONV_CUTLASS_SM80=force): on an 8.x card they are
+# the path FASTCONV_CUTLASS_SM80=1 would take; on Hopper they run in place of the SM90 kernel
+# (mma.sync runs there), so one H100 run verifies them. float32 runs them as TF32.
+
+SM80_CASES = [
+    # (n, c, h, w, co, k, stride, pad, dilation)
+    (2, 64, 14, 14, 64, 3, 1, 1, 1),        # ResNet basic block
+    (2, 64, 28, 28, 128, 3, 2, 1, 1),       # strided
+    (2, 128, 14, 14, 256, 1, 2, 0, 1),      # projection shortcut (1x1, stride 2)
+    (1, 32, 17, 19, 48, 3, 1, 2, 2),        # dilation, odd sizes
+    (1, 200, 7, 7, 136, 3, 1, 1, 1),        # K = 1800 and C_out not tile multiples
+    (2, 16, 40, 40, 32, 3, 10, 1, 1),       # stride 10: beyond TMA im2col, fine for cp.async
+    (1, 64, 5, 5, 64, 11, 1, 5, 1),         # AlexNet-size filter
+]
+
+
+@pytest.fixture
+def force_sm80(monkeypatch):
+    if not 80 <= _cc() <= 90:
+        pytest.skip(f"the CUTLASS 2.x kernels run on compute capability 8.x and 9.0 (cc={_cc()})")
+    monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "force")
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True  # float32 through TF32, as PyTorch's default for convs
+    yield
+    torch.backends.cudnn.allow_tf32 = prev
+
+
+def _sm80_tol(dtype):
+    return REL_TOL_TF32 if dtype == torch.float32 else REL_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("case", SM80_CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("with_res", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_relu_cutlass_sm80(force_sm80, dtype, case, with_res, relu):
+    n, c, h, w, co, k, s, p, d = case
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(n, c, h, w, device="cuda", dtype=dtype, generator=gen).contiguous(memory_format=CL)
+    wt = (torch.randn(co, c, k, k, device="cuda", dtype=dtype, generator=gen) / (c * k * k) ** 0.5)
+    wt = wt.contiguous(memory_format=CL)
+    b = torch.randn(co, device="cuda", dtype=dtype, generator=gen)
+    oh, ow = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
+    res = torch.randn(n, co, oh, ow, device="cuda", dtype=dtype, generator=gen).contiguous(memory_format=CL) \
+        if with_res else None
+    out = torch.full((n, co, oh, ow), float("nan"), device="cuda", dtype=dtype).contiguous(memory_format=CL)
+    args = ([s, s], [p] * 4, [d, d], 1)
+    assert torch.ops.fastconv._cuda_plan("conv2d_relu", x, wt, res, out, *args) == "cutlass_sm80"
+    torch.ops.fastconv._conv2d_relu_cuda(x, wt, b, res, *args, relu, out)
+    ref = _ref64(reference.conv2d_relu, x, wt, b, res, stride=[s, s], padding=[p] * 4, dilation=[d, d], groups=1,
+                 relu=relu)
+    assert_close_rel(out, ref, dtype, f"cutlass_sm80 {case}", tol=_sm80_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_cutlass_sm80_out_slice_x_slice_and_asymmetric_padding(force_sm80, dtype):
+    """DenseNet's pattern: x a channel slice of one NHWC buffer, out another one; the channels
+    around out stay untouched (NaN), padding (top 0, bottom 1, left 1, right 0)."""
+    xbuf = torch.randn(2, 48, 10, 12, device="cuda", dtype=dtype).contiguous(memory_format=CL)
+    x = xbuf[:, 8:40]
+    w = (torch.randn(16, 32, 3, 3, device="cuda", dtype=dtype) / 17).contiguous(memory_format=CL)
+    b = torch.randn(16, device="cuda", dtype=dtype)
+    buf = torch.full((2, 64, 9, 11), float("nan"), device="cuda", dtype=dtype).contiguous(memory_format=CL)
+    out = buf[:, 24:40]
+    args = ([1, 1], [0, 1, 1, 0], [1, 1], 1)
+    assert torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, *args) == "cutlass_sm80"
+    torch.ops.fastconv._conv2d_relu_cuda(x, w, b, None, *args, True, out)
+    ref = _ref64(reference.conv2d_relu, x, w, b, None, stride=[1, 1], padding=[0, 1, 1, 0], dilation=[1, 1],
+                 groups=1, relu=True)
+    assert_close_rel(out, ref, dtype, "cutlass_sm80 out slice", tol=_sm80_tol(dtype))
+    assert torch.isnan(buf[:, :24]).all() and torch.isnan(buf[:, 40:]).all()
+
+
+def test_cutlass_sm80_relu_keeps_nan(force_sm80):
+    x = torch.randn(1, 16, 6, 6, device="cuda", dtype=torch.float16).contiguous(memory_format=CL)
+    x[0, 3, 2, 2] = float("nan")
+    w = torch.randn(16, 16, 3, 3, device="cuda", dtype=torch.float16).contiguous(memory_format=CL)
+    with fastconv.use_backend("cuda"):
+        y = fastconv.conv2d_relu(x, w, None, 1, 1)
+    assert torch.isnan(y[0, :, 1:4, 1:4]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("prologue", [False, True])
+def test_conv1x1_cutlass_sm80(force_sm80, dtype, stride, prologue):
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    n, c, h, w, co = 2, 64, 13, 15, 96
+    x = torch.randn(n, c, h, w, device="cuda", dtype=dtype, generator=gen).contiguous(memory_format=CL)
+    wt = torch.randn(co, c, device="cuda", dtype=dtype, generator=gen) / c ** 0.5
+    b = torch.randn(co, device="cuda", dtype=dtype, generator=gen)
+    scale = torch.rand(c, device="cuda", dtype=dtype, generator=gen) + 0.5 if prologue else None
+    shift = torch.randn(c, device="cuda", dtype=dtype, generator=gen) if prologue else None
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    out = torch.full((n, co, oh, ow), float("nan"), device="cuda", dtype=dtype).contiguous(memory_format=CL)
+    plan = torch.ops.fastconv._cuda_plan("conv1x1", x, wt, None, out, [stride, stride], [], [], 1, prologue)
+    assert plan.startswith("cutlass_sm80"), plan
+    with fastconv.use_backend("cuda"):
+        fastconv.conv1x1(x, wt, b, stride, in_scale=scale, in_shift=shift, in_relu=prologue, out=out)
+    ref = _ref64(reference.conv1x1, x, wt, b, None, scale, shift, in_relu=prologue, stride=[stride, stride], relu=True)
+    assert_close_rel(out, ref, dtype, "conv1x1 cutlass_sm80", tol=_sm80_tol(dtype))
 
 
 # ---------------------------------------------------------------------------------------------
