@@ -58,7 +58,8 @@ def short_name(demangled: str) -> str:
         i = demangled.find("ActivationTileAccessIterator")
         m = re.search(r"bfloat16_t|half_t|EEEf|, float", demangled[i:i + 160]) if i >= 0 else None
         dtype = {"bfloat16_t": "bf16", "half_t": "fp16"}.get(m.group(0), "tf32") if m else "?"
-        return f"cutlass ImplicitGemmConvolution sm80 fprop {dtype}"
+        few = " few-channels" if "FewChannels" in demangled else ""
+        return f"cutlass ImplicitGemmConvolution sm80 fprop {dtype}{few}"
     demangled = demangled.replace("(anonymous namespace)::", "")
     m = re.match(r"(?:void )?([\w:]+?)(?:<|\()", demangled)
     base = m.group(1) if m else demangled[:60]

@@ -60,6 +60,8 @@ struct ConvPlan {
   std::string reason;  // why (for "direct"), or the variant notes (for CUTLASS)
   bool repack_weight = false;  // weight is not [K, R, S, C] with C innermost: copied per call
   bool prologue_temp = false;  // conv1x1 prologue: relu?(x*scale+shift) written to a temporary first
+  int64_t pad_c = 0;           // > 0: x and weight zero-padded to pad_c channels per call (few-channel stems)
+  bool few_channels = false;   // the CUTLASS 2.x few-channels kernel (4-channel accesses) takes it
   std::string str() const { return reason.empty() ? path : path + ": " + reason; }
 };
 
@@ -114,7 +116,7 @@ inline int64_t span_bytes(const int64_t* s, int64_t n, int64_t c, int64_t h, int
 }
 
 // What the CUTLASS 2.x kernels need beyond the rules both paths share.
-inline ConvPlan plan_sm80_rest(const ConvPlanInput& p, int64_t align) {
+inline ConvPlan plan_sm80_rest(const ConvPlanInput& p, int64_t align, int64_t pad_c) {
   auto direct = [](std::string why) { return ConvPlan{"direct", std::move(why)}; };
   // The packed epilogue iterator walks out and the residual as [N*P*Q, K] with ONE row stride.
   if (uniform_pixel_stride(p.os, p.n, p.oh, p.ow) < 0) {
@@ -127,61 +129,49 @@ inline ConvPlan plan_sm80_rest(const ConvPlanInput& p, int64_t align) {
   // tensors of 2 GiB or more).
   const int64_t elem = p.dtype == PlanDtype::kFloat ? 4 : 2, limit = INT32_MAX;
   const int64_t wspan = (p.co - 1) * p.ws[0] + (p.kh - 1) * p.ws[2] + (p.kw - 1) * p.ws[3] + p.c;
-  if ((!p.has_prologue && span_bytes(p.xs, p.n, p.c, p.h, p.w, elem) > limit) ||
+  if ((!p.has_prologue && pad_c == 0 && span_bytes(p.xs, p.n, p.c, p.h, p.w, elem) > limit) ||
+      (pad_c > 0 && p.n * p.h * p.w * pad_c * elem > limit) ||
       span_bytes(p.os, p.n, p.co, p.oh, p.ow, elem) > limit ||
       (p.has_residual && span_bytes(p.rs, p.n, p.co, p.oh, p.ow, elem) > limit) || wspan * elem > limit) {
     return direct("a tensor spans 2 GiB or more (CUTLASS 2.x conv offsets are 32-bit)");
   }
-  return finish_plan(p, "cutlass_sm80", align);
+  ConvPlan plan = finish_plan(p, "cutlass_sm80", align);
+  if (pad_c > 0) {
+    plan.pad_c = pad_c;
+    plan.few_channels = p.dtype != PlanDtype::kFloat;
+    plan.repack_weight = false;  // the padded copy is KRSC already
+    plan.reason = "C_in=" + std::to_string(p.c) + " zero-padded to " + std::to_string(pad_c) +
+                  " channels (x and weight copied per call)" +
+                  (plan.few_channels ? ", few-channels kernel" : "");
+  }
+  return plan;
 }
 
-// The rules, in order; the first that fails names the reason for the direct path.
-inline ConvPlan plan_conv(const ConvPlanInput& p) {
+// The rules of one kernel family (sm90: the CUTLASS 3.x TMA kernels; else the 2.x kernels), in
+// order; the first that fails names the reason for the direct path.
+inline ConvPlan plan_family(const ConvPlanInput& p, bool sm90) {
   auto direct = [](std::string why) { return ConvPlan{"direct", std::move(why)}; };
   const bool fp32 = p.dtype == PlanDtype::kFloat;
-  if (fp32 && !p.allow_tf32) {
-    return direct("float32 without TF32 needs exact fp32 math (no fp32 tensor-core path)");
-  }
-  if (!fp32 && p.dtype != PlanDtype::kHalf && p.dtype != PlanDtype::kBFloat16) {
-    return direct(std::string("dtype ") + plan_dtype_name(p.dtype) +
-                  " (CUTLASS kernels take float16/bfloat16, and float32 as TF32)");
-  }
-  // Which kernel family may run on this device. The sm_80 cubins run on 8.x, and mma.sync on 9.0.
-  const std::string cc = "compute capability " + std::to_string(p.cc);
-  const bool sm80_device = p.cc >= 80 && p.cc <= 90;
-  std::string path;
-  if (p.sm80_mode == 2) {
-    if (!sm80_device) return direct(cc + ": the CUTLASS 2.x kernels run on 8.x and 9.0 only");
-    path = "cutlass_sm80";
-  } else if (p.cc == 90 && !fp32) {
-    if (!p.built_sm90a) return direct("the extension was built without sm_90a (TORCH_CUDA_ARCH_LIST lacks 9.0a)");
-    path = "cutlass_sm90";
-  } else if (sm80_device) {
-    if (p.sm80_mode == 0) {
-      return direct(cc + (fp32 ? " with float32/TF32" : "") +
-                    ": the CUTLASS 2.x kernels for it are off until verified on a GPU "
-                    "(FASTCONV_CUTLASS_SM80=1 turns them on)");
-    }
-    path = "cutlass_sm80";
-  } else {
-    return direct(cc + ": no CUTLASS kernel is built for it (sm_90a and sm_80 only)");
-  }
-  const bool sm90 = path == "cutlass_sm90";
   const int64_t kAlign = fp32 ? 4 : 8;  // 16 bytes: TMA's global-address granule, cp.async's widest access
   if (p.groups != 1) return direct("groups=" + std::to_string(p.groups) + " (CUTLASS path needs groups == 1)");
   if (p.n == 0 || p.oh == 0 || p.ow == 0 || p.co == 0) return direct("empty problem");
   const std::string align_s = std::to_string(kAlign);
-  if (p.c % kAlign != 0) {
+  // The 3-channel stems on the 2.x kernels: x and weight zero-padded to 4 channels (8 bytes for
+  // 16-bit types: the few-channels kernel's access; 16 bytes for TF32: the regular kernel's).
+  const int64_t pad_c = (!sm90 && !p.conv1x1 && p.c < 4 + (fp32 ? 0 : 1) && p.c % kAlign != 0) ? 4 : 0;
+  const bool x_copied = p.has_prologue || pad_c > 0;  // x read by a prologue/padding kernel, any layout
+  if (p.c % kAlign != 0 && pad_c == 0) {
     // Zero-padding C to 8 was tried and fails on an H200: the SM90 kernel traps (illegal
     // instruction) when C is below its 64-channel K tile, and padding to 64 would cost 8x the
     // stem's MACs. A few-channels kernel is what the stems need (issue 4).
     return direct("C_in=" + std::to_string(p.c) + " is not a multiple of " + align_s +
-                  " (16-byte alignment; stems with 3 channels take the direct kernel)");
+                  " (16-byte alignment; 3-channel stems take the direct kernel, or the CUTLASS 2.x "
+                  "few-channels path where FASTCONV_CUTLASS_SM80 enables it)");
   }
   if (p.co % kAlign != 0) return direct("C_out=" + std::to_string(p.co) + " is not a multiple of " + align_s);
   // x: channels innermost (channels_last or a channel slice of an NHWC buffer), 16-byte strides.
-  // With conv1x1's prologue x is read by the prologue kernel (any strides) instead.
-  if (!p.has_prologue) {
+  // With conv1x1's prologue (or a channel padding) x is read by a CUDA kernel (any strides) instead.
+  if (!x_copied) {
     if (p.xs[1] != 1) {
       return direct("x is not channels_last (NCHW input: convert with x.to(memory_format=torch.channels_last))");
     }
@@ -211,7 +201,7 @@ inline ConvPlan plan_conv(const ConvPlanInput& p) {
     if (p.r_mis != 0) return direct("residual is not 16-byte aligned");
   }
   if (p.n * p.oh * p.ow > INT32_MAX) return direct("N*OH*OW exceeds 2^31-1 (the kernel's GEMM M is 32-bit)");
-  if (!sm90) return plan_sm80_rest(p, kAlign);
+  if (!sm90) return plan_sm80_rest(p, kAlign, pad_c);
   if (p.n * p.h * p.w * p.c > (int64_t(1) << 40)) return direct("x too large for a TMA descriptor");
   // TMA im2col limits (2-D): padding in [0, 256]; corners in [-128, 127]; (k-1)*dilation < 255.
   for (int i = 0; i < 4; ++i) {
@@ -227,6 +217,41 @@ inline ConvPlan plan_conv(const ConvPlanInput& p) {
     if (!p.has_prologue && p.stride[i] > 8) return direct("stride > 8 (TMA im2col traversal-stride limit)");
   }
   return finish_plan(p, "cutlass_sm90", kAlign);
+}
+
+// The dispatch: the dtype, then the kernel family the device and FASTCONV_CUTLASS_SM80 allow
+// (on Hopper with the 2.x kernels on: the SM90 kernel first, the 2.x kernels for what it refuses).
+inline ConvPlan plan_conv(const ConvPlanInput& p) {
+  auto direct = [](std::string why) { return ConvPlan{"direct", std::move(why)}; };
+  const bool fp32 = p.dtype == PlanDtype::kFloat;
+  if (fp32 && !p.allow_tf32) {
+    return direct("float32 without TF32 needs exact fp32 math (no fp32 tensor-core path)");
+  }
+  if (!fp32 && p.dtype != PlanDtype::kHalf && p.dtype != PlanDtype::kBFloat16) {
+    return direct(std::string("dtype ") + plan_dtype_name(p.dtype) +
+                  " (CUTLASS kernels take float16/bfloat16, and float32 as TF32)");
+  }
+  // The sm_80 cubins run on 8.x, and mma.sync on 9.0.
+  const std::string cc = "compute capability " + std::to_string(p.cc);
+  const bool sm80_device = p.cc >= 80 && p.cc <= 90;
+  if (p.sm80_mode == 2) {
+    if (!sm80_device) return direct(cc + ": the CUTLASS 2.x kernels run on 8.x and 9.0 only");
+    return plan_family(p, false);
+  }
+  if (p.cc == 90 && !fp32) {
+    const ConvPlan sm90 = p.built_sm90a ? plan_family(p, true)
+                                        : direct("the extension was built without sm_90a (TORCH_CUDA_ARCH_LIST lacks 9.0a)");
+    if (sm90.path != "direct" || p.sm80_mode == 0) return sm90;
+    const ConvPlan sm80 = plan_family(p, false);
+    return sm80.path != "direct" ? sm80 : sm90;
+  }
+  if (!sm80_device) return direct(cc + ": no CUTLASS kernel is built for it (sm_90a and sm_80 only)");
+  if (p.sm80_mode == 0) {
+    return direct(cc + (fp32 ? " with float32/TF32" : "") +
+                  ": the CUTLASS 2.x kernels for it are off until verified on a GPU "
+                  "(FASTCONV_CUTLASS_SM80=1 turns them on)");
+  }
+  return plan_family(p, false);
 }
 
 }  // namespace fastconv

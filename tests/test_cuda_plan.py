@@ -203,9 +203,9 @@ def test_sm80_tf32_for_float32_only_when_tf32_is_allowed():
     assert plan.startswith("direct:") and "without TF32" in plan
     # Hopper has no SM90 TF32 kernel: with the 2.x kernels on, float32/TF32 takes them there too
     assert conv_plan(x, w, out, cc=90, sm80=1, tf32=True) == "cutlass_sm80"
-    xh, wh, outh = problem(dtype=torch.float16, c=4, co=12)  # 8 bytes: not enough for 16-bit types
+    xh, wh, outh = problem(dtype=torch.float16, c=4, co=12)  # 12 x 2 bytes: the epilogue's 16-byte stores
     plan = conv_plan(xh, wh, outh, cc=80, sm80=1)
-    assert plan.startswith("direct:") and "C_in=4 is not a multiple of 8" in plan
+    assert plan.startswith("direct:") and "C_out=12 is not a multiple of 8" in plan
 
 
 def test_sm90_stays_first_on_hopper_unless_forced():
@@ -266,3 +266,28 @@ def test_sm80_mode_comes_from_the_environment(monkeypatch):
     monkeypatch.delenv("FASTCONV_CUTLASS_SM80")
     assert torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, [1, 1], [1, 1, 1, 1], [1, 1], 1, False,
                                          80, False, True).startswith("direct:")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("layout", [CL, torch.contiguous_format])
+def test_sm80_takes_three_channel_stems_zero_padded_to_four(dtype, layout):
+    x, w, out = problem(c=3, k=7, stride=2, pad=3, h=32, w=32, co=64, dtype=dtype, layout=layout)
+    out = out.contiguous(memory_format=CL)
+    geo = dict(stride=(2, 2), padding=(3, 3, 3, 3), tf32=True)
+    plan = conv_plan(x, w, out, cc=80, sm80=1, **geo)
+    assert plan.startswith("cutlass_sm80: C_in=3 zero-padded to 4 channels"), plan  # x is copied: any layout
+    assert ("few-channels kernel" in plan) == (dtype != torch.float32)
+    if dtype != torch.float32:
+        # on Hopper the SM90 kernel refuses C=3; with the 2.x kernels on they take it
+        assert conv_plan(x, w, out, cc=90, sm80=1, **geo).startswith("cutlass_sm80: C_in=3")
+        assert "C_in=3" in conv_plan(x, w, out, cc=90, sm80=0, **geo)
+    x5, w5, out5 = problem(c=5, k=3, dtype=dtype)  # more than 4 channels, unaligned: no padding path
+    assert "C_in=5 is not a multiple" in conv_plan(x5, w5, out5, cc=80, sm80=1, tf32=True)
+
+
+def test_conv1x1_is_never_channel_padded():
+    x = torch.empty(2, 3, 8, 8, dtype=torch.float16).contiguous(memory_format=CL)
+    w = torch.empty(32, 3, dtype=torch.float16)
+    out = torch.empty(2, 32, 8, 8, dtype=torch.float16).contiguous(memory_format=CL)
+    plan = torch.ops.fastconv._cuda_plan("conv1x1", x, w, None, out, [1, 1], [], [], 1, False, 80, False, True, 1)
+    assert plan.startswith("direct:") and "C_in=3" in plan

@@ -77,7 +77,7 @@ def test_vectorized_copies_in_channels_last_kernels(sass):
 
 
 def test_sm80_cutlass_kernels_use_hmma(sass):
-    """The CUTLASS 2.x kernels (fp16, bf16, TF32) use mma.sync tensor cores in every target they are
+    """The CUTLASS 2.x kernels (fp16, bf16, TF32; fp16/bf16 few-channels) use mma.sync tensor cores in every target they are
     built for: sm_80, and sm_90a (where the tests force them, FASTCONV_CUTLASS_SM80=force)."""
     by_arch, pretty, _ = sass
     archs = [a for a in ("sm_80", "sm_90a") if a in by_arch]
@@ -85,8 +85,8 @@ def test_sm80_cutlass_kernels_use_hmma(sass):
     for arch in archs:
         kernels = {n: t for n, t in by_arch.get(arch, {}).items() if "ImplicitGemmConvolution" in pretty[n]}
         labels = sorted(rep.short_name(pretty[n]) for n in kernels)
-        assert labels == [f"cutlass ImplicitGemmConvolution sm80 fprop {d}" for d in ("bf16", "fp16", "tf32")], \
-            (arch, labels)
+        want = ["bf16", "bf16 few-channels", "fp16", "fp16 few-channels", "tf32"]
+        assert labels == [f"cutlass ImplicitGemmConvolution sm80 fprop {d}" for d in want], (arch, labels)
         for name, text in kernels.items():
             s = rep.instruction_summary(text)
             assert s["HMMA"] > 0, f"{arch} {rep.short_name(pretty[name])}: no HMMA"

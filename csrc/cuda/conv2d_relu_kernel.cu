@@ -77,17 +77,31 @@ at::Tensor aligned_contiguous(const at::Tensor& t) {
   return c;
 }
 
-void run_cutlass(const std::string& path, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      const std::optional<at::Tensor>& residual, const Conv2dGeometry& g, at::IntArrayRef padding,
-                      bool relu, bool repack_weight, const at::Tensor& out) {
+// t [N, C, H, W] copied into a zeroed channels_last [N, pad_c, H, W] (pad_c >= C): the few-channel
+// stems' input and filter for the CUTLASS 2.x kernels, whose loads need 8 or 16 bytes per access.
+at::Tensor zero_pad_channels(const at::Tensor& t, int64_t pad_c) {
+  // at::zeros would drop the memory format of the options: allocate, then zero.
+  at::Tensor p = at::empty({t.size(0), pad_c, t.size(2), t.size(3)},
+                           t.options().memory_format(at::MemoryFormat::ChannelsLast));
+  p.zero_();
+  p.narrow(1, 0, t.size(1)).copy_(t);
+  return p;
+}
+
+void run_cutlass(const ConvPlan& plan, const at::Tensor& x_in, const at::Tensor& weight_in,
+                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                 const Conv2dGeometry& g, at::IntArrayRef padding, bool relu, const at::Tensor& out) {
+  const at::Tensor x = plan.pad_c > 0 ? zero_pad_channels(x_in, plan.pad_c) : x_in;
+  const at::Tensor weight = plan.pad_c > 0 ? zero_pad_channels(weight_in, plan.pad_c) : weight_in;
   // [K, C, R, S] with C innermost (channels_last) is CUTLASS's KRSC filter.
-  const at::Tensor wk = repack_weight ? weight.contiguous(at::MemoryFormat::ChannelsLast) : weight;
+  const at::Tensor wk = plan.repack_weight ? weight.contiguous(at::MemoryFormat::ChannelsLast) : weight;
   at::Tensor bk;
   if (bias.has_value() && bias->defined()) bk = aligned_contiguous(*bias);
   CutlassConvArgs a;
   a.dtype = plan_dtype(x.scalar_type());
   a.x = x.const_data_ptr();
-  a.n = g.n; a.h = g.h; a.w = g.w; a.c = g.c;
+  a.n = g.n; a.h = g.h; a.w = g.w; a.c = x.size(1);
+  a.few_channels = plan.few_channels;
   const auto xs = nhwc_strides(x), ws = nhwc_strides(wk), os = nhwc_strides(out);
   a.xs_n = xs[0]; a.xs_h = xs[2]; a.xs_w = xs[3];
   a.weight = wk.const_data_ptr();
@@ -106,7 +120,7 @@ void run_cutlass(const std::string& path, const at::Tensor& x, const at::Tensor&
   a.stride[0] = g.sh; a.stride[1] = g.sw;
   a.dil[0] = g.dh; a.dil[1] = g.dw;
   a.relu = relu;
-  run_cutlass_conv(path, a, out);
+  run_cutlass_conv(plan.path, a, out);
 }
 
 void conv2d_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -121,7 +135,7 @@ void conv2d_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const std::
                                              prop->major * 10 + prop->minor, at::globalContext().allowTF32CuDNN(),
                                              kBuiltSm90a, sm80_mode_from_env()));
   if (plan.path != "direct") {
-    run_cutlass(plan.path, x, weight, bias, residual, g, padding, relu, plan.repack_weight, out);
+    run_cutlass(plan, x, weight, bias, residual, g, padding, relu, out);
     return;
   }
   const bool has_bias = bias.has_value() && bias->defined();

@@ -34,6 +34,7 @@ struct CutlassConvArgs {
   int64_t pad[4] = {0, 0, 0, 0};         // top, bottom, left, right
   int64_t stride[2] = {1, 1}, dil[2] = {1, 1};
   bool relu = false;
+  bool few_channels = false;             // sm80 only: the 4-channel (8-byte access) kernel for stems, C == 4
 };
 
 // Launch on the current stream of the current device; raise on any CUTLASS or CUDA error.

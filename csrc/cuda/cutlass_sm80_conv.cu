@@ -4,10 +4,14 @@
 // Mainloop: conv::kernel::DefaultConv2dFprop, IteratorAlgorithm::kOptimized: cp.async loads of the
 // NHWC activation (any (n, h, w) strides, so x may be a channel slice of a concat buffer) and of
 // the KRSC filter into a multistage shared-memory pipeline, mma.sync tensor-core MMA (HMMA) with
-// fp32 accumulation. Three instantiations:
+// fp32 accumulation. Five instantiations:
 //   fp16, bf16   128x128x32 tile, 64x64x32 warps, m16n8k16 MMA, 4 stages, 8-element (16-byte) access
 //   fp32 (TF32)  128x128x16 tile, 64x64x16 warps, m16n8k8 TF32 MMA, 4 stages, 4-element access;
 //                taken only when torch.backends.cudnn.allow_tf32 is on, as PyTorch's cuDNN convs do
+//   fp16, bf16 few-channels (IteratorAlgorithm::kFewChannels): the 3-channel stems, whose x and
+//                weight the caller zero-pads to 4 channels; 4-element (8-byte) accesses pack the
+//                (r, s, c) reduction densely; 128x64x32 tile (every stem has 64 output channels),
+//                64x32x32 warps, 3 stages. (TF32 stems padded to 4 channels fit the TF32 kernel.)
 // Epilogue: EpilogueWithBroadcast with fastconv's own output functor (BiasResidualRelu below):
 //   Z = relu?(acc + bias + residual), bias the broadcast vector (null -> 0), residual the source C,
 //   read only when present; ReLU a runtime switch that keeps NaN (as torch.relu). One kernel per
@@ -100,8 +104,8 @@ class BiasResidualRelu {
   Params p_;
 };
 
-template <typename Element>
-struct Sm80Config;  // tile shapes per element type
+template <typename Element, bool kFew = false>
+struct Sm80Config;  // tile shapes per element type (and few-channels variant)
 
 template <>
 struct Sm80Config<cutlass::half_t> {
@@ -116,6 +120,18 @@ struct Sm80Config<cutlass::bfloat16_t> : Sm80Config<cutlass::half_t> {
   static constexpr const char* kName = "cutlass_sm80 bf16";
 };
 template <>
+struct Sm80Config<cutlass::half_t, true> {
+  using Tile = cutlass::gemm::GemmShape<128, 64, 32>;
+  using Warp = cutlass::gemm::GemmShape<64, 32, 32>;
+  using Mma = cutlass::gemm::GemmShape<16, 8, 16>;
+  static constexpr int kStages = 3;
+  static constexpr const char* kName = "cutlass_sm80 fp16 few-channels";
+};
+template <>
+struct Sm80Config<cutlass::bfloat16_t, true> : Sm80Config<cutlass::half_t, true> {
+  static constexpr const char* kName = "cutlass_sm80 bf16 few-channels";
+};
+template <>
 struct Sm80Config<float> {  // float operands, TF32 tensor-core MMA
   using Tile = cutlass::gemm::GemmShape<128, 128, 16>;
   using Warp = cutlass::gemm::GemmShape<64, 64, 16>;
@@ -124,24 +140,25 @@ struct Sm80Config<float> {  // float operands, TF32 tensor-core MMA
   static constexpr const char* kName = "cutlass_sm80 tf32";
 };
 
-template <typename Element>
+template <typename Element, bool kFew = false>
 struct Sm80Fprop {
-  using Cfg = Sm80Config<Element>;
-  static constexpr int kAlign = 128 / cutlass::sizeof_bits<Element>::value;  // 16 bytes
+  using Cfg = Sm80Config<Element, kFew>;
+  static constexpr int kAlign = 128 / cutlass::sizeof_bits<Element>::value;  // 16 bytes (out, residual, bias)
+  static constexpr int kAlignIn = kFew ? 4 : kAlign;                          // x and weight accesses
   using OutputOp = BiasResidualRelu<Element, kAlign>;
   using Layout = cutlass::layout::TensorNHWC;
   using Kernel = typename cutlass::conv::kernel::DefaultConv2dFpropWithBroadcast<
       Element, Layout, Element, Layout, Element, Layout, float, cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80,
       typename Cfg::Tile, typename Cfg::Warp, typename Cfg::Mma, OutputOp,
       cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<4>, Cfg::kStages, cutlass::arch::OpMultiplyAdd,
-      cutlass::conv::IteratorAlgorithm::kOptimized, cutlass::conv::StrideSupport::kStrided, kAlign,
-      kAlign>::Kernel;
+      kFew ? cutlass::conv::IteratorAlgorithm::kFewChannels : cutlass::conv::IteratorAlgorithm::kOptimized,
+      cutlass::conv::StrideSupport::kStrided, kAlignIn, kAlignIn>::Kernel;
   using Conv = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
 };
 
-template <typename Element>
+template <typename Element, bool kFew = false>
 void run_typed(const CutlassConvArgs& a, const at::Tensor& like) {
-  using F = Sm80Fprop<Element>;
+  using F = Sm80Fprop<Element, kFew>;
   using Conv = typename F::Conv;
   using Layout = typename F::Layout;
   using I = int;
@@ -186,9 +203,9 @@ void run_typed(const CutlassConvArgs& a, const at::Tensor& like) {
 }
 
 // Compile-time facts of one instantiation, for benchmarks/RESULTS_cuda_build.md and tests.
-template <typename Element>
+template <typename Element, bool kFew = false>
 std::string describe() {
-  using F = Sm80Fprop<Element>;
+  using F = Sm80Fprop<Element, kFew>;
   using C = typename F::Cfg;
   std::ostringstream s;
   s << C::kName << ": tile " << C::Tile::kM << "x" << C::Tile::kN << "x" << C::Tile::kK << ", warp " << C::Warp::kM
@@ -199,15 +216,22 @@ std::string describe() {
 }
 
 std::string sm80_kernel_info() {
-  return describe<cutlass::half_t>() + "\n" + describe<cutlass::bfloat16_t>() + "\n" + describe<float>();
+  return describe<cutlass::half_t>() + "\n" + describe<cutlass::bfloat16_t>() + "\n" + describe<float>() + "\n" +
+         describe<cutlass::half_t, true>() + "\n" + describe<cutlass::bfloat16_t, true>();
 }
 
 }  // namespace
 
 void run_sm80_conv(const CutlassConvArgs& a, const at::Tensor& like) {
+  TORCH_CHECK(!a.few_channels || (a.c == 4 && a.dtype != PlanDtype::kFloat),
+              "fastconv cutlass_sm80: the few-channels kernel takes 4-channel float16/bfloat16 inputs");
   switch (a.dtype) {
-    case PlanDtype::kHalf: run_typed<cutlass::half_t>(a, like); break;
-    case PlanDtype::kBFloat16: run_typed<cutlass::bfloat16_t>(a, like); break;
+    case PlanDtype::kHalf:
+      a.few_channels ? run_typed<cutlass::half_t, true>(a, like) : run_typed<cutlass::half_t>(a, like);
+      break;
+    case PlanDtype::kBFloat16:
+      a.few_channels ? run_typed<cutlass::bfloat16_t, true>(a, like) : run_typed<cutlass::bfloat16_t>(a, like);
+      break;
     case PlanDtype::kFloat: run_typed<float>(a, like); break;
     default:
       TORCH_CHECK(false, "fastconv cutlass_sm80: dtype ", plan_dtype_name(a.dtype),

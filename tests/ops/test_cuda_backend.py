@@ -128,6 +128,9 @@ SM80_CASES = [
     (1, 200, 7, 7, 136, 3, 1, 1, 1),        # K = 1800 and C_out not tile multiples
     (2, 16, 40, 40, 32, 3, 10, 1, 1),       # stride 10: beyond TMA im2col, fine for cp.async
     (1, 64, 5, 5, 64, 11, 1, 5, 1),         # AlexNet-size filter
+    (2, 3, 32, 32, 64, 7, 2, 3, 1),         # stems: 3 channels zero-padded to 4, few-channels kernel
+    (2, 3, 39, 39, 64, 11, 4, 2, 1),        # (TF32: the regular kernel on the 4 padded channels)
+    (2, 3, 16, 16, 64, 3, 1, 1, 1),
 ]
 
 
@@ -162,7 +165,8 @@ def test_conv2d_relu_cutlass_sm80(force_sm80, dtype, case, with_res, relu):
         if with_res else None
     out = torch.full((n, co, oh, ow), float("nan"), device="cuda", dtype=dtype).contiguous(memory_format=CL)
     args = ([s, s], [p] * 4, [d, d], 1)
-    assert torch.ops.fastconv._cuda_plan("conv2d_relu", x, wt, res, out, *args) == "cutlass_sm80"
+    plan = torch.ops.fastconv._cuda_plan("conv2d_relu", x, wt, res, out, *args)
+    assert plan == "cutlass_sm80" or (c == 3 and plan.startswith("cutlass_sm80: C_in=3 zero-padded")), plan
     torch.ops.fastconv._conv2d_relu_cuda(x, wt, b, res, *args, relu, out)
     ref = _ref64(reference.conv2d_relu, x, wt, b, res, stride=[s, s], padding=[p] * 4, dilation=[d, d], groups=1,
                  relu=relu)
