@@ -1,7 +1,8 @@
 """Per-op GPU timings at the five networks' shapes (stage `ops` of benchmarks/gpu_check.sh).
 
 For each op and shape: PyTorch/cuDNN (fastconv.ops.reference), fastconv's triton backend and,
-where it is available, its cuda backend; bf16 channels_last and fp32 (TF32 allowed, as PyTorch
+where it is available, its cuda backend (also with the CUTLASS 2.x kernels forced,
+fastconv-cuda-sm80); bf16 channels_last and fp32 (TF32 allowed, as PyTorch
 does by default). Median time from triton.testing.do_bench (CUDA events, L2 flushed before every
 call, inputs cycled), providers alternated in rounds; TFLOP/s or GB/s and the fraction of the
 card's peak; relative error against the baseline computed in fp32 without TF32.
@@ -14,6 +15,7 @@ reports. On a machine without a CUDA device it exits at once with a message (exi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -29,7 +31,10 @@ from benchmarks import shapes as S  # noqa: E402
 from fastconv._table import render_table  # noqa: E402
 
 KINDS = ("CONV_SHAPES", "CONV1X1_SHAPES", "POOL_SHAPES", "DENSE_BLOCK_SHAPES")
-PROVIDERS = ("torch", "fastconv-triton", "fastconv-cuda")
+# fastconv-cuda-sm80: the cuda backend with FASTCONV_CUTLASS_SM80=force, i.e. the CUTLASS 2.x kernels
+# (on Hopper in place of the SM90 kernel): convs only, the other ops have no such kernels.
+PROVIDERS = ("torch", "fastconv-triton", "fastconv-cuda", "fastconv-cuda-sm80")
+SM80_OPS = ("conv2d_relu", "conv1x1")
 
 
 def plan(full: bool, dtypes=("bf16", "fp32"), kinds=KINDS) -> List[tuple]:
@@ -144,6 +149,21 @@ def _time_graphs(fns: Dict[str, object], inputs, rounds: int = 5) -> Dict[str, o
     return out
 
 
+@contextlib.contextmanager
+def _force_sm80(on: bool):
+    """FASTCONV_CUTLASS_SM80=force while a fastconv-cuda-sm80 call runs (read by the C++ dispatch)."""
+    prev = os.environ.get("FASTCONV_CUTLASS_SM80")
+    if on:
+        os.environ["FASTCONV_CUTLASS_SM80"] = "force"
+    try:
+        yield
+    finally:
+        if on and prev is None:
+            del os.environ["FASTCONV_CUTLASS_SM80"]
+        elif on:
+            os.environ["FASTCONV_CUTLASS_SM80"] = prev
+
+
 def run_case(dtype_name: str, shape, batch: int, spec, device: str = "cuda", providers=PROVIDERS,
              timer=_time_providers, graph_timer=_time_graphs) -> List[dict]:
     """Rows for one shape: every provider's time, rate, fraction of peak and error (or why it has none).
@@ -160,14 +180,17 @@ def run_case(dtype_name: str, shape, batch: int, spec, device: str = "cuda", pro
     rows, fns = [], {}
     base = {"op": case.op, "shape": S.shape_id(shape), "nets": list(shape.nets), "dtype": dtype_name, "batch": batch}
     for provider in providers:
-        backend = None if provider == "torch" else provider.split("-", 1)[1]
+        backend = None if provider == "torch" else provider.split("-")[1]
+        sm80 = provider.endswith("-sm80")
+        if sm80 and case.op not in SM80_OPS:
+            continue
         if backend and status[backend] != "available":
             rows.append({**base, "provider": provider, "error": f"skipped: {status[backend]}"})
             continue
         fn = case.torch_fn if provider == "torch" else case.fastconv_fn
 
-        def call(*args, _fn=fn, _backend=backend):
-            with torch.inference_mode(), fastconv.use_backend(_backend or "auto"):
+        def call(*args, _fn=fn, _backend=backend, _sm80=sm80):
+            with torch.inference_mode(), fastconv.use_backend(_backend or "auto"), _force_sm80(_sm80):
                 return _fn(*args)
         try:
             y = call(*case.inputs[0])  # also the warm-up that autotunes

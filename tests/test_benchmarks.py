@@ -1,5 +1,7 @@
 """The CPU-testable parts of the benchmarks: the traced shape lists, their helpers, the GPU
 scripts' plans, tables and CPU behaviour, and the bench timing/numerics helpers."""
+import os
+
 import pytest
 import torch
 
@@ -200,3 +202,18 @@ def test_host_overhead_rows_on_cpu():
     assert all(r["us"] > 0 for r in rows if "us" in r)
     md = host_overhead.markdown(rows, {"device": "CPU", "dtype": "fp32", "calls": 5, "versions": {"torch": "x"}})
     assert "| torch conv+relu | 3x3 |" in md and "| converted layer [auto] | 1x1 |" in md
+
+
+def test_gpu_ops_sm80_provider_only_for_convs_and_restores_env(monkeypatch):
+    monkeypatch.delenv("FASTCONV_CUTLASS_SM80", raising=False)
+    pool = gpu_ops.run_case("fp32", S.scale_down(S.POOL_SHAPES[0]), 1, None, device="cpu",
+                            providers=("torch", "fastconv-cuda-sm80"), timer=lambda fns, inputs: {n: 1.0 for n in fns},
+                            graph_timer=None)
+    assert [r["provider"] for r in pool] == ["torch"]
+    with gpu_ops._force_sm80(True):
+        assert os.environ["FASTCONV_CUTLASS_SM80"] == "force"
+    assert "FASTCONV_CUTLASS_SM80" not in os.environ
+    monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "1")
+    with gpu_ops._force_sm80(True):
+        assert os.environ["FASTCONV_CUTLASS_SM80"] == "force"
+    assert os.environ["FASTCONV_CUTLASS_SM80"] == "1"
