@@ -28,10 +28,11 @@ from fastconv import _autotune, _bench  # noqa: E402
 GOALS = {"alexnet": (8, 1.0), "googlenet": (8, 1.2), "resnet50": (4, 1.2), "densenet121": (4, 1.2), "vgg16": (2, 1.0)}
 
 
-def measure(name: str, batch: int, repeats: int, gen: torch.Generator) -> dict:
+def measure(name: str, batch: int, repeats: int, gen: torch.Generator, compare_nchw: bool = False) -> dict:
     torch.manual_seed(0)
     eager = _bench.randomize_batchnorm(_bench.torchvision_model(name), gen).eval()
-    fast = fastconv.convert(eager)
+    fast = fastconv.convert(eager)  # default layout policy: channels_last inside on the CPU
+    nchw = fastconv.convert(eager, channels_last=False) if compare_nchw else None
     inputs = [torch.randn(batch, 3, 224, 224, generator=gen) for _ in range(2)]
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -43,7 +44,11 @@ def measure(name: str, batch: int, repeats: int, gen: torch.Generator) -> dict:
         rel = max(_bench.rel_error(y, r) for y, r in zip(ys, refs))
         with fastconv.kernel_stats() as stats:
             fast(inputs[0])
-        times = _bench.time_interleaved({"eager": eager, "auto": fast}, inputs, repeats, 1, "cpu")
+        fns = {"eager": eager, "auto": fast}
+        if nchw is not None:
+            fastconv.tune(nchw, inputs[0])
+            fns["auto_nchw"] = nchw
+        times = _bench.time_interleaved(fns, inputs, repeats, 1, "cpu")
     e, a = statistics.median(times["eager"]), statistics.median(times["auto"])
     own = {}
     for (op, t), fl in stats.flops.items():
@@ -53,7 +58,9 @@ def measure(name: str, batch: int, repeats: int, gen: torch.Generator) -> dict:
     return {"model": name, "batch": batch, "eager_ms": e, "auto_ms": a, "speedup": e / a, "max_abs": max_abs,
             "rel": rel, "tune_s": tune_s, "signatures": tuned["signatures"],
             "mix": ", ".join(f"{t} {100 * v / total:.0f}%" for t, v in sorted(own.items())),
-            "copied_mb": stats.copied_bytes / 1e6, "eager_all": times["eager"], "auto_all": times["auto"]}
+            "copied_mb": stats.copied_bytes / 1e6, "eager_all": times["eager"], "auto_all": times["auto"],
+            "nchw_ms": statistics.median(times["auto_nchw"]) if nchw is not None else None,
+            "nchw_all": times.get("auto_nchw")}
 
 
 def main() -> int:
@@ -62,6 +69,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="also write the markdown here")
+    ap.add_argument("--compare-nchw", action="store_true",
+                    help="also time convert(channels_last=False) (activations NCHW inside), interleaved")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,7 +79,7 @@ def main() -> int:
     rows = []
     for name in args.models:
         batch, _ = GOALS[name]
-        r = measure(name, batch, args.repeats, gen)
+        r = measure(name, batch, args.repeats, gen, args.compare_nchw)
         rows.append(r)
         print(f"{name}: eager {r['eager_ms']:.0f} ms, auto {r['auto_ms']:.0f} ms, {r['speedup']:.2f}x "
               f"(max |diff| {r['max_abs']:.1e}; {r['mix']})", file=sys.stderr, flush=True)
@@ -81,21 +90,28 @@ def main() -> int:
         f"Python {platform.python_version()}",
         f"load average (1/5/15 min): before {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, "
         f"after {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f}",
-        f"fp32 NCHW 224×224, eval + inference_mode; median of {args.repeats} interleaved calls per model after 1 "
-        "warm-up, 2 inputs cycled; the converted model tuned first (fastconv.tune)",
+        f"fp32 NCHW 224×224 inputs, eval + inference_mode; median of {args.repeats} interleaved calls per model "
+        "after 1 warm-up, 2 inputs cycled; the converted model (convert's default layout policy: channels_last "
+        "inside on the CPU) tuned first (fastconv.tune)",
         "",
         "| model | batch | eager ms | auto ms | speedup | goal | met | max abs diff | conv FLOPs by tactic | "
         "copied MB/call | tune s (signatures) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if args.compare_nchw:
+        lines[-2] = lines[-2].replace(" | speedup |", " | speedup | auto NCHW-inside ms (speedup) |")
+        lines[-1] = lines[-1] + "---|"
     for r in rows:
         goal = GOALS[r["model"]][1]
+        nchw = (f" {r['nchw_ms']:.0f} ({r['eager_ms'] / r['nchw_ms']:.2f}×) |" if r["nchw_ms"] else "")
         lines.append(f"| {r['model']} | {r['batch']} | {r['eager_ms']:.0f} | {r['auto_ms']:.0f} | "
-                     f"{r['speedup']:.2f}× | ≥ {goal:.1f}× | {'yes' if r['speedup'] >= goal else 'no'} | "
+                     f"{r['speedup']:.2f}× |{nchw} ≥ {goal:.1f}× | {'yes' if r['speedup'] >= goal else 'no'} | "
                      f"{r['max_abs']:.1e} | {r['mix']} | {r['copied_mb']:.1f} | {r['tune_s']:.0f} ({r['signatures']}) |")
     lines += ["", "Every timed call (ms, in order; eager and auto interleaved):", ""]
     for r in rows:
-        lines.append(f"- {r['model']}: eager {[round(t) for t in r['eager_all']]}, auto {[round(t) for t in r['auto_all']]}")
+        nchw = f", auto NCHW-inside {[round(t) for t in r['nchw_all']]}" if r["nchw_all"] else ""
+        lines.append(f"- {r['model']}: eager {[round(t) for t in r['eager_all']]}, auto {[round(t) for t in r['auto_all']]}"
+                     f"{nchw}")
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -59,6 +59,14 @@ def _hashable(v):
     return tuple(_hashable(e) for e in v) if isinstance(v, (list, tuple)) else v
 
 
+class _Plans(dict):
+    """A module's remembered plans. A cache: pickling or deep-copying the module gives it an empty
+    one (plans hold torch.memory_format objects, which do not pickle; the next call rebuilds them)."""
+
+    def __reduce__(self):
+        return (_Plans, ())
+
+
 def call(module: torch.nn.Module, key_tensors: Sequence[Optional[torch.Tensor]], settings: tuple,
          full: Callable[[], Any], plan: Callable[[Any], Optional[tuple]], run: Callable[[tuple], Any]):
     """``full()`` (the public op path) the first time a call layout is seen, remembering
@@ -67,7 +75,7 @@ def call(module: torch.nn.Module, key_tensors: Sequence[Optional[torch.Tensor]],
     live in a plain attribute of ``module`` (not a buffer or state-dict entry)."""
     table = module.__dict__.get("_fastpath_plans")
     if table is None:
-        table = module.__dict__["_fastpath_plans"] = {}
+        table = module.__dict__["_fastpath_plans"] = _Plans()
     settings = _hashable(settings)
     entry = table.get((state(), settings, *map(meta, key_tensors)))
     if entry is not None:

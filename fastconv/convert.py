@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from . import fused
+from . import _layout, fused
 from .nn.layers import MaxPool2d as FastMaxPool2d
 
 
@@ -125,7 +125,10 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
     BatchNorm is folded into the preceding conv, conv+bias(+residual)+ReLU fused, max-pooling and
     concatenation run on fastconv kernels. ``dtype`` casts the weights (folding is done in
     float64 first) and the incoming activations; ``channels_last=True`` makes incoming
-    activations channels_last (fastconv keeps the layout through the network). The original
+    activations channels_last (fastconv keeps the layout through the network), ``False`` keeps
+    the layout it is given, and the default ``None`` runs CPU activations channels_last (faster
+    with oneDNN and fastconv's CPU kernels) while a 4-D output comes back in the input's layout;
+    on a GPU ``None`` keeps the given layout (pass ``channels_last=True`` there). The original
     model is left untouched unless ``inplace=True``.
 
     ``example_input``: tune the ``auto`` backend's tactics for this input now (``fastconv.tune``,
@@ -159,6 +162,8 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
     converted.eval()
     for p in converted.parameters():
         p.requires_grad_(False)
+    if channels_last is None:
+        _layout.add_cpu_channels_last_hooks(converted)
     if dtype is not None or channels_last:
         converted = _InputCast(converted, dtype, bool(channels_last)).eval()
     if cuda_graph:

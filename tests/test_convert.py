@@ -17,8 +17,8 @@ FAMILIES = ["alexnet", "vgg11_bn", "googlenet", "resnet50", "densenet121"]
 # elementwise, and the bookkeeping (allocation, views, copies into buffers) around fastconv ops.
 ALLOWED_ATEN = {
     "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::zeros", "aten::resize_",
-    "aten::slice", "aten::narrow", "aten::as_strided", "aten::view", "aten::reshape", "aten::_reshape_alias",
-    "aten::flatten", "aten::squeeze", "aten::unsqueeze", "aten::expand", "aten::t", "aten::transpose",
+    "aten::slice", "aten::narrow", "aten::as_strided", "aten::as_strided_", "aten::view", "aten::reshape", "aten::_reshape_alias",
+    "aten::flatten", "aten::_unsafe_view", "aten::squeeze", "aten::unsqueeze", "aten::expand", "aten::t", "aten::transpose",
     "aten::permute", "aten::contiguous", "aten::clone", "aten::copy_", "aten::to", "aten::_to_copy",
     "aten::detach", "aten::alias", "aten::lift_fresh", "aten::select", "aten::stride", "aten::size",
     "aten::linear", "aten::addmm", "aten::mm", "aten::matmul", "aten::bmm",
@@ -145,3 +145,49 @@ def test_convert_rejects_non_modules():
         fastconv.convert(lambda x: x)
     with pytest.raises(TypeError, match="floating dtype"):
         fastconv.convert(nn.Conv2d(3, 3, 1), dtype=torch.int8)
+
+
+def test_cpu_default_layout_is_channels_last_inside_and_the_input_layout_outside():
+    """channels_last=None: CPU activations run channels_last inside the converted model; a 4-D
+    output comes back in the layout it was given; True/False keep their meaning."""
+    torch.manual_seed(0)
+    feats = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 1)).eval()
+    randomize_bn(feats)
+    x = torch.randn(2, 3, 12, 10)
+    seen = []
+    default = fastconv.convert(feats)
+    default[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+    with torch.inference_mode():
+        ref = feats(x)
+        y = default(x)
+        assert seen == [True] and y.is_contiguous() and rel_err(y, ref) <= TOL
+        y_cl = default(x.contiguous(memory_format=torch.channels_last))
+        assert y_cl.is_contiguous(memory_format=torch.channels_last) and rel_err(y_cl, ref) <= TOL
+        keep = fastconv.convert(feats, channels_last=False)
+        keep[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+        assert keep(x).is_contiguous() and seen[-1] is False
+        assert fastconv.convert(feats, channels_last=True)(x).is_contiguous(memory_format=torch.channels_last)
+    # a forward that raises leaves no state behind: the next call still restores the layout
+    with pytest.raises((RuntimeError, ValueError)), torch.inference_mode():
+        default(torch.randn(2, 5, 12, 10))
+    with torch.inference_mode():
+        assert default(x).is_contiguous()
+    assert "0.weight" in default.state_dict()  # hooks, not a wrapper module: the keys are the model's
+
+
+def test_converted_model_pickles_and_copies_after_use():
+    """The fast path's remembered plans (holding torch.memory_format, which does not pickle) are a
+    cache: torch.save / deepcopy of a used model work and the copy recomputes them."""
+    import io
+
+    ref = tv_model("resnet18")
+    converted = fastconv.convert(ref)
+    x = image(n=1, size=64, seed=16)
+    with torch.inference_mode():
+        y = converted(x)
+        buf = io.BytesIO()
+        torch.save(converted, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert torch.equal(loaded(x), y)
+        assert torch.equal(copy.deepcopy(converted)(x), y)

@@ -1,0 +1,44 @@
+"""convert()'s default layout policy (channels_last=None): on the CPU the converted model runs its
+4-D activations channels_last (oneDNN's convs and fastconv's CPU kernels are faster there: 1.10-1.18x
+end to end on four of the five networks, benchmarks/RESULTS_auto_cpu.md) and hands a 4-D output
+back in the layout it was given. Two hooks on the root module rather than a wrapper module, so the
+state-dict keys and the attribute tree stay the model's; module-level functions, so the converted
+model still pickles (fastconv.convert, the function, shadows the module of that name)."""
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn as nn
+
+# Per thread, one entry per forward in flight (nested or re-entrant calls each get their own):
+# whether that forward's 4-D output goes back to contiguous NCHW.
+_cpu_layout = threading.local()
+
+
+def _cpu_channels_last_pre_hook(module: nn.Module, args):
+    if torch.compiler.is_compiling():  # torch.compile traces the model as given: no layout policy
+        return None
+    x = args[0] if args else None
+    to_cl = (isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type == "cpu"
+             and not x.is_contiguous(memory_format=torch.channels_last))
+    stack = _cpu_layout.__dict__.setdefault("restore", [])
+    stack.append(bool(to_cl and x.is_contiguous()))  # hand back contiguous NCHW for contiguous NCHW in
+    if to_cl:
+        return (x.contiguous(memory_format=torch.channels_last),) + tuple(args[1:])
+    return None
+
+
+def _cpu_channels_last_hook(module: nn.Module, args, output):
+    if torch.compiler.is_compiling():
+        return None
+    stack = getattr(_cpu_layout, "restore", None)
+    restore = stack.pop() if stack else False
+    if restore and isinstance(output, torch.Tensor) and output.dim() == 4:
+        return output.contiguous()
+    return None
+
+
+def add_cpu_channels_last_hooks(model: nn.Module) -> None:
+    model.register_forward_pre_hook(_cpu_channels_last_pre_hook)
+    model.register_forward_hook(_cpu_channels_last_hook, always_call=True)
