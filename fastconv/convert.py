@@ -162,6 +162,8 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
     converted.eval()
     for p in converted.parameters():
         p.requires_grad_(False)
+    if channels_last is not False:
+        _layout.conv_weights_channels_last(converted)
     if channels_last is None:
         _layout.add_cpu_channels_last_hooks(converted)
     if dtype is not None or channels_last:

@@ -191,3 +191,23 @@ def test_converted_model_pickles_and_copies_after_use():
         loaded = torch.load(buf, weights_only=False)
         assert torch.equal(loaded(x), y)
         assert torch.equal(copy.deepcopy(converted)(x), y)
+
+
+def test_conv_weights_are_stored_channels_last_unless_layout_is_kept():
+    """oneDNN reorders an NCHW weight on every call with channels_last activations: the converted
+    model stores its k>1 conv weights channels_last (same values and keys); channels_last=False
+    keeps them as they were."""
+    ref = tv_model("resnet18")
+    w_ref = ref.state_dict()
+    for cl in (None, True):
+        converted = fastconv.convert(ref, channels_last=cl)
+        sd = (converted.model if cl else converted).state_dict()  # True: behind the input-cast wrapper
+        assert sd["layer1.0.convs.0.weight"].is_contiguous(memory_format=torch.channels_last)
+        assert sd["conv1.weight"].is_contiguous(memory_format=torch.channels_last)
+    kept = fastconv.convert(ref, channels_last=False).state_dict()
+    assert kept["conv1.weight"].is_contiguous() and not kept["conv1.weight"].is_contiguous(
+        memory_format=torch.channels_last)
+    x = image(n=1, size=64, seed=17)
+    with torch.inference_mode():
+        assert rel_err(fastconv.convert(ref)(x), ref(x)) <= TOL
+    assert all(torch.equal(w_ref[k], v) for k, v in ref.state_dict().items())  # the original untouched
