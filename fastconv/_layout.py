@@ -1,6 +1,6 @@
 """convert()'s default layout policy (channels_last=None): on the CPU the converted model runs its
-4-D activations channels_last (oneDNN's convs and fastconv's CPU kernels are faster there: 1.10-1.18x
-end to end on four of the five networks, benchmarks/RESULTS_auto_cpu.md) and hands a 4-D output
+4-D activations channels_last (oneDNN's convs and fastconv's CPU kernels are faster there: 1.02-1.32x
+end to end over NCHW inside on the five networks, benchmarks/RESULTS_auto_cpu.md run 6) and hands a 4-D output
 back in the layout it was given. Two hooks on the root module rather than a wrapper module, so the
 state-dict keys and the attribute tree stay the model's; module-level functions, so the converted
 model still pickles (fastconv.convert, the function, shadows the module of that name)."""
