@@ -27,6 +27,7 @@
 #define NDEBUG  // CUTLASS device asserts would otherwise become __assertfail calls (torch omits -DNDEBUG)
 #endif
 #include "cutlass_conv.h"
+#include "cutlass_launch.h"
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -59,7 +60,6 @@ class BiasResidualRelu {
   using ElementVector = Element;  // the bias, in the tensors' dtype
   using ElementZ = Element;
   using ElementT = Element;       // no second output (kStoreT false)
-  static int const kElementsPerAccess = kN;
   static int const kCount = kN;
   using FragmentAccumulator = cutlass::Array<float, kN>;
   using FragmentCompute = cutlass::Array<float, kN>;
@@ -187,19 +187,7 @@ void run_typed(const CutlassConvArgs& a, const at::Tensor& like) {
                                 {res, matrix(a.residual ? a.rs : a.os)}, {out, matrix(a.os)}, op,
                                 cutlass::conv::SplitKMode::kSerial, const_cast<void*>(a.bias), nullptr, 0, 0);
   Conv conv;
-  cutlass::Status st = conv.can_implement(args);
-  TORCH_CHECK(st == cutlass::Status::kSuccess, "fastconv cutlass_sm80: can_implement failed (",
-              cutlassGetStatusString(st), ") for a problem plan_conv accepted: a dispatch bug");
-  const size_t ws_bytes = conv.get_workspace_size(args);
-  at::Tensor workspace;
-  if (ws_bytes > 0) workspace = at::empty({static_cast<int64_t>(ws_bytes)}, like.options().dtype(at::kByte));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream(like.get_device());
-  st = conv.initialize(args, ws_bytes > 0 ? workspace.data_ptr() : nullptr, stream);
-  TORCH_CHECK(st == cutlass::Status::kSuccess, "fastconv cutlass_sm80: initialize failed: ",
-              cutlassGetStatusString(st));
-  st = conv.run(stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  TORCH_CHECK(st == cutlass::Status::kSuccess, "fastconv cutlass_sm80: run failed: ", cutlassGetStatusString(st));
+  launch_cutlass(conv, args, like, "cutlass_sm80");
 }
 
 // Compile-time facts of one instantiation, for benchmarks/RESULTS_cuda_build.md and tests.

@@ -25,6 +25,7 @@
 #define NDEBUG
 #endif
 #include "cutlass_conv.h"
+#include "cutlass_launch.h"
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -132,19 +133,7 @@ void run_typed(const CutlassConvArgs& a, const at::Tensor& like) {
   args.hw_info.sm_count = at::cuda::getDeviceProperties(device)->multiProcessorCount;
 
   Conv conv;
-  cutlass::Status st = conv.can_implement(args);
-  TORCH_CHECK(st == cutlass::Status::kSuccess, "fastconv cutlass_sm90: can_implement failed (",
-              cutlassGetStatusString(st), ") for a problem plan_conv accepted: a dispatch bug");
-  const size_t ws_bytes = Conv::get_workspace_size(args);
-  at::Tensor workspace;
-  if (ws_bytes > 0) workspace = at::empty({static_cast<int64_t>(ws_bytes)}, like.options().dtype(at::kByte));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream(device);
-  st = conv.initialize(args, ws_bytes > 0 ? workspace.data_ptr() : nullptr, stream);
-  TORCH_CHECK(st == cutlass::Status::kSuccess, "fastconv cutlass_sm90: initialize failed: ",
-              cutlassGetStatusString(st));
-  st = conv.run(stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  TORCH_CHECK(st == cutlass::Status::kSuccess, "fastconv cutlass_sm90: run failed: ", cutlassGetStatusString(st));
+  launch_cutlass(conv, args, like, "cutlass_sm90");
 }
 
 // Compile-time facts of one instantiation, for benchmarks/RESULTS_cuda_build.md and tests.
