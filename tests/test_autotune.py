@@ -357,3 +357,17 @@ def test_bench_reports_own_kernel_fraction(backend, own):
     headers, rows = _bench.table_rows([row])
     assert headers[-1] == "own-kernel conv FLOPs" and rows[0][-1].endswith("%")
     assert row["fastconv_rel_err"] < 1e-4
+
+
+def test_cuda_device_key_follows_the_cutlass_sm80_switch(monkeypatch):
+    """FASTCONV_CUTLASS_SM80 changes which kernels the `cuda` candidate runs: choices tuned with it
+    are kept apart (no GPU needed: the device name is stubbed)."""
+    monkeypatch.setattr(_autotune, "device_name", lambda device: "NVIDIA Test GPU")
+    cuda = torch.device("cuda", 0)
+    monkeypatch.delenv("FASTCONV_CUTLASS_SM80", raising=False)
+    off = _autotune.device_key(cuda)
+    monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "0")
+    assert _autotune.device_key(cuda) == off
+    monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "force")
+    assert _autotune.device_key(cuda) != off and "cutlass_sm80 force" in _autotune.device_key(cuda)
+    assert "cutlass_sm80" not in _autotune.device_key(torch.device("cpu"))
