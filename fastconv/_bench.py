@@ -186,8 +186,10 @@ def prepare(name: str, cfg: BenchConfig) -> Prepared:
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     ref_model = randomize_batchnorm(torchvision_model(name), gen).eval()
+    # NCHW inputs on the CPU: convert's default layout policy (channels_last inside), what a user gets
+    layout = True if cfg.channels_last else (None if str(cfg.device).startswith("cpu") else False)
     fast = fastconv.convert(ref_model, dtype=None if dtype == torch.float32 else dtype,
-                            channels_last=cfg.channels_last).to(cfg.device)
+                            channels_last=layout).to(cfg.device)
     ref_model = ref_model.to(cfg.device)
     eager = ref_model if dtype == torch.float32 else copy.deepcopy(ref_model).to(dtype)
     if cfg.channels_last:
