@@ -13,7 +13,8 @@
 //                   is the identity), so one instantiation per dtype serves both ops.
 //   "cutlass_sm80"  CUTLASS 2.x implicit-GEMM fprop, cp.async + mma.sync (HMMA), for compute
 //                   capability 8.x (A100, A10, L4, RTX 30/40); fp16/bf16, and fp32 through TF32
-//                   when torch.backends.cudnn.allow_tf32 is on; same epilogue, same 1x1 reuse.
+//                   when torch.backends.cudnn.allow_tf32 is on; same epilogue, same 1x1 reuse;
+//                   the 3-channel stems zero-padded to 4 channels (a few-channels kernel).
 //                   Used only when FASTCONV_CUTLASS_SM80 says so (sm80_mode below): these kernels
 //                   compile and their SASS is checked here, but no sm_80 GPU has run them yet.
 //   "direct"        the naive direct-convolution kernel (conv2d_relu) / the tiled SIMT GEMM
@@ -49,9 +50,9 @@ struct ConvPlanInput {
   int64_t x_mis = 0, w_mis = 0, o_mis = 0, r_mis = 0;
   bool has_prologue = false;  // conv1x1's in_scale/in_shift/in_relu
   // FASTCONV_CUTLASS_SM80: 0 = the CUTLASS 2.x kernels are off (the default until a GPU run has
-  // verified them); 1 = on for compute capability 8.x, and on 9.0 for float32/TF32 (no SM90 TF32
-  // kernel); 2 = "force": also in place of the SM90 kernel on 9.0 (mma.sync runs on Hopper), so
-  // the GPU tests can exercise the 2.x kernels on an H100.
+  // verified them); 1 = on for compute capability 8.x, and on 9.0 for what the SM90 kernel
+  // refuses (float32/TF32, the 3-channel stems); 2 = "force": also in place of the SM90 kernel on
+  // 9.0 (mma.sync runs on Hopper), so the GPU tests can exercise the 2.x kernels on an H100.
   int sm80_mode = 0;
 };
 
@@ -158,7 +159,7 @@ inline ConvPlan plan_family(const ConvPlanInput& p, bool sm90) {
   const std::string align_s = std::to_string(kAlign);
   // The 3-channel stems on the 2.x kernels: x and weight zero-padded to 4 channels (8 bytes for
   // 16-bit types: the few-channels kernel's access; 16 bytes for TF32: the regular kernel's).
-  const int64_t pad_c = (!sm90 && !p.conv1x1 && p.c < 4 + (fp32 ? 0 : 1) && p.c % kAlign != 0) ? 4 : 0;
+  const int64_t pad_c = (!sm90 && !p.conv1x1 && p.c > 0 && p.c <= (fp32 ? 3 : 4)) ? 4 : 0;
   const bool x_copied = p.has_prologue || pad_c > 0;  // x read by a prologue/padding kernel, any layout
   if (p.c % kAlign != 0 && pad_c == 0) {
     // Zero-padding C to 8 was tried and fails on an H200: the SM90 kernel traps (illegal

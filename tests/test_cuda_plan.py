@@ -255,18 +255,14 @@ def test_sm80_refuses_tensors_of_2_gib():
 def test_sm80_mode_comes_from_the_environment(monkeypatch):
     x, w, out = problem()
     monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "1")
-    assert torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, [1, 1], [1, 1, 1, 1], [1, 1], 1, False,
-                                         80, False, True) == "cutlass_sm80"
+    assert conv_plan(x, w, out, cc=80, sm80=None) == "cutlass_sm80"
     monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "force")
-    assert torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, [1, 1], [1, 1, 1, 1], [1, 1], 1, False,
-                                         90, False, True) == "cutlass_sm80"
+    assert conv_plan(x, w, out, cc=90, sm80=None) == "cutlass_sm80"
     monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "yes")
     with pytest.raises(RuntimeError, match="must be 0, 1 or force"):
-        torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, [1, 1], [1, 1, 1, 1], [1, 1], 1, False, 80)
+        conv_plan(x, w, out, cc=80, sm80=None)
     monkeypatch.delenv("FASTCONV_CUTLASS_SM80")
-    assert torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, [1, 1], [1, 1, 1, 1], [1, 1], 1, False,
-                                         80, False, True).startswith("direct:")
-
+    assert conv_plan(x, w, out, cc=80, sm80=None).startswith("direct:")
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("layout", [CL, torch.contiguous_format])

@@ -4,8 +4,9 @@
 // problems with groups == 1 and 16-byte alignment run the CUTLASS 3.x SM90 implicit-GEMM kernel
 // (csrc/cuda/cutlass_sm90_conv.cu) on a compute-capability-9.0 device, or, when
 // FASTCONV_CUTLASS_SM80 enables them, the CUTLASS 2.x kernels (csrc/cuda/cutlass_sm80_conv.cu,
-// fp32 through TF32 as well) on 8.x; everything else (NCHW, groups, 3-channel stems, float64,
-// exact float32) runs the direct kernel below.
+// fp32 through TF32 as well, and the 3-channel stems zero-padded to 4 channels) on 8.x and for
+// what the SM90 kernel refuses; everything else (NCHW input, groups, float64, exact float32)
+// runs the direct kernel below.
 //
 // The direct kernel is the CORRECTNESS BASELINE of the cuda backend, not its fast path: a direct convolution
 // with one thread per output element, fp32 accumulation (fp64 for double), every tensor read and
@@ -69,12 +70,6 @@ __global__ void conv2d_relu_direct_kernel(const scalar_t* __restrict__ x, Stride
     if (relu && acc < acc_t(0)) acc = acc_t(0);  // NaN stays NaN, as torch.relu
     out[n * os.s0 + co * os.s1 + oh * os.s2 + ow * os.s3] = static_cast<scalar_t>(acc);  // one rounding
   }
-}
-
-at::Tensor aligned_contiguous(const at::Tensor& t) {
-  at::Tensor c = t.contiguous();
-  if (reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 16 != 0) c = c.clone();
-  return c;
 }
 
 // t [N, C, H, W] copied into a zeroed channels_last [N, pad_c, H, W] (pad_c >= C): the few-channel

@@ -37,6 +37,13 @@ struct CutlassConvArgs {
   bool few_channels = false;             // sm80 only: the 4-channel (8-byte access) kernel for stems, C == 4
 };
 
+// t contiguous with a 16-byte aligned start (the bias vector and repacked weights CUTLASS reads).
+inline at::Tensor aligned_contiguous(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  if (reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 16 != 0) c = c.clone();
+  return c;
+}
+
 // Launch on the current stream of the current device; raise on any CUTLASS or CUDA error.
 void run_sm90_conv(const CutlassConvArgs& a, const at::Tensor& like);
 void run_sm80_conv(const CutlassConvArgs& a, const at::Tensor& like);

@@ -177,7 +177,9 @@ void run_typed(const CutlassConvArgs& a, const at::Tensor& like) {
   // out and the residual as [N*P*Q, K] matrices: the epilogue reads only the W stride, so pass the
   // one pixel stride plan_conv found (a size-1 W or H may carry any stride in PyTorch).
   auto matrix = [&](const int64_t* s) {  // s = (n, h, w) strides
-    const int64_t l = a.q > 1 ? s[2] : a.p > 1 ? s[1] : s[0];
+    const int64_t s4[4] = {s[0], 1, s[1], s[2]};
+    const int64_t l = uniform_pixel_stride(s4, a.n, a.p, a.q);
+    TORCH_CHECK(l >= 0, "fastconv cutlass_sm80: non-uniform pixel strides reached the kernel: a dispatch bug");
     return nhwc(l, l * a.q, l * a.q * a.p);
   };
   typename F::OutputOp::Params op;
