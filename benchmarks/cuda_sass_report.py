@@ -50,7 +50,9 @@ def demangle(names: List[str]) -> Dict[str, str]:
 def short_name(demangled: str) -> str:
     """A readable kernel label: CUTLASS conv kernels by element type, others by function name."""
     if "ConvUniversal" in demangled:
-        dtype = "bf16" if "bfloat16" in demangled else "fp16" if "half_t" in demangled else "?"
+        # by the warpgroup MMA atom in the name (c++filt gives up on these, so mangled or not)
+        m = re.search(r"MMA_\d+x\d+x\d+_F32(TF32|BF16|F16)", demangled)
+        dtype = {"TF32": "tf32", "BF16": "bf16", "F16": "fp16"}[m.group(1)] if m else "?"
         return f"cutlass ConvUniversal sm90 fprop {dtype}"
     if "ImplicitGemmConvolution" in demangled:
         # CUTLASS 2.x: the element type follows the activation iterator's tile shape. c++filt gives

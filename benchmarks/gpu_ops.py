@@ -2,7 +2,7 @@
 
 For each op and shape: PyTorch/cuDNN (fastconv.ops.reference), fastconv's triton backend and,
 where it is available, its cuda backend (also with the CUTLASS 2.x kernels forced,
-fastconv-cuda-sm80); bf16 channels_last and fp32 (TF32 allowed, as PyTorch
+fastconv-cuda-sm80, and for fp32 with the SM90 TF32 kernel on, fastconv-cuda-sm90tf32); bf16 channels_last and fp32 (TF32 allowed, as PyTorch
 does by default). Median time from triton.testing.do_bench (CUDA events, L2 flushed before every
 call, inputs cycled), providers alternated in rounds; TFLOP/s or GB/s and the fraction of the
 card's peak; relative error against the baseline computed in fp32 without TF32.
@@ -32,9 +32,12 @@ from fastconv._table import render_table  # noqa: E402
 
 KINDS = ("CONV_SHAPES", "CONV1X1_SHAPES", "POOL_SHAPES", "DENSE_BLOCK_SHAPES")
 # fastconv-cuda-sm80: the cuda backend with FASTCONV_CUTLASS_SM80=force, i.e. the CUTLASS 2.x kernels
-# (on Hopper in place of the SM90 kernel): convs only, the other ops have no such kernels.
-PROVIDERS = ("torch", "fastconv-triton", "fastconv-cuda", "fastconv-cuda-sm80")
-SM80_OPS = ("conv2d_relu", "conv1x1")
+# (on Hopper in place of the SM90 kernel); fastconv-cuda-sm90tf32: with FASTCONV_CUTLASS_SM90_TF32=1,
+# the SM90 kernel's TF32 instantiation (fp32 only). Convs only: the other ops have no such kernels.
+PROVIDERS = ("torch", "fastconv-triton", "fastconv-cuda", "fastconv-cuda-sm80", "fastconv-cuda-sm90tf32")
+PROVIDER_ENV = {"fastconv-cuda-sm80": ("FASTCONV_CUTLASS_SM80", "force"),
+                "fastconv-cuda-sm90tf32": ("FASTCONV_CUTLASS_SM90_TF32", "1")}
+CUTLASS_OPS = ("conv2d_relu", "conv1x1")
 
 
 def plan(full: bool, dtypes=("bf16", "fp32"), kinds=KINDS) -> List[tuple]:
@@ -150,18 +153,22 @@ def _time_graphs(fns: Dict[str, object], inputs, rounds: int = 5) -> Dict[str, o
 
 
 @contextlib.contextmanager
-def _force_sm80(on: bool):
-    """FASTCONV_CUTLASS_SM80=force while a fastconv-cuda-sm80 call runs (read by the C++ dispatch)."""
-    prev = os.environ.get("FASTCONV_CUTLASS_SM80")
-    if on:
-        os.environ["FASTCONV_CUTLASS_SM80"] = "force"
+def _provider_env(provider: str):
+    """The provider's kernel switch (PROVIDER_ENV) set while its call runs (the C++ dispatch reads it
+    on every call), the previous value restored after."""
+    if provider not in PROVIDER_ENV:
+        yield
+        return
+    name, value = PROVIDER_ENV[provider]
+    prev = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
-        if on and prev is None:
-            del os.environ["FASTCONV_CUTLASS_SM80"]
-        elif on:
-            os.environ["FASTCONV_CUTLASS_SM80"] = prev
+        if prev is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = prev
 
 
 def run_case(dtype_name: str, shape, batch: int, spec, device: str = "cuda", providers=PROVIDERS,
@@ -181,16 +188,16 @@ def run_case(dtype_name: str, shape, batch: int, spec, device: str = "cuda", pro
     base = {"op": case.op, "shape": S.shape_id(shape), "nets": list(shape.nets), "dtype": dtype_name, "batch": batch}
     for provider in providers:
         backend = None if provider == "torch" else provider.split("-")[1]
-        sm80 = provider.endswith("-sm80")
-        if sm80 and case.op not in SM80_OPS:
+        if provider in PROVIDER_ENV and (case.op not in CUTLASS_OPS or
+                                         (provider.endswith("-sm90tf32") and dtype_name != "fp32")):
             continue
         if backend and status[backend] != "available":
             rows.append({**base, "provider": provider, "error": f"skipped: {status[backend]}"})
             continue
         fn = case.torch_fn if provider == "torch" else case.fastconv_fn
 
-        def call(*args, _fn=fn, _backend=backend, _sm80=sm80):
-            with torch.inference_mode(), fastconv.use_backend(_backend or "auto"), _force_sm80(_sm80):
+        def call(*args, _fn=fn, _backend=backend, _provider=provider):
+            with torch.inference_mode(), fastconv.use_backend(_backend or "auto"), _provider_env(_provider):
                 return _fn(*args)
         try:
             y = call(*case.inputs[0])  # also the warm-up that autotunes

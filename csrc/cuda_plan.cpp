@@ -18,7 +18,7 @@ std::string cuda_plan(c10::string_view op, const at::Tensor& x, const at::Tensor
                       const c10::optional<at::Tensor>& residual, const at::Tensor& out, at::IntArrayRef stride,
                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool prologue, int64_t cc,
                       c10::optional<bool> allow_tf32, c10::optional<bool> built_sm90a,
-                      c10::optional<int64_t> sm80_mode) {
+                      c10::optional<int64_t> sm80_mode, c10::optional<bool> sm90_tf32) {
   const bool is_1x1 = op == "conv1x1";
   TORCH_CHECK(is_1x1 || op == "conv2d_relu", "_cuda_plan: op must be 'conv2d_relu' or 'conv1x1', got ", op);
   TORCH_CHECK(x.dim() == 4 && out.dim() == 4, "_cuda_plan: x and out must be 4-D");
@@ -38,7 +38,8 @@ std::string cuda_plan(c10::string_view op, const at::Tensor& x, const at::Tensor
   const int sm80 = sm80_mode.has_value() ? static_cast<int>(*sm80_mode) : sm80_mode_from_env();
   TORCH_CHECK(sm80 >= 0 && sm80 <= 2, "_cuda_plan: sm80_mode must be 0 (off), 1 (on) or 2 (force), got ", sm80);
   const ConvPlanInput in = plan_input(is_1x1, x, weight, residual, out, stride, padding, dilation, groups, prologue,
-                                      static_cast<int>(cc), tf32, built, sm80);
+                                      static_cast<int>(cc), tf32, built, sm80,
+                                      sm90_tf32.has_value() ? *sm90_tf32 : sm90_tf32_from_env());
   return plan_conv(in).str();
 }
 
@@ -49,6 +50,6 @@ TORCH_LIBRARY_FRAGMENT(fastconv, m) {
   m.def(
       "_cuda_plan(str op, Tensor x, Tensor weight, Tensor? residual, Tensor out, int[] stride, int[] padding, "
       "int[] dilation, int groups, bool prologue=False, int cc=-1, bool? allow_tf32=None, bool? built_sm90a=None, "
-      "int? sm80_mode=None) -> str",
+      "int? sm80_mode=None, bool? sm90_tf32=None) -> str",
       &fastconv::cuda_plan);
 }

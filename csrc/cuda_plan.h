@@ -9,6 +9,9 @@
 //   "cutlass_sm90"  CUTLASS 3.x implicit-GEMM fprop, TMA im2col + warpgroup MMA (wgmma), built for
 //                   sm_90a only (runs on compute capability 9.0 exactly); fp16/bf16 in, fp32
 //                   accumulation; epilogue relu?(acc + bias + residual) with ReLU a runtime switch.
+//                   fp32 through TF32 wgmma too, when torch.backends.cudnn.allow_tf32 is on and
+//                   FASTCONV_CUTLASS_SM90_TF32=1 (sm90_tf32 below): built and its SASS checked
+//                   here, not yet run on a GPU, so off by default.
 //                   conv1x1 takes the same kernel with a 1x1 filter (an implicit GEMM whose im2col
 //                   is the identity), so one instantiation per dtype serves both ops.
 //   "cutlass_sm80"  CUTLASS 2.x implicit-GEMM fprop, cp.async + mma.sync (HMMA), for compute
@@ -54,6 +57,9 @@ struct ConvPlanInput {
   // refuses (float32/TF32, the 3-channel stems); 2 = "force": also in place of the SM90 kernel on
   // 9.0 (mma.sync runs on Hopper), so the GPU tests can exercise the 2.x kernels on an H100.
   int sm80_mode = 0;
+  // FASTCONV_CUTLASS_SM90_TF32=1: float32 (with allow_tf32) on 9.0 tries the SM90 TF32 kernel
+  // first. Off by default until a GPU run has verified it.
+  bool sm90_tf32 = false;
 };
 
 struct ConvPlan {
@@ -204,6 +210,14 @@ inline ConvPlan plan_family(const ConvPlanInput& p, bool sm90) {
   if (p.n * p.oh * p.ow > INT32_MAX) return direct("N*OH*OW exceeds 2^31-1 (the kernel's GEMM M is 32-bit)");
   if (!sm90) return plan_sm80_rest(p, kAlign, pad_c);
   if (p.n * p.h * p.w * p.c > (int64_t(1) << 40)) return direct("x too large for a TMA descriptor");
+  // The SM90 kernel has run on an H200 with C_in = 32 x 16-bit (64 bytes per pixel) and more;
+  // with C_in = 8 (the stem zero-padded) it trapped (illegal instruction, which kills the CUDA
+  // context). Until smaller channel counts are verified, keep them off it.
+  const int64_t elem = fp32 ? 4 : 2;
+  if (p.c * elem < 64) {
+    return direct("C_in=" + std::to_string(p.c) + " is below 64 bytes per pixel (" + std::to_string(64 / elem) +
+                  " channels), the smallest input the SM90 kernel was verified with on a GPU");
+  }
   // TMA im2col limits (2-D): padding in [0, 256]; corners in [-128, 127]; (k-1)*dilation < 255.
   for (int i = 0; i < 4; ++i) {
     if (p.pad[i] > 256) return direct("padding > 256 (TMA im2col limit)");
@@ -221,7 +235,8 @@ inline ConvPlan plan_family(const ConvPlanInput& p, bool sm90) {
 }
 
 // The dispatch: the dtype, then the kernel family the device and FASTCONV_CUTLASS_SM80 allow
-// (on Hopper with the 2.x kernels on: the SM90 kernel first, the 2.x kernels for what it refuses).
+// (on Hopper with the 2.x kernels on: the SM90 kernel first, the 2.x kernels for what it refuses;
+// float32 tries the SM90 kernel only with FASTCONV_CUTLASS_SM90_TF32).
 inline ConvPlan plan_conv(const ConvPlanInput& p) {
   auto direct = [](std::string why) { return ConvPlan{"direct", std::move(why)}; };
   const bool fp32 = p.dtype == PlanDtype::kFloat;
@@ -239,7 +254,7 @@ inline ConvPlan plan_conv(const ConvPlanInput& p) {
     if (!sm80_device) return direct(cc + ": the CUTLASS 2.x kernels run on 8.x and 9.0 only");
     return plan_family(p, false);
   }
-  if (p.cc == 90 && !fp32) {
+  if (p.cc == 90 && (!fp32 || p.sm90_tf32)) {
     const ConvPlan sm90 = p.built_sm90a ? plan_family(p, true)
                                         : direct("the extension was built without sm_90a (TORCH_CUDA_ARCH_LIST lacks 9.0a)");
     if (sm90.path != "direct" || p.sm80_mode == 0) return sm90;
@@ -250,7 +265,8 @@ inline ConvPlan plan_conv(const ConvPlanInput& p) {
   if (p.sm80_mode == 0) {
     return direct(cc + (fp32 ? " with float32/TF32" : "") +
                   ": the CUTLASS 2.x kernels for it are off until verified on a GPU "
-                  "(FASTCONV_CUTLASS_SM80=1 turns them on)");
+                  "(FASTCONV_CUTLASS_SM80=1 turns them on" +
+                  (fp32 && p.cc == 90 ? "; FASTCONV_CUTLASS_SM90_TF32=1 the SM90 TF32 kernel)" : ")"));
   }
   return plan_family(p, false);
 }

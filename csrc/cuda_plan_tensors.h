@@ -62,13 +62,21 @@ inline int sm80_mode_from_env() {
   TORCH_CHECK(false, "FASTCONV_CUTLASS_SM80 must be 0, 1 or force, got '", v, "'");
 }
 
+// FASTCONV_CUTLASS_SM90_TF32 as ConvPlanInput::sm90_tf32: unset, "" or "0" -> false, "1" -> true.
+inline bool sm90_tf32_from_env() {
+  const char* v = std::getenv("FASTCONV_CUTLASS_SM90_TF32");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "0") == 0) return false;
+  TORCH_CHECK(std::strcmp(v, "1") == 0, "FASTCONV_CUTLASS_SM90_TF32 must be 0 or 1, got '", v, "'");
+  return true;
+}
+
 // weight: 4-D [Co, Ci/groups, KH, KW] (conv2d_relu) or 2-D [Co, Ci] (conv1x1, then padding and
 // dilation are ignored and kh = kw = 1).
 inline ConvPlanInput plan_input(bool conv1x1, const at::Tensor& x, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& residual, const at::Tensor& out,
                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                 int64_t groups, bool prologue, int cc, bool allow_tf32, bool built_sm90a,
-                                int sm80_mode) {
+                                int sm80_mode, bool sm90_tf32) {
   ConvPlanInput p;
   p.conv1x1 = conv1x1;
   p.cc = cc;
@@ -107,6 +115,7 @@ inline ConvPlanInput plan_input(bool conv1x1, const at::Tensor& x, const at::Ten
   p.o_mis = misalignment16(out);
   p.has_prologue = prologue;
   p.sm80_mode = sm80_mode;
+  p.sm90_tf32 = sm90_tf32;
   return p;
 }
 

@@ -140,7 +140,7 @@ def _triton_version() -> str:
 def device_key(device: torch.device) -> str:
     """What a tuned choice depends on besides the call: device, thread count, versions, what the
     timing measured (``timing_mode``: choices made by GPU time alone are kept apart), and on CUDA
-    whether FASTCONV_CUTLASS_SM80 changes what the ``cuda`` candidate runs."""
+    whether FASTCONV_CUTLASS_SM80 / FASTCONV_CUTLASS_SM90_TF32 change what the ``cuda`` candidate runs."""
     parts = [device_name(device), f"torch {torch.__version__}", f"fastconv {__version__}"]
     if device.type == "cpu":
         parts.append(f"threads {torch.get_num_threads()}")
@@ -149,6 +149,8 @@ def device_key(device: torch.device) -> str:
         sm80 = os.environ.get("FASTCONV_CUTLASS_SM80") or "0"
         if sm80 != "0":  # the cuda backend's CUTLASS 2.x kernels on or forced: another `cuda` candidate
             parts.append(f"cutlass_sm80 {sm80}")
+        if (os.environ.get("FASTCONV_CUTLASS_SM90_TF32") or "0") != "0":  # the SM90 TF32 kernel on
+            parts.append("cutlass_sm90_tf32")
     if current_timing() != "wall":
         parts.append(f"timing {current_timing()}")
     return " | ".join(parts)

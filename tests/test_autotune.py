@@ -371,3 +371,16 @@ def test_cuda_device_key_follows_the_cutlass_sm80_switch(monkeypatch):
     monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "force")
     assert _autotune.device_key(cuda) != off and "cutlass_sm80 force" in _autotune.device_key(cuda)
     assert "cutlass_sm80" not in _autotune.device_key(torch.device("cpu"))
+
+
+def test_cuda_device_key_follows_the_cutlass_sm90_tf32_switch(monkeypatch):
+    monkeypatch.setattr(_autotune, "device_name", lambda device: "NVIDIA Test GPU")
+    cuda = torch.device("cuda", 0)
+    monkeypatch.delenv("FASTCONV_CUTLASS_SM80", raising=False)
+    monkeypatch.delenv("FASTCONV_CUTLASS_SM90_TF32", raising=False)
+    off = _autotune.device_key(cuda)
+    monkeypatch.setenv("FASTCONV_CUTLASS_SM90_TF32", "0")
+    assert _autotune.device_key(cuda) == off
+    monkeypatch.setenv("FASTCONV_CUTLASS_SM90_TF32", "1")
+    assert _autotune.device_key(cuda) != off and "cutlass_sm90_tf32" in _autotune.device_key(cuda)
+    assert "cutlass_sm90_tf32" not in _autotune.device_key(torch.device("cpu"))

@@ -204,16 +204,27 @@ def test_host_overhead_rows_on_cpu():
     assert "| torch conv+relu | 3x3 |" in md and "| converted layer [auto] | 1x1 |" in md
 
 
-def test_gpu_ops_sm80_provider_only_for_convs_and_restores_env(monkeypatch):
+def test_gpu_ops_kernel_switch_providers_only_for_convs_and_restore_env(monkeypatch):
     monkeypatch.delenv("FASTCONV_CUTLASS_SM80", raising=False)
-    pool = gpu_ops.run_case("fp32", S.scale_down(S.POOL_SHAPES[0]), 1, None, device="cpu",
-                            providers=("torch", "fastconv-cuda-sm80"), timer=lambda fns, inputs: {n: 1.0 for n in fns},
-                            graph_timer=None)
-    assert [r["provider"] for r in pool] == ["torch"]
-    with gpu_ops._force_sm80(True):
+    monkeypatch.delenv("FASTCONV_CUTLASS_SM90_TF32", raising=False)
+    providers = ("torch", "fastconv-cuda-sm80", "fastconv-cuda-sm90tf32")
+
+    def rows(dtype, shape):
+        return [r["provider"] for r in gpu_ops.run_case(dtype, S.scale_down(shape), 1, None, device="cpu",
+                                                        providers=providers, graph_timer=None,
+                                                        timer=lambda fns, inputs: {n: 1.0 for n in fns})]
+    assert rows("fp32", S.POOL_SHAPES[0]) == ["torch"]
+    assert rows("fp32", S.CONV1X1_SHAPES[0]) == list(providers)  # (no CUDA here: rows saying "skipped")
+    assert rows("bf16", S.CONV1X1_SHAPES[0]) == ["torch", "fastconv-cuda-sm80"]  # TF32 is fp32's
+    with gpu_ops._provider_env("fastconv-cuda-sm80"):
         assert os.environ["FASTCONV_CUTLASS_SM80"] == "force"
     assert "FASTCONV_CUTLASS_SM80" not in os.environ
     monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "1")
-    with gpu_ops._force_sm80(True):
+    with gpu_ops._provider_env("fastconv-cuda-sm80"):
         assert os.environ["FASTCONV_CUTLASS_SM80"] == "force"
     assert os.environ["FASTCONV_CUTLASS_SM80"] == "1"
+    with gpu_ops._provider_env("fastconv-cuda-sm90tf32"):
+        assert os.environ["FASTCONV_CUTLASS_SM90_TF32"] == "1"
+    assert "FASTCONV_CUTLASS_SM90_TF32" not in os.environ
+    with gpu_ops._provider_env("fastconv-cuda"):
+        assert "FASTCONV_CUTLASS_SM90_TF32" not in os.environ

@@ -2,7 +2,7 @@
 fastconv::_cuda_plan: which problems the CUTLASS SM90 (and, when enabled, SM80) kernels take and
 why the others run the direct kernels. No GPU needed: the op reads shapes, strides, dtypes and
 16-byte alignment of CPU (or meta) tensors, with the compute capability, the sm_90a build and
-the FASTCONV_CUTLASS_SM80 mode passed explicitly."""
+the FASTCONV_CUTLASS_SM80 mode and the FASTCONV_CUTLASS_SM90_TF32 switch passed explicitly."""
 import pytest
 import torch
 
@@ -17,12 +17,12 @@ CL = torch.channels_last
 
 
 def conv_plan(x, w, out, *, residual=None, stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1,
-              cc=90, tf32=False, built=True, sm80=0):
+              cc=90, tf32=False, built=True, sm80=0, sm90_tf32=False):
     return torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, residual, out, list(stride), list(padding),
-                                         list(dilation), groups, False, cc, tf32, built, sm80)
+                                         list(dilation), groups, False, cc, tf32, built, sm80, sm90_tf32)
 
 
-def problem(n=2, c=16, h=8, w=8, co=32, k=3, dtype=torch.float16, layout=CL, stride=1, pad=1, device="cpu"):
+def problem(n=2, c=32, h=8, w=8, co=32, k=3, dtype=torch.float16, layout=CL, stride=1, pad=1, device="cpu"):
     x = torch.empty(n, c, h, w, dtype=dtype, device=device).contiguous(memory_format=layout)
     wt = torch.empty(co, c, k, k, dtype=dtype, device=device).contiguous(memory_format=CL)
     oh = (h + 2 * pad - k) // stride + 1
@@ -85,8 +85,10 @@ def test_float32_takes_the_direct_kernel(tf32):
     x, w, out = problem(dtype=torch.float32)
     plan = conv_plan(x, w, out, tf32=tf32)
     assert plan.startswith("direct:") and "float32" in plan
-    # with TF32 allowed only the (disabled) CUTLASS 2.x TF32 kernel could take it
+    # with TF32 allowed only the (disabled) CUTLASS 2.x and SM90 TF32 kernels could take it
     assert ("FASTCONV_CUTLASS_SM80=1" in plan) == tf32
+    assert ("FASTCONV_CUTLASS_SM90_TF32=1" in plan) == tf32
+    assert "SM90_TF32" not in conv_plan(x, w, out, tf32=tf32, cc=80)  # that one is Hopper's
 
 
 def test_float64_takes_the_direct_kernel():
@@ -108,8 +110,8 @@ def test_out_channel_slice_of_an_nhwc_buffer():
 
 def test_x_channel_slice_of_an_nhwc_buffer():
     _, w, out = problem()
-    buf = torch.empty(2, 48, 8, 8, dtype=torch.float16).contiguous(memory_format=CL)
-    assert conv_plan(buf[:, 16:32], w, out) == "cutlass_sm90"
+    buf = torch.empty(2, 96, 8, 8, dtype=torch.float16).contiguous(memory_format=CL)
+    assert conv_plan(buf[:, 32:64], w, out) == "cutlass_sm90"
 
 
 def test_residual_layout():
@@ -180,7 +182,7 @@ def test_cuda_private_op_schemas_exist():
 
 def test_broadcast_input_takes_the_direct_kernel():
     _, w, out = problem()
-    x = torch.empty(1, 16, 8, 8, dtype=torch.float16).contiguous(memory_format=CL).expand(2, 16, 8, 8)
+    x = torch.empty(1, 32, 8, 8, dtype=torch.float16).contiguous(memory_format=CL).expand(2, 32, 8, 8)
     plan = conv_plan(x, w, out)
     assert plan.startswith("direct:") and "overlap" in plan
 
@@ -287,3 +289,53 @@ def test_conv1x1_is_never_channel_padded():
     out = torch.empty(2, 32, 8, 8, dtype=torch.float16).contiguous(memory_format=CL)
     plan = torch.ops.fastconv._cuda_plan("conv1x1", x, w, None, out, [1, 1], [], [], 1, False, 80, False, True, 1)
     assert plan.startswith("direct:") and "C_in=3" in plan
+
+
+# ---- the SM90 kernel's TF32 instantiation: FASTCONV_CUTLASS_SM90_TF32 (sm90_tf32) ----
+
+def test_sm90_tf32_takes_float32_only_when_switched_on_and_tf32_allowed():
+    x, w, out = problem(dtype=torch.float32)
+    assert conv_plan(x, w, out, tf32=True, sm90_tf32=True) == "cutlass_sm90"
+    assert conv_plan(x, w, out, tf32=True, sm90_tf32=False).startswith("direct:")
+    plan = conv_plan(x, w, out, tf32=False, sm90_tf32=True)
+    assert plan.startswith("direct:") and "without TF32" in plan
+    # Hopper only (the kernel is sm_90a), and what it refuses falls to the 2.x TF32 kernel when on
+    assert conv_plan(x, w, out, tf32=True, sm90_tf32=True, cc=80).startswith("direct:")
+    stem = problem(dtype=torch.float32, c=3, k=7, stride=2, pad=3, h=32, w=32, co=64)
+    geo = dict(stride=(2, 2), padding=(3, 3, 3, 3), tf32=True, sm90_tf32=True)
+    assert conv_plan(*stem, **geo).startswith("direct:")
+    assert conv_plan(*stem, sm80=1, **geo).startswith("cutlass_sm80: C_in=3 zero-padded to 4")
+    # TF32's 16-byte granule is 4 channels: C_out=36 is aligned here (not for 16-bit types)
+    assert conv_plan(*problem(dtype=torch.float32, co=36), tf32=True, sm90_tf32=True) == "cutlass_sm90"
+    x1 = torch.empty(2, 64, 8, 8).contiguous(memory_format=CL)
+    o1 = torch.empty(2, 32, 8, 8).contiguous(memory_format=CL)
+    assert torch.ops.fastconv._cuda_plan("conv1x1", x1, torch.empty(32, 64), None, o1, [1, 1], [], [], 1, False, 90,
+                                         True, True, 0, True) == "cutlass_sm90"
+
+
+@pytest.mark.parametrize("dtype, c, ok", [(torch.float16, 8, False), (torch.bfloat16, 16, False),
+                                          (torch.float16, 24, False), (torch.float16, 32, True),
+                                          (torch.float32, 8, False), (torch.float32, 16, True)])
+def test_sm90_refuses_fewer_than_64_bytes_of_input_channels(dtype, c, ok):
+    """C_in=8 (fp16) trapped the SM90 kernel on an H200; 32 x 16-bit channels and more ran."""
+    x, w, out = problem(dtype=dtype, c=c)
+    plan = conv_plan(x, w, out, tf32=True, sm90_tf32=True)
+    if ok:
+        assert plan == "cutlass_sm90"
+    else:
+        assert plan.startswith("direct:") and "64 bytes per pixel" in plan, plan
+        if dtype != torch.float32 or c % 4 == 0:  # what the 2.x kernels take instead, when on
+            assert conv_plan(x, w, out, tf32=True, sm90_tf32=True, sm80=1) == "cutlass_sm80"
+
+
+def test_sm90_tf32_switch_comes_from_the_environment(monkeypatch):
+    x, w, out = problem(dtype=torch.float32)
+    monkeypatch.setenv("FASTCONV_CUTLASS_SM90_TF32", "1")
+    assert conv_plan(x, w, out, tf32=True, sm90_tf32=None) == "cutlass_sm90"
+    monkeypatch.setenv("FASTCONV_CUTLASS_SM90_TF32", "0")
+    assert conv_plan(x, w, out, tf32=True, sm90_tf32=None).startswith("direct:")
+    monkeypatch.setenv("FASTCONV_CUTLASS_SM90_TF32", "on")
+    with pytest.raises(RuntimeError, match="must be 0 or 1"):
+        conv_plan(x, w, out, tf32=True, sm90_tf32=None)
+    monkeypatch.delenv("FASTCONV_CUTLASS_SM90_TF32")
+    assert conv_plan(x, w, out, tf32=True, sm90_tf32=None).startswith("direct:")

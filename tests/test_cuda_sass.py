@@ -40,7 +40,7 @@ def test_sm90a_cutlass_kernels_use_hgmma_and_tma_im2col(sass):
     by_arch, pretty, _ = sass
     kernels = {n: t for n, t in by_arch.get("sm_90a", {}).items() if "ConvUniversal" in pretty[n]}
     labels = sorted(rep.short_name(pretty[n]) for n in kernels)
-    assert labels == ["cutlass ConvUniversal sm90 fprop bf16", "cutlass ConvUniversal sm90 fprop fp16"], labels
+    assert labels == [f"cutlass ConvUniversal sm90 fprop {d}" for d in ("bf16", "fp16", "tf32")], labels
     for name, text in kernels.items():
         s = rep.instruction_summary(text)
         assert s["HGMMA"] > 0, f"{rep.short_name(pretty[name])}: no HGMMA in its sm_90a SASS"

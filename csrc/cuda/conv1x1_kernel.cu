@@ -217,6 +217,7 @@ void conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, const c10::opti
   const bool prologue = in_scale.has_value() || in_shift.has_value() || in_relu;
   const bool tf32 = at::globalContext().allowTF32CuDNN();
   const int sm80_mode = sm80_mode_from_env();
+  const bool sm90_tf32 = sm90_tf32_from_env();
 
   at::Tensor temp;  // the prologue's output, made once for all outs that take the CUTLASS path
   int64_t c0 = 0;
@@ -228,7 +229,7 @@ void conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, const c10::opti
     const c10::optional<at::Tensor> bj = bias.has_value() ? c10::optional<at::Tensor>(bias->narrow(0, c0, cj))
                                                           : c10::nullopt;
     const ConvPlan plan = plan_conv(plan_input(true, x, wj, residual, o, stride, {}, {}, 1, prologue, cc, tf32,
-                                               kBuiltSm90a, sm80_mode));
+                                               kBuiltSm90a, sm80_mode, sm90_tf32));
     if (plan.path != "direct") {
       CutlassConvArgs a;
       a.dtype = plan_dtype(dt);

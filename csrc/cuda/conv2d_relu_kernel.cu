@@ -5,8 +5,9 @@
 // (csrc/cuda/cutlass_sm90_conv.cu) on a compute-capability-9.0 device, or, when
 // FASTCONV_CUTLASS_SM80 enables them, the CUTLASS 2.x kernels (csrc/cuda/cutlass_sm80_conv.cu,
 // fp32 through TF32 as well, and the 3-channel stems zero-padded to 4 channels) on 8.x and for
-// what the SM90 kernel refuses; everything else (NCHW input, groups, float64, exact float32)
-// runs the direct kernel below.
+// what the SM90 kernel refuses (fp32 on Hopper takes the SM90 TF32 kernel first when
+// FASTCONV_CUTLASS_SM90_TF32 enables it); everything else (NCHW input, groups, float64, exact
+// float32) runs the direct kernel below.
 //
 // The direct kernel is the CORRECTNESS BASELINE of the cuda backend, not its fast path: a direct convolution
 // with one thread per output element, fp32 accumulation (fp64 for double), every tensor read and
@@ -128,7 +129,7 @@ void conv2d_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const std::
   const auto* prop = at::cuda::getCurrentDeviceProperties();
   const ConvPlan plan = plan_conv(plan_input(false, x, weight, residual, out, stride, padding, dilation, groups, false,
                                              prop->major * 10 + prop->minor, at::globalContext().allowTF32CuDNN(),
-                                             kBuiltSm90a, sm80_mode_from_env()));
+                                             kBuiltSm90a, sm80_mode_from_env(), sm90_tf32_from_env()));
   if (plan.path != "direct") {
     run_cutlass(plan, x, weight, bias, residual, g, padding, relu, out);
     return;

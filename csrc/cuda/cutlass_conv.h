@@ -18,7 +18,7 @@ namespace fastconv {
 // channels innermost with 16-byte aligned pointers and strides, groups == 1, weight [K, R, S, C]
 // with C innermost, out/residual channels innermost.
 struct CutlassConvArgs {
-  PlanDtype dtype = PlanDtype::kHalf;    // kHalf, kBFloat16, or kFloat (TF32 math; sm80 only)
+  PlanDtype dtype = PlanDtype::kHalf;    // kHalf, kBFloat16, or kFloat (TF32 math)
   const void* x = nullptr;
   int64_t n = 0, h = 0, w = 0, c = 0;
   int64_t xs_n = 0, xs_h = 0, xs_w = 0;  // element strides of x (channel stride 1)

@@ -7,7 +7,8 @@
 //   D = act(beta * C + (alpha * acc + bias)),  alpha = 1, C = residual (beta = 1, or 0 without),
 //   bias per output channel (null -> 0), act = LeakyReLU with a runtime slope: 0 is ReLU, 1 the
 //   identity. So every epilogue variant (bias?, residual?, relu?) is a runtime argument of ONE
-//   kernel per dtype: two instantiations (fp16, bf16) in all, serving conv2d_relu and conv1x1.
+//   kernel per dtype: three instantiations (fp16, bf16, and fp32 computed as TF32) in all, serving
+//   conv2d_relu and conv1x1.
 //   (LeakyReLU(0) differs from torch.relu only at -inf, where it gives NaN instead of 0.)
 // Output: the epilogue's D (and C = residual) strides are the (w, h, n) pixel strides with the
 // channels contiguous, so out may be a channel slice of a larger NHWC buffer (out= of
@@ -56,8 +57,10 @@ template <typename Element>
 struct Sm90Fprop {
   using ElementAcc = float;
   using ElementCompute = float;
-  static constexpr int kAlign = 128 / cutlass::sizeof_bits<Element>::value;  // 8 x 16-bit = 16 bytes
-  using TileShape = Shape<_128, _128, Shape<_64>>;
+  static constexpr int kAlign = 128 / cutlass::sizeof_bits<Element>::value;  // 16 bytes: 8 x 16-bit, 4 x fp32
+  // K tile: 128 bytes of channels (64 x 16-bit, 32 x fp32), the 128-byte swizzle's row.
+  static constexpr int kTileK = 1024 / cutlass::sizeof_bits<Element>::value;
+  using TileShape = Shape<_128, _128, Shape<Int<kTileK>>>;
   using ClusterShape = Shape<_1, _1, _1>;
   // GEMM rows are the output pixels, a nested mode (q, p, n) with its own strides (w, h, n):
   // ((int64, int64, int64), _1, _0); channels contiguous.
@@ -142,14 +145,15 @@ std::string describe(const char* name) {
   using F = Sm90Fprop<Element>;
   using K = typename F::Kernel;
   std::ostringstream s;
-  s << name << ": tile 128x128x64, cluster 1x1x1, " << F::CollectiveMainloop::DispatchPolicy::Stages
+  s << name << ": tile 128x128x" << F::kTileK << ", cluster 1x1x1, " << F::CollectiveMainloop::DispatchPolicy::Stages
     << " mainloop stages, dynamic smem " << K::SharedStorageSize << " bytes, " << K::MaxThreadsPerBlock
     << " threads";
   return s.str();
 }
 
 std::string cutlass_kernel_info() {
-  return describe<cutlass::half_t>("cutlass_sm90 fp16") + "\n" + describe<cutlass::bfloat16_t>("cutlass_sm90 bf16");
+  return describe<cutlass::half_t>("cutlass_sm90 fp16") + "\n" + describe<cutlass::bfloat16_t>("cutlass_sm90 bf16") +
+         "\n" + describe<float>("cutlass_sm90 tf32");
 }
 
 }  // namespace
@@ -157,6 +161,8 @@ std::string cutlass_kernel_info() {
 void run_sm90_conv(const CutlassConvArgs& a, const at::Tensor& like) {
   if (a.dtype == PlanDtype::kBFloat16) {
     run_typed<cutlass::bfloat16_t>(a, like);
+  } else if (a.dtype == PlanDtype::kFloat) {
+    run_typed<float>(a, like);  // TF32 wgmma (the collective builder maps float operands to tfloat32_t)
   } else {
     TORCH_CHECK(a.dtype == PlanDtype::kHalf, "fastconv cutlass_sm90: dtype ", plan_dtype_name(a.dtype),
                 " has no SM90 kernel (plan_conv should not have routed it here)");

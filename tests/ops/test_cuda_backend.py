@@ -105,13 +105,16 @@ def test_conv2d_relu_out_channel_slice_and_asymmetric_padding(dtype, relu):
     assert torch.isnan(buf[:, :24]).all() and torch.isnan(buf[:, 40:]).all()
 
 
-@pytest.mark.parametrize("kernels", ["default", "sm80"])
+@pytest.mark.parametrize("kernels", ["default", "sm80", "sm90_tf32"])
 def test_conv2d_relu_nan_propagates(kernels, request):
+    dtype = torch.float32 if kernels == "sm90_tf32" else torch.float16
     if kernels == "sm80":
         request.getfixturevalue("force_sm80")  # the CUTLASS 2.x epilogue's own ReLU
-    x = torch.randn(1, 16, 6, 6, device="cuda", dtype=torch.float16).contiguous(memory_format=CL)
+    elif kernels == "sm90_tf32":
+        request.getfixturevalue("sm90_tf32")
+    x = torch.randn(1, 32, 6, 6, device="cuda", dtype=dtype).contiguous(memory_format=CL)
     x[0, 3, 2, 2] = float("nan")
-    w = torch.randn(16, 16, 3, 3, device="cuda", dtype=torch.float16).contiguous(memory_format=CL)
+    w = torch.randn(16, 32, 3, 3, device="cuda", dtype=dtype).contiguous(memory_format=CL)
     with fastconv.use_backend("cuda"):
         y = fastconv.conv2d_relu(x, w, None, 1, 1)
     assert torch.isnan(y[0, :, 1:4, 1:4]).all()
@@ -157,6 +160,12 @@ def _sm80_tol(dtype):
 @pytest.mark.parametrize("with_res", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
 def test_conv2d_relu_cutlass_sm80(force_sm80, dtype, case, with_res, relu):
+    _check_cutlass_conv(case, dtype, with_res, relu, "cutlass_sm80")
+
+
+def _check_cutlass_conv(case, dtype, with_res, relu, path):
+    """One conv2d_relu problem on the CUTLASS kernel ``path`` (asserted through _cuda_plan) against
+    the fp64 reference, into a NaN-poisoned channels_last out."""
     n, c, h, w, co, k, s, p, d = case
     gen = torch.Generator(device="cuda").manual_seed(3)
     x = torch.randn(n, c, h, w, device="cuda", dtype=dtype, generator=gen).contiguous(memory_format=CL)
@@ -169,15 +178,19 @@ def test_conv2d_relu_cutlass_sm80(force_sm80, dtype, case, with_res, relu):
     out = torch.full((n, co, oh, ow), float("nan"), device="cuda", dtype=dtype).contiguous(memory_format=CL)
     args = ([s, s], [p] * 4, [d, d], 1)
     plan = torch.ops.fastconv._cuda_plan("conv2d_relu", x, wt, res, out, *args)
-    assert plan == "cutlass_sm80" or (c == 3 and plan.startswith("cutlass_sm80: C_in=3 zero-padded")), plan
+    assert plan == path or (c == 3 and plan.startswith(path + ": C_in=3 zero-padded")), plan
     torch.ops.fastconv._conv2d_relu_cuda(x, wt, b, res, *args, relu, out)
     ref = _ref64(reference.conv2d_relu, x, wt, b, res, stride=[s, s], padding=[p] * 4, dilation=[d, d], groups=1,
                  relu=relu)
-    assert_close_rel(out, ref, dtype, f"cutlass_sm80 {case}", tol=_sm80_tol(dtype))
+    assert_close_rel(out, ref, dtype, f"{path} {case}", tol=_sm80_tol(dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_cutlass_sm80_out_slice_x_slice_and_asymmetric_padding(force_sm80, dtype):
+    _check_slices(dtype, "cutlass_sm80")
+
+
+def _check_slices(dtype, path):
     """DenseNet's pattern: x a channel slice of one NHWC buffer, out another one; the channels
     around out stay untouched (NaN), padding (top 0, bottom 1, left 1, right 0)."""
     xbuf = torch.randn(2, 48, 10, 12, device="cuda", dtype=dtype).contiguous(memory_format=CL)
@@ -187,11 +200,11 @@ def test_cutlass_sm80_out_slice_x_slice_and_asymmetric_padding(force_sm80, dtype
     buf = torch.full((2, 64, 9, 11), float("nan"), device="cuda", dtype=dtype).contiguous(memory_format=CL)
     out = buf[:, 24:40]
     args = ([1, 1], [0, 1, 1, 0], [1, 1], 1)
-    assert torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, *args) == "cutlass_sm80"
+    assert torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, *args) == path
     torch.ops.fastconv._conv2d_relu_cuda(x, w, b, None, *args, True, out)
     ref = _ref64(reference.conv2d_relu, x, w, b, None, stride=[1, 1], padding=[0, 1, 1, 0], dilation=[1, 1],
                  groups=1, relu=True)
-    assert_close_rel(out, ref, dtype, "cutlass_sm80 out slice", tol=_sm80_tol(dtype))
+    assert_close_rel(out, ref, dtype, f"{path} out slice", tol=_sm80_tol(dtype))
     assert torch.isnan(buf[:, :24]).all() and torch.isnan(buf[:, 40:]).all()
 
 
@@ -199,6 +212,10 @@ def test_cutlass_sm80_out_slice_x_slice_and_asymmetric_padding(force_sm80, dtype
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("prologue", [False, True])
 def test_conv1x1_cutlass_sm80(force_sm80, dtype, stride, prologue):
+    _check_conv1x1(dtype, stride, prologue, "cutlass_sm80")
+
+
+def _check_conv1x1(dtype, stride, prologue, path):
     gen = torch.Generator(device="cuda").manual_seed(4)
     n, c, h, w, co = 2, 64, 13, 15, 96
     x = torch.randn(n, c, h, w, device="cuda", dtype=dtype, generator=gen).contiguous(memory_format=CL)
@@ -209,11 +226,49 @@ def test_conv1x1_cutlass_sm80(force_sm80, dtype, stride, prologue):
     oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
     out = torch.full((n, co, oh, ow), float("nan"), device="cuda", dtype=dtype).contiguous(memory_format=CL)
     plan = torch.ops.fastconv._cuda_plan("conv1x1", x, wt, None, out, [stride, stride], [], [], 1, prologue)
-    assert plan.startswith("cutlass_sm80"), plan
+    assert plan.startswith(path), plan
     with fastconv.use_backend("cuda"):
         fastconv.conv1x1(x, wt, b, stride, in_scale=scale, in_shift=shift, in_relu=prologue, out=out)
     ref = _ref64(reference.conv1x1, x, wt, b, None, scale, shift, in_relu=prologue, stride=[stride, stride], relu=True)
-    assert_close_rel(out, ref, dtype, "conv1x1 cutlass_sm80", tol=_sm80_tol(dtype))
+    assert_close_rel(out, ref, dtype, f"conv1x1 {path}", tol=_sm80_tol(dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# The SM90 kernel's TF32 instantiation (FASTCONV_CUTLASS_SM90_TF32=1; off by default until this
+# runs on a GPU): float32 operands, TF32 wgmma, fp32 accumulation and epilogue.
+
+SM90_TF32_CASES = [c for c in SM80_CASES if c[1] >= 16 and c[6] <= 8] + [
+    (2, 16, 12, 12, 32, 3, 1, 1, 1),        # the smallest C_in it takes: 16 x fp32 = 64 bytes
+]
+
+
+@pytest.fixture
+def sm90_tf32(monkeypatch):
+    if _cc() != 90 or not _built_sm90a():
+        pytest.skip(f"the SM90 TF32 kernel needs compute capability 9.0 and an sm_90a build (cc={_cc()})")
+    monkeypatch.setenv("FASTCONV_CUTLASS_SM90_TF32", "1")
+    monkeypatch.delenv("FASTCONV_CUTLASS_SM80", raising=False)
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cudnn.allow_tf32 = prev
+
+
+@pytest.mark.parametrize("case", SM90_TF32_CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("with_res", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_relu_cutlass_sm90_tf32(sm90_tf32, case, with_res, relu):
+    _check_cutlass_conv(case, torch.float32, with_res, relu, "cutlass_sm90")
+
+
+def test_cutlass_sm90_tf32_out_slice_x_slice_and_asymmetric_padding(sm90_tf32):
+    _check_slices(torch.float32, "cutlass_sm90")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("prologue", [False, True])
+def test_conv1x1_cutlass_sm90_tf32(sm90_tf32, stride, prologue):
+    _check_conv1x1(torch.float32, stride, prologue, "cutlass_sm90")
 
 
 # ---------------------------------------------------------------------------------------------
