@@ -2,7 +2,8 @@
 
 On the CPU in float32 (and for float16/bfloat16 computed in float32, as the reference does) the
 conv is oneDNN's ``mkldnn::_convolution_pointwise`` with BN already folded into the weights and the
-residual as oneDNN's binary ``"add"`` post-op. oneDNN returns a fresh tensor, so writing ``out``
+residual as oneDNN's binary ``"add"`` post-op, and float32 weights handed over in oneDNN's blocked
+layout, reordered once per weight (``_onednn_weights``) instead of on every call. oneDNN returns a fresh tensor, so writing ``out``
 (possibly a channel slice) costs one pass, which also applies the ReLU (``clamp_min(y, 0, out=o)``:
 NaN-propagating like torch.relu, which oneDNN's ``"relu"`` post-op is not). That pass is counted in
 ``KernelStats.copied_bytes``. Elsewhere (CUDA: cuDNN) the conv is ``F.conv2d`` with the bias in it,
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _autotune
+from . import _onednn_weights
 
 
 def _use_onednn(x: torch.Tensor) -> bool:
@@ -61,6 +63,7 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
          in_shift: Optional[torch.Tensor] = None, in_relu: bool = False) -> None:
     """outs ← relu?(conv(x', weight, padding=[top, bottom, left, right]) + bias + residual), x' the prologue."""
     onednn = _use_onednn(x)
+    cacheable = weight.dtype == torch.float32  # not the per-call float32 copy of a 16-bit weight
     if onednn and x.dtype != torch.float32:  # compute in float32 and round once, as the reference does
         x, weight = x.float(), weight.float()
         bias = None if bias is None else bias.float()
@@ -83,9 +86,12 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         pad = [0, 0]
     if onednn:
         x, residual = _plain_strides(x), _plain_strides(residual)
+        one_out = weight.shape[0] == 1
+        packed = _onednn_weights.blocked(weight, pad, stride, dilation, groups, x.shape) if cacheable else None
+        weight = weight if packed is None else packed
         # bias and residual are oneDNN post-ops; its "relu" post-op is not used because it maps NaN
         # to 0 (fastconv's ReLU, like torch.relu, propagates NaN): the ReLU rides on the copy into out
-        if residual is None or weight.shape[0] == 1:
+        if residual is None or one_out:
             # (one output channel: torch 2.11's oneDNN cannot build the binary post-op's memory
             # descriptor, "could not create a memory"; the residual is added after the conv instead)
             y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, stride, dilation, groups,

@@ -1,0 +1,120 @@
+"""The torch tactic's cache of oneDNN-blocked conv weights (fastconv/ops/_onednn_weights.py): the
+results stay right when a weight changes in place, dies, or meets another input size, and the
+cache holds nothing it should not."""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+import fastconv
+from fastconv.ops import _onednn_weights, reference
+from tests.utils import REL_TOL, assert_close_rel
+
+pytestmark = pytest.mark.skipif(not _onednn_weights.enabled() or not torch.backends.mkldnn.is_available(),
+                                reason="this torch has no oneDNN weight reorder")
+
+CL = torch.channels_last
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    _onednn_weights.clear()
+    yield
+    _onednn_weights.clear()
+
+
+def _conv(x, w, b, padding=1):
+    with fastconv.use_backend("torch"):
+        return fastconv.conv2d_relu(x, w, b, 1, padding)
+
+
+def _ref(x, w, b, padding=1):
+    return reference.conv2d_relu(x.double(), w.double(), b.double(), None, stride=[1, 1], padding=[padding] * 4,
+                                 dilation=[1, 1], groups=1, relu=True)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_packed_once_and_reused(layout):
+    x = torch.randn(2, 16, 9, 9).contiguous(memory_format=layout)
+    w = (torch.randn(32, 16, 3, 3) / 12).contiguous(memory_format=layout)
+    b = torch.randn(32)
+    y1 = _conv(x, w, b)
+    assert _onednn_weights.cached_count() == 1
+    y2 = _conv(torch.randn_like(x), w, b)  # same geometry: the same blocked copy
+    assert _onednn_weights.cached_count() == 1
+    assert_close_rel(y1, _ref(x, w, b), torch.float32, "first call")
+    assert torch.equal(y1, _conv(x, w, b)) and not torch.equal(y1, y2)
+
+
+def test_in_place_weight_update_repacks():
+    x = torch.randn(2, 16, 9, 9)
+    w = torch.randn(32, 16, 3, 3) / 12
+    b = torch.randn(32)
+    _conv(x, w, b)
+    w.mul_(-2.0)  # e.g. load_state_dict or an optimizer step: same tensor, new values
+    assert_close_rel(_conv(x, w, b), _ref(x, w, b), torch.float32, "after the in-place update")
+    with torch.no_grad():
+        w.copy_(torch.randn_like(w))
+    assert_close_rel(_conv(x, w, b), _ref(x, w, b), torch.float32, "after copy_")
+
+
+def test_conv1x1_weight_view_keyed_by_its_2d_owner():
+    x = torch.randn(2, 24, 7, 7).contiguous(memory_format=CL)
+    w = torch.randn(40, 24) / 5
+    with fastconv.use_backend("torch"):
+        fastconv.conv1x1(x, w)
+        assert _onednn_weights.cached_count() == 1
+        w[3:9].zero_()  # in place, through a view of the owner
+        y = fastconv.conv1x1(x, w)
+    ref = reference.conv1x1(x.double(), w.double(), None, None, None, None, in_relu=False, stride=[1, 1], relu=True)
+    assert_close_rel(y, ref, torch.float32, "conv1x1 after the in-place update")
+    assert (y[:, 3:9] == 0).all()
+
+
+def test_entry_goes_with_the_weight():
+    x = torch.randn(1, 16, 6, 6)
+    w = torch.randn(16, 16, 3, 3)
+    _conv(x, w, torch.zeros(16))
+    assert _onednn_weights.cached_count() == 1
+    del w
+    gc.collect()
+    assert _onednn_weights.cached_count() == 0
+
+
+def test_input_sizes_kept_per_weight_up_to_the_limit():
+    w = torch.randn(16, 16, 3, 3) / 12
+    b = torch.randn(16)
+    for size in (6, 7, 8, 9):
+        x = torch.randn(1, 16, size, size)
+        assert_close_rel(_conv(x, w, b), _ref(x, w, b), torch.float32, f"{size}x{size}")
+    assert _onednn_weights.cached_count() == _onednn_weights.MAX_GEOMETRIES
+
+
+def test_not_cached_for_inference_tensors_other_dtypes_or_when_off(monkeypatch):
+    x = torch.randn(1, 16, 6, 6)
+    with torch.inference_mode():
+        w_inf = torch.randn(16, 16, 3, 3)
+    _conv(x, w_inf, torch.zeros(16))
+    w16 = torch.randn(16, 16, 3, 3, dtype=torch.bfloat16)
+    y16 = _conv(x.bfloat16(), w16, torch.zeros(16, dtype=torch.bfloat16))
+    assert_close_rel(y16, _ref(x.bfloat16(), w16, torch.zeros(16)), torch.bfloat16, "bf16", tol=REL_TOL[torch.bfloat16])
+    assert _onednn_weights.cached_count() == 0
+    monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", "0")
+    _conv(x, torch.randn(16, 16, 3, 3), torch.zeros(16))
+    assert _onednn_weights.cached_count() == 0
+
+
+def test_converted_model_reloaded_weights_take_effect():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU()).eval()
+    fast = fastconv.convert(model)
+    x = torch.randn(2, 8, 10, 10)
+    with fastconv.use_backend("torch"), torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+        other = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU()).eval()
+        fast.load_state_dict(other.state_dict())
+        torch.testing.assert_close(fast(x), other(x), rtol=1e-4, atol=1e-5)
