@@ -384,3 +384,17 @@ def test_cuda_device_key_follows_the_cutlass_sm90_tf32_switch(monkeypatch):
     monkeypatch.setenv("FASTCONV_CUTLASS_SM90_TF32", "1")
     assert _autotune.device_key(cuda) != off and "cutlass_sm90_tf32" in _autotune.device_key(cuda)
     assert "cutlass_sm90_tf32" not in _autotune.device_key(torch.device("cpu"))
+
+
+
+def test_cpu_device_key_follows_the_kernel_switches(monkeypatch):
+    cpu = torch.device("cpu")
+    for var in ("FASTCONV_CPU_WINOGRAD", "FASTCONV_ONEDNN_PREPACK"):
+        monkeypatch.delenv(var, raising=False)
+    on = _autotune.device_key(cpu)
+    monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "1")
+    assert _autotune.device_key(cpu) == on
+    monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "0")
+    assert "FASTCONV_CPU_WINOGRAD=0" in _autotune.device_key(cpu)
+    monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", "0")
+    assert "FASTCONV_ONEDNN_PREPACK=0" in _autotune.device_key(cpu)

@@ -3,9 +3,10 @@
 On the CPU in float32 (and for float16/bfloat16 computed in float32, as the reference does) the
 conv is oneDNN's ``mkldnn::_convolution_pointwise`` with BN already folded into the weights and the
 residual as oneDNN's binary ``"add"`` post-op, and float32 weights handed over in oneDNN's blocked
-layout, reordered once per weight (``_onednn_weights``) instead of on every call. oneDNN returns a fresh tensor, so writing ``out``
-(possibly a channel slice) costs one pass, which also applies the ReLU (``clamp_min(y, 0, out=o)``:
-NaN-propagating like torch.relu, which oneDNN's ``"relu"`` post-op is not). That pass is counted in
+layout, reordered once per weight (``_weight_cache``) instead of on every call. oneDNN returns a
+fresh tensor, so writing ``out`` (possibly a channel slice) costs one pass, which also applies the
+ReLU (``clamp_min(y, 0, out=o)``: NaN-propagating like torch.relu, which oneDNN's ``"relu"``
+post-op is not). That pass is counted in
 ``KernelStats.copied_bytes``. Elsewhere (CUDA: cuDNN) the conv is ``F.conv2d`` with the bias in it,
 the residual added in place, and the same ReLU-and-copy pass writes ``out``. A prologue
 (``relu(x * scale + shift)``, DenseNet's BN-ReLU) is materialized once before the conv.
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _autotune
-from . import _onednn_weights
+from . import _weight_cache
 
 
 def _use_onednn(x: torch.Tensor) -> bool:
@@ -87,7 +88,7 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
     if onednn:
         x, residual = _plain_strides(x), _plain_strides(residual)
         one_out = weight.shape[0] == 1
-        packed = _onednn_weights.blocked(weight, pad, stride, dilation, groups, x.shape) if cacheable else None
+        packed = _weight_cache.onednn_blocked(weight, pad, stride, dilation, groups, x.shape) if cacheable else None
         weight = weight if packed is None else packed
         # bias and residual are oneDNN post-ops; its "relu" post-op is not used because it maps NaN
         # to 0 (fastconv's ReLU, like torch.relu, propagates NaN): the ReLU rides on the copy into out

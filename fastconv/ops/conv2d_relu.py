@@ -8,12 +8,13 @@ same out-variant contract, so allocation and layout decisions live in one place.
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Sequence, Union
 
 import torch
 
 from .. import _autotune
-from . import _checks, _torch_tactic, reference
+from . import _checks, _torch_tactic, _weight_cache, reference
 
 OP = "conv2d_relu"
 
@@ -97,7 +98,38 @@ def _reference_kernel(x, weight, bias, residual, stride, padding, dilation, grou
 
 
 def _cpu_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
+    if use_winograd(x, weight, stride, dilation, groups):
+        torch.ops.fastconv._conv2d_winograd_cpu(x, winograd_weight(weight), bias, residual, padding, relu, out)
+        return
     torch.ops.fastconv._conv2d_relu_cpu(x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
+
+
+# Winograd F(2x2, 3x3) (csrc/cpu/winograd_conv_kernel.cpp): 2.25x fewer multiplications for 3x3
+# stride-1 convs, float32 channels_last, at least WINOGRAD_MIN_CHANNELS in and out (below that the
+# tile transforms outweigh the saving). FASTCONV_CPU_WINOGRAD=0 keeps them on the im2col kernel.
+WINOGRAD_MIN_CHANNELS = 16
+_WINOGRAD_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def use_winograd(x, weight, stride, dilation, groups) -> bool:
+    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and groups == 1
+            and tuple(weight.shape[2:]) == (3, 3) and list(stride) == [1, 1] and list(dilation) == [1, 1]
+            and x.shape[1] >= WINOGRAD_MIN_CHANNELS and weight.shape[0] >= WINOGRAD_MIN_CHANNELS
+            and x.stride(1) == 1 and os.environ.get("FASTCONV_CPU_WINOGRAD", "1") != "0"
+            and hasattr(torch.ops.fastconv, "_conv2d_winograd_cpu"))
+
+
+def make_winograd_weight(weight: torch.Tensor) -> torch.Tensor:
+    """U = G g Gᵀ for each [C_out, C_in] pair of a 3x3 weight, as the contiguous float32
+    [16, C_in, C_out] the kernel's 16 GEMMs read (computed in float64, rounded once)."""
+    g = _WINOGRAD_G
+    u = torch.einsum("ia,kcab,jb->ijck", g, weight.detach().double(), g)
+    return u.reshape(16, weight.shape[1], weight.shape[0]).to(torch.float32).contiguous()
+
+
+def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
+    cached = _weight_cache.derived(weight, ("winograd",), lambda: make_winograd_weight(weight))
+    return cached if cached is not None else make_winograd_weight(weight)
 
 
 def _cuda_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):

@@ -1,4 +1,4 @@
-"""The torch tactic's cache of oneDNN-blocked conv weights (fastconv/ops/_onednn_weights.py): the
+"""The torch tactic's cache of oneDNN-blocked conv weights (fastconv/ops/_weight_cache.py): the
 results stay right when a weight changes in place, dies, or meets another input size, and the
 cache holds nothing it should not."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import fastconv
-from fastconv.ops import _onednn_weights, reference
+from fastconv.ops import _weight_cache, reference
 from tests.utils import REL_TOL, assert_close_rel
 
-pytestmark = pytest.mark.skipif(not _onednn_weights.enabled() or not torch.backends.mkldnn.is_available(),
+pytestmark = pytest.mark.skipif(not _weight_cache.onednn_prepack_enabled() or not torch.backends.mkldnn.is_available(),
                                 reason="this torch has no oneDNN weight reorder")
 
 CL = torch.channels_last
@@ -20,9 +20,9 @@ CL = torch.channels_last
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    _onednn_weights.clear()
+    _weight_cache.clear()
     yield
-    _onednn_weights.clear()
+    _weight_cache.clear()
 
 
 def _conv(x, w, b, padding=1):
@@ -41,9 +41,9 @@ def test_packed_once_and_reused(layout):
     w = (torch.randn(32, 16, 3, 3) / 12).contiguous(memory_format=layout)
     b = torch.randn(32)
     y1 = _conv(x, w, b)
-    assert _onednn_weights.cached_count() == 1
+    assert _weight_cache.cached_count() == 1
     y2 = _conv(torch.randn_like(x), w, b)  # same geometry: the same blocked copy
-    assert _onednn_weights.cached_count() == 1
+    assert _weight_cache.cached_count() == 1
     assert_close_rel(y1, _ref(x, w, b), torch.float32, "first call")
     assert torch.equal(y1, _conv(x, w, b)) and not torch.equal(y1, y2)
 
@@ -65,7 +65,7 @@ def test_conv1x1_weight_view_keyed_by_its_2d_owner():
     w = torch.randn(40, 24) / 5
     with fastconv.use_backend("torch"):
         fastconv.conv1x1(x, w)
-        assert _onednn_weights.cached_count() == 1
+        assert _weight_cache.cached_count() == 1
         w[3:9].zero_()  # in place, through a view of the owner
         y = fastconv.conv1x1(x, w)
     ref = reference.conv1x1(x.double(), w.double(), None, None, None, None, in_relu=False, stride=[1, 1], relu=True)
@@ -77,19 +77,19 @@ def test_entry_goes_with_the_weight():
     x = torch.randn(1, 16, 6, 6)
     w = torch.randn(16, 16, 3, 3)
     _conv(x, w, torch.zeros(16))
-    assert _onednn_weights.cached_count() == 1
+    assert _weight_cache.cached_count() == 1
     del w
     gc.collect()
-    assert _onednn_weights.cached_count() == 0
+    assert _weight_cache.cached_count() == 0
 
 
 def test_input_sizes_kept_per_weight_up_to_the_limit():
     w = torch.randn(16, 16, 3, 3) / 12
     b = torch.randn(16)
-    for size in (6, 7, 8, 9):
+    for size in (6, 7, 8, 9, 10):
         x = torch.randn(1, 16, size, size)
         assert_close_rel(_conv(x, w, b), _ref(x, w, b), torch.float32, f"{size}x{size}")
-    assert _onednn_weights.cached_count() == _onednn_weights.MAX_GEOMETRIES
+    assert _weight_cache.cached_count() == _weight_cache.MAX_PER_WEIGHT
 
 
 def test_not_cached_for_inference_tensors_other_dtypes_or_when_off(monkeypatch):
@@ -100,10 +100,10 @@ def test_not_cached_for_inference_tensors_other_dtypes_or_when_off(monkeypatch):
     w16 = torch.randn(16, 16, 3, 3, dtype=torch.bfloat16)
     y16 = _conv(x.bfloat16(), w16, torch.zeros(16, dtype=torch.bfloat16))
     assert_close_rel(y16, _ref(x.bfloat16(), w16, torch.zeros(16)), torch.bfloat16, "bf16", tol=REL_TOL[torch.bfloat16])
-    assert _onednn_weights.cached_count() == 0
+    assert _weight_cache.cached_count() == 0
     monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", "0")
     _conv(x, torch.randn(16, 16, 3, 3), torch.zeros(16))
-    assert _onednn_weights.cached_count() == 0
+    assert _weight_cache.cached_count() == 0
 
 
 def test_converted_model_reloaded_weights_take_effect():

@@ -1,0 +1,157 @@
+"""The cpu backend's Winograd F(2x2, 3x3) kernel (csrc/cpu/winograd_conv_kernel.cpp), which takes
+3x3 stride-1 float32 channels_last convs with >= 16 channels in and out: against the fp64
+reference on odd sizes, every padding, residual and ReLU variants, out layouts and slices (NaN
+poisoned), NaN inputs, weight updates; its argument checks; and where the dispatch sends it."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+import fastconv
+from fastconv import _ext
+from fastconv.ops import _weight_cache, reference
+from tests.utils import assert_close_rel
+
+conv_mod = importlib.import_module("fastconv.ops.conv2d_relu")  # the module (fastconv.ops.conv2d_relu is the function)
+
+pytestmark = pytest.mark.skipif(_ext.load_error() is not None or not hasattr(torch.ops.fastconv, "_conv2d_winograd_cpu"),
+                                reason="the C++ extension (with _conv2d_winograd_cpu) is not built")
+
+CL = torch.channels_last
+CASES = [
+    # (n, c, h, w, k, padding [top, bottom, left, right])
+    (2, 16, 8, 8, 16, [1, 1, 1, 1]),
+    (1, 24, 7, 7, 40, [1, 1, 1, 1]),       # odd output: the last tile row/column half used
+    (3, 32, 5, 9, 16, [0, 0, 0, 0]),       # 'valid': 3x7 output
+    (1, 16, 6, 5, 24, [2, 2, 2, 2]),       # pads wider than the filter's reach
+    (2, 16, 9, 6, 16, [0, 1, 1, 0]),       # asymmetric ('same' for an even map)
+    (1, 48, 1, 1, 16, [1, 1, 1, 1]),       # 1x1 map: one tile, three of its outputs unused
+    (1, 16, 3, 40, 32, [1, 1, 0, 2]),
+    (5, 64, 14, 14, 64, [1, 1, 1, 1]),     # many tiles: several blocks per thread
+]
+
+
+def _inputs(n, c, h, w, k, padding, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=gen).contiguous(memory_format=CL)
+    weight = (torch.randn(k, c, 3, 3, generator=gen) / (9 * c) ** 0.5).contiguous(memory_format=CL)
+    bias = torch.randn(k, generator=gen)
+    oh, ow = h + padding[0] + padding[1] - 2, w + padding[2] + padding[3] - 2
+    residual = torch.randn(n, k, oh, ow, generator=gen)
+    return x, weight, bias, residual
+
+
+def _ref(x, weight, bias, residual, padding, relu):
+    return reference.conv2d_relu(x.double(), weight.double(), None if bias is None else bias.double(),
+                                 None if residual is None else residual.double(), stride=[1, 1], padding=padding,
+                                 dilation=[1, 1], groups=1, relu=relu)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:5])) + "-p" + "".join(map(str, c[5])))
+@pytest.mark.parametrize("with_res", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("out_layout", ["nhwc", "nchw", "nhwc_slice"])
+def test_winograd_matches_the_fp64_reference(case, with_res, relu, out_layout):
+    n, c, h, w, k, padding = case
+    x, weight, bias, residual = _inputs(*case)
+    residual = residual.contiguous(memory_format=CL) if with_res and out_layout != "nchw" else \
+        (residual if with_res else None)
+    ref = _ref(x, weight, bias, residual, padding, relu)
+    shape = tuple(ref.shape)
+    if out_layout == "nhwc_slice":
+        buf = torch.full((n, k + 12, shape[2], shape[3]), float("nan")).contiguous(memory_format=CL)
+        out = buf[:, 5:5 + k]
+    else:
+        out = torch.full(shape, float("nan"))
+        out = out.contiguous(memory_format=CL) if out_layout == "nhwc" else out
+    torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight), bias, residual, padding, relu,
+                                            out)
+    assert_close_rel(out, ref, torch.float32, f"winograd {case} res={with_res} relu={relu} {out_layout}")
+    if out_layout == "nhwc_slice":
+        assert torch.isnan(buf[:, :5]).all() and torch.isnan(buf[:, 5 + k:]).all()
+
+
+def test_no_bias_and_nan_propagation():
+    x, weight, _, _ = _inputs(1, 16, 6, 6, 16, [1, 1, 1, 1])
+    x[0, 3, 2, 2] = float("nan")
+    out = torch.empty(1, 16, 6, 6).contiguous(memory_format=CL)
+    torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight), None, None, [1, 1, 1, 1], True,
+                                            out)
+    nan = torch.isnan(out[0])
+    # a NaN input poisons the 4x4 input tiles holding it: the outputs it touches stay NaN after ReLU
+    assert nan[:, 1:4, 1:4].all()
+    ok = ~torch.isnan(_ref(x, weight, None, None, [1, 1, 1, 1], True)[0])
+    far = torch.zeros_like(ok)
+    far[:, 4:, :] = True
+    far[:, :, 4:] = True
+    assert not nan[far & ok].any()
+
+
+def test_zero_batch():
+    x = torch.empty(0, 16, 5, 5).contiguous(memory_format=CL)
+    out = torch.empty(0, 16, 5, 5).contiguous(memory_format=CL)
+    torch.ops.fastconv._conv2d_winograd_cpu(x, torch.randn(16, 16, 16), None, None, [1, 1, 1, 1], True, out)
+
+
+def test_bad_arguments_raise():
+    x, weight, bias, _ = _inputs(1, 16, 6, 6, 16, [1, 1, 1, 1])
+    u = conv_mod.make_winograd_weight(weight)
+    out = torch.empty(1, 16, 6, 6).contiguous(memory_format=CL)
+    op = torch.ops.fastconv._conv2d_winograd_cpu
+    with pytest.raises(RuntimeError, match="float32 only"):
+        op(x.double(), u, None, None, [1, 1, 1, 1], True, out)
+    with pytest.raises(RuntimeError, match="channels_last"):
+        op(x.contiguous(), u, None, None, [1, 1, 1, 1], True, out)
+    with pytest.raises(RuntimeError, match=r"\[16, C_in, C_out\]"):
+        op(x, u[:, :8], None, None, [1, 1, 1, 1], True, out)
+    with pytest.raises(RuntimeError, match="out must be"):
+        op(x, u, None, None, [0, 0, 0, 0], True, out)
+    with pytest.raises(RuntimeError, match="bias"):
+        op(x, u, bias[:8], None, [1, 1, 1, 1], True, out)
+    with pytest.raises(RuntimeError, match="residual"):
+        op(x, u, None, torch.randn(1, 16, 5, 5), [1, 1, 1, 1], True, out)
+    with pytest.raises(RuntimeError, match="smaller than the 3x3"):
+        op(torch.randn(1, 16, 1, 1).contiguous(memory_format=CL), u, None, None, [0, 0, 0, 0], True, out)
+    with pytest.raises(RuntimeError, match="overlap|memory location"):
+        buf = torch.empty(1, 16, 6, 6).contiguous(memory_format=CL)
+        op(buf, u, None, None, [1, 1, 1, 1], True, buf)
+
+
+def test_dispatch_takes_winograd_only_where_it_applies(monkeypatch):
+    x = torch.randn(1, 16, 6, 6).contiguous(memory_format=CL)
+    w = torch.randn(16, 16, 3, 3)
+    assert conv_mod.use_winograd(x, w, [1, 1], [1, 1], 1)
+    assert not conv_mod.use_winograd(x.contiguous(), w, [1, 1], [1, 1], 1)          # NCHW
+    assert not conv_mod.use_winograd(x, w, [2, 2], [1, 1], 1)                       # strided
+    assert not conv_mod.use_winograd(x, w, [1, 1], [2, 2], 1)                       # dilated
+    assert not conv_mod.use_winograd(x.double(), w.double(), [1, 1], [1, 1], 1)     # float64
+    assert not conv_mod.use_winograd(x, torch.randn(16, 16, 5, 5), [1, 1], [1, 1], 1)
+    assert not conv_mod.use_winograd(x[:, :8], torch.randn(16, 8, 3, 3), [1, 1], [1, 1], 1)  # too few channels
+    monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "0")
+    assert not conv_mod.use_winograd(x, w, [1, 1], [1, 1], 1)
+
+
+@pytest.mark.parametrize("winograd", ["1", "0"])
+def test_public_op_on_the_cpu_backend(winograd, monkeypatch):
+    """Both paths through fastconv.conv2d_relu(backend cpu) for an eligible conv: the same answer."""
+    monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", winograd)
+    x, weight, bias, residual = _inputs(2, 32, 10, 10, 32, [1, 1, 1, 1], seed=3)
+    residual = residual.contiguous(memory_format=CL)
+    with fastconv.use_backend("cpu"):
+        y = fastconv.conv2d_relu(x, weight, bias, 1, 1, residual=residual)
+    assert y.is_contiguous(memory_format=CL)
+    assert_close_rel(y, _ref(x, weight, bias, residual, [1, 1, 1, 1], True), torch.float32, f"winograd={winograd}")
+
+
+def test_transformed_weight_cached_and_remade_after_an_in_place_update():
+    _weight_cache.clear()
+    x, weight, bias, _ = _inputs(1, 16, 8, 8, 16, [1, 1, 1, 1], seed=5)
+    with fastconv.use_backend("cpu"):
+        fastconv.conv2d_relu(x, weight, bias, 1, 1)
+        assert _weight_cache.cached_count() == 1
+        weight.mul_(-1.5)
+        y = fastconv.conv2d_relu(x, weight, bias, 1, 1)
+    assert_close_rel(y, _ref(x, weight, bias, None, [1, 1, 1, 1], True), torch.float32, "after the update")
+    _weight_cache.clear()
