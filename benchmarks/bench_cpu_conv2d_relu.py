@@ -3,7 +3,9 @@
     python benchmarks/bench_cpu_conv2d_relu.py [--batch 4] [--reps 25] [--threads N] [--cpu-time] [--out FILE.md]
 
 ResNet-50's 3x3 stride-1 convs (DESIGN §8), fp32, NCHW and channels_last (the weight in the same
-memory format as x, as model.to(memory_format=...) leaves it). Each implementation is warmed up,
+memory format as x, as model.to(memory_format=...) leaves it). On channels_last the cpu backend
+runs its Winograd F(2x2, 3x3) kernel; the "im2col" column is the same backend with
+FASTCONV_CPU_WINOGRAD=0 (its implicit-GEMM kernel, what NCHW always gets). Each implementation is warmed up,
 then timed in interleaved rounds (every round runs every implementation once, on one of two
 rotating inputs, so drift in clock or cache state hits all of them alike); the table shows
 medians, GFLOP/s, speed ratios, and fastconv's relative error against an fp64 reference.
@@ -35,6 +37,12 @@ LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last
 
 
 def make_inputs(batch, c, hw, fmt, seed):
+    # normal tensors, as a model's parameters are (inference tensors' transformed weights are not cached)
+    with torch.inference_mode(False):
+        return _make_inputs(batch, c, hw, fmt, seed)
+
+
+def _make_inputs(batch, c, hw, fmt, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, c, hw, hw, generator=g).contiguous(memory_format=fmt)
     w = (torch.randn(c, c, 3, 3, generator=g) / (3 * c**0.5)).contiguous(memory_format=fmt)
@@ -45,6 +53,14 @@ def make_inputs(batch, c, hw, fmt, seed):
 def run_fastconv(x, w, b):
     with fastconv.use_backend("cpu"):
         return fastconv.conv2d_relu(x, w, b, padding=1)
+
+
+def run_im2col(x, w, b):
+    os.environ["FASTCONV_CPU_WINOGRAD"] = "0"
+    try:
+        return run_fastconv(x, w, b)
+    finally:
+        del os.environ["FASTCONV_CPU_WINOGRAD"]
 
 
 def run_onednn(x, w, b):
@@ -58,7 +74,7 @@ def run_unfold(x, w, b):
     return F.relu(y + b[:, None]).view(n, -1, h, wd)
 
 
-IMPLS = {"fastconv": run_fastconv, "oneDNN": run_onednn, "unfold+matmul": run_unfold}
+IMPLS = {"fastconv": run_fastconv, "im2col": run_im2col, "oneDNN": run_onednn, "unfold+matmul": run_unfold}
 
 
 def bench_case(batch, c, hw, fmt, reps, warmup=3, clock=time.perf_counter):
@@ -88,16 +104,16 @@ def table(batch, reps, cpu_time=False):
         f"interleaved runs ({'process CPU time' if cpu_time else 'wall clock'}); torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs{load}",
         "",
-        "| layer | layout | fastconv ms | oneDNN conv+ReLU ms | unfold+matmul ms | fastconv GFLOP/s | oneDNN GFLOP/s "
-        "| fastconv vs oneDNN | fastconv vs unfold | rel err (fp64 ref) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| layer | layout | fastconv ms | im2col ms | oneDNN conv+ReLU ms | unfold+matmul ms | fastconv GFLOP/s "
+        "| oneDNN GFLOP/s | fastconv vs oneDNN | fastconv vs unfold | rel err (fp64 ref) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, c, hw in SHAPES:
         for lname, fmt in LAYOUTS.items():
             t, err = bench_case(batch, c, hw, fmt, reps, clock=clock)
             flop = 2.0 * batch * c * hw * hw * c * 9
             lines.append(
-                f"| {label} | {lname} | {t['fastconv'] * 1e3:.2f} | {t['oneDNN'] * 1e3:.2f} | "
+                f"| {label} | {lname} | {t['fastconv'] * 1e3:.2f} | {t['im2col'] * 1e3:.2f} | {t['oneDNN'] * 1e3:.2f} | "
                 f"{t['unfold+matmul'] * 1e3:.2f} | {flop / t['fastconv'] / 1e9:.0f} | {flop / t['oneDNN'] / 1e9:.0f} | "
                 f"{t['oneDNN'] / t['fastconv']:.2f}x | {t['unfold+matmul'] / t['fastconv']:.2f}x | {err:.1e} |"
             )

@@ -152,18 +152,21 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
         raise TypeError(f"fastconv.convert: model must be an nn.Module, got {type(model).__name__}")
     if dtype is not None and dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"fastconv.convert: dtype must be a floating dtype, got {dtype}")
-    target = model if inplace else copy.deepcopy(model)
-    target.eval()
-    if hasattr(target, "_fastconv_fused"):
-        target._fastconv_fused = True  # a fastconv.models model: run its plain forward over the fused tree
-    converted = _convert(target, dtype)
-    if dtype is not None:
-        converted.to(dtype)
-    converted.eval()
-    for p in converted.parameters():
-        p.requires_grad_(False)
-    if channels_last is not False:
-        _layout.conv_weights_channels_last(converted)
+    # Normal tensors even when called under inference_mode: the CPU kernels cache transformed
+    # weights by version counter, which inference tensors lack (fastconv/ops/_weight_cache.py).
+    with torch.inference_mode(False):
+        target = model if inplace else copy.deepcopy(model)
+        target.eval()
+        if hasattr(target, "_fastconv_fused"):
+            target._fastconv_fused = True  # a fastconv.models model: run its plain forward over the fused tree
+        converted = _convert(target, dtype)
+        if dtype is not None:
+            converted.to(dtype)
+        converted.eval()
+        for p in converted.parameters():
+            p.requires_grad_(False)
+        if channels_last is not False:
+            _layout.conv_weights_channels_last(converted)
     if channels_last is None:
         _layout.add_cpu_channels_last_hooks(converted)
     if dtype is not None or channels_last:

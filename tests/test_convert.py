@@ -189,8 +189,10 @@ def test_converted_model_pickles_and_copies_after_use():
         torch.save(converted, buf)
         buf.seek(0)
         loaded = torch.load(buf, weights_only=False)
-        assert torch.equal(loaded(x), y)
-        assert torch.equal(copy.deepcopy(converted)(x), y)
+        # (close, not bitwise: a copy made under inference_mode holds inference tensors, whose
+        # transformed weights are not cached, so its 3x3 convs may take another kernel)
+        torch.testing.assert_close(loaded(x), y, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(copy.deepcopy(converted)(x), y, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_weights_are_stored_channels_last_unless_layout_is_kept():

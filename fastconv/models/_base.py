@@ -63,7 +63,9 @@ class FusedEvalModel(nn.Module):
         if cache is not None and cache[0] == key:
             return cache[1]
         lock = self.__dict__.setdefault("_fused_lock", threading.Lock())
-        with lock, torch.no_grad():
+        # (normal tensors even when called under inference_mode: the CPU kernels cache transformed
+        # weights by version counter, which inference tensors lack; fastconv/ops/_weight_cache.py)
+        with lock, torch.no_grad(), torch.inference_mode(False):
             cache = self.__dict__.get("_fused_cache")
             if cache is None or cache[0] != key:
                 clone = _shallow_tree_copy(self)

@@ -98,8 +98,9 @@ def _reference_kernel(x, weight, bias, residual, stride, padding, dilation, grou
 
 
 def _cpu_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
-    if use_winograd(x, weight, stride, dilation, groups):
-        torch.ops.fastconv._conv2d_winograd_cpu(x, winograd_weight(weight), bias, residual, padding, relu, out)
+    u = winograd_weight(weight) if use_winograd(x, weight, stride, dilation, groups) else None
+    if u is not None:
+        torch.ops.fastconv._conv2d_winograd_cpu(x, u, bias, residual, padding, relu, out)
         return
     torch.ops.fastconv._conv2d_relu_cpu(x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
 
@@ -108,7 +109,8 @@ def _cpu_kernel(x, weight, bias, residual, stride, padding, dilation, groups, re
 # stride-1 convs, float32 channels_last, at least WINOGRAD_MIN_CHANNELS in and out (below that the
 # tile transforms outweigh the saving). FASTCONV_CPU_WINOGRAD=0 keeps them on the im2col kernel.
 WINOGRAD_MIN_CHANNELS = 16
-_WINOGRAD_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+_WINOGRAD_GT = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]],
+                            dtype=torch.float64).t().contiguous()  # Gᵀ, [3, 4]
 
 
 def use_winograd(x, weight, stride, dilation, groups) -> bool:
@@ -122,14 +124,17 @@ def use_winograd(x, weight, stride, dilation, groups) -> bool:
 def make_winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     """U = G g Gᵀ for each [C_out, C_in] pair of a 3x3 weight, as the contiguous float32
     [16, C_in, C_out] the kernel's 16 GEMMs read (computed in float64, rounded once)."""
-    g = _WINOGRAD_G
-    u = torch.einsum("ia,kcab,jb->ijck", g, weight.detach().double(), g)
-    return u.reshape(16, weight.shape[1], weight.shape[0]).to(torch.float32).contiguous()
+    k, c = weight.shape[:2]
+    gt = _WINOGRAD_GT
+    a = weight.detach().double().reshape(k * c, 3, 3) @ gt  # g Gᵀ          [K*C, 3, 4]
+    ut = a.transpose(1, 2) @ gt                              # (G g Gᵀ)ᵀ     [K*C, 4, 4]
+    return ut.transpose(1, 2).reshape(k, c, 16).permute(2, 1, 0).to(torch.float32).contiguous()
 
 
-def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
-    cached = _weight_cache.derived(weight, ("winograd",), lambda: make_winograd_weight(weight))
-    return cached if cached is not None else make_winograd_weight(weight)
+def winograd_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
+    """The cached transformed weight, or None where it cannot be cached (an inference tensor, say):
+    then the im2col kernel runs instead of transforming the weight on every call."""
+    return _weight_cache.derived(weight, ("winograd",), lambda: make_winograd_weight(weight))
 
 
 def _cuda_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):

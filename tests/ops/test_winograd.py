@@ -155,3 +155,31 @@ def test_transformed_weight_cached_and_remade_after_an_in_place_update():
         y = fastconv.conv2d_relu(x, weight, bias, 1, 1)
     assert_close_rel(y, _ref(x, weight, bias, None, [1, 1, 1, 1], True), torch.float32, "after the update")
     _weight_cache.clear()
+
+
+def test_inference_tensor_weights_take_the_im2col_kernel():
+    """An inference tensor has no version counter, so its transform cannot be cached; transforming
+    it on every call would cost more than the conv: the im2col kernel runs instead."""
+    _weight_cache.clear()
+    with torch.inference_mode():
+        x, weight, bias, _ = _inputs(1, 32, 8, 8, 32, [1, 1, 1, 1], seed=6)
+        assert conv_mod.winograd_weight(weight) is None
+        with fastconv.use_backend("cpu"):
+            y = fastconv.conv2d_relu(x, weight, bias, 1, 1)
+    assert _weight_cache.cached_count() == 0
+    assert_close_rel(y, _ref(x, weight, bias, None, [1, 1, 1, 1], True), torch.float32, "inference tensors")
+
+
+def test_convert_under_inference_mode_keeps_cacheable_weights():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 16, 12, 12)
+    _weight_cache.clear()
+    with torch.inference_mode(), fastconv.use_backend("cpu"):
+        fast = fastconv.convert(model)
+        assert not any(t.is_inference() for t in list(fast.parameters()) + list(fast.buffers()))
+        y = fast(x)
+        assert _weight_cache.cached_count() == 2  # both convs on the Winograd kernel
+        torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-5)
+    _weight_cache.clear()
