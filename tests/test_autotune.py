@@ -359,32 +359,21 @@ def test_bench_reports_own_kernel_fraction(backend, own):
     assert row["fastconv_rel_err"] < 1e-4
 
 
-def test_cuda_device_key_follows_the_cutlass_sm80_switch(monkeypatch):
-    """FASTCONV_CUTLASS_SM80 changes which kernels the `cuda` candidate runs: choices tuned with it
-    are kept apart (no GPU needed: the device name is stubbed)."""
+@pytest.mark.parametrize("var, default, on, marker", [("FASTCONV_CUTLASS_SM80", "0", "force", "cutlass_sm80 force"),
+                                                      ("FASTCONV_CUTLASS_SM90_TF32", "0", "1", "cutlass_sm90_tf32")])
+def test_cuda_device_key_follows_the_cutlass_switches(monkeypatch, var, default, on, marker):
+    """These variables change which kernels the `cuda` candidate runs: choices tuned with them are
+    kept apart (no GPU needed: the device name is stubbed)."""
     monkeypatch.setattr(_autotune, "device_name", lambda device: "NVIDIA Test GPU")
     cuda = torch.device("cuda", 0)
-    monkeypatch.delenv("FASTCONV_CUTLASS_SM80", raising=False)
+    for v in ("FASTCONV_CUTLASS_SM80", "FASTCONV_CUTLASS_SM90_TF32"):
+        monkeypatch.delenv(v, raising=False)
     off = _autotune.device_key(cuda)
-    monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "0")
+    monkeypatch.setenv(var, default)
     assert _autotune.device_key(cuda) == off
-    monkeypatch.setenv("FASTCONV_CUTLASS_SM80", "force")
-    assert _autotune.device_key(cuda) != off and "cutlass_sm80 force" in _autotune.device_key(cuda)
-    assert "cutlass_sm80" not in _autotune.device_key(torch.device("cpu"))
-
-
-def test_cuda_device_key_follows_the_cutlass_sm90_tf32_switch(monkeypatch):
-    monkeypatch.setattr(_autotune, "device_name", lambda device: "NVIDIA Test GPU")
-    cuda = torch.device("cuda", 0)
-    monkeypatch.delenv("FASTCONV_CUTLASS_SM80", raising=False)
-    monkeypatch.delenv("FASTCONV_CUTLASS_SM90_TF32", raising=False)
-    off = _autotune.device_key(cuda)
-    monkeypatch.setenv("FASTCONV_CUTLASS_SM90_TF32", "0")
-    assert _autotune.device_key(cuda) == off
-    monkeypatch.setenv("FASTCONV_CUTLASS_SM90_TF32", "1")
-    assert _autotune.device_key(cuda) != off and "cutlass_sm90_tf32" in _autotune.device_key(cuda)
-    assert "cutlass_sm90_tf32" not in _autotune.device_key(torch.device("cpu"))
-
+    monkeypatch.setenv(var, on)
+    assert _autotune.device_key(cuda) != off and marker in _autotune.device_key(cuda)
+    assert marker.split()[0] not in _autotune.device_key(torch.device("cpu"))
 
 
 def test_cpu_device_key_follows_the_kernel_switches(monkeypatch):

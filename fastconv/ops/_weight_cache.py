@@ -32,7 +32,9 @@ import torch
 
 MAX_PER_WEIGHT = 3  # e.g. two input sizes in oneDNN's layout and the Winograd form
 
-_lock = threading.Lock()
+# Reentrant: a weak reference's callback (_forget) may run inside a locked region of this thread
+# when a garbage collection there frees some other weight.
+_lock = threading.RLock()
 # id(owner) -> (weak reference to owner, owner's version when made, {key: derived tensor})
 _entries: Dict[int, Tuple[weakref.ref, int, "OrderedDict[tuple, torch.Tensor]"]] = {}
 

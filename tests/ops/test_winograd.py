@@ -74,19 +74,18 @@ def test_winograd_matches_the_fp64_reference(case, with_res, relu, out_layout):
 
 
 def test_no_bias_and_nan_propagation():
-    x, weight, _, _ = _inputs(1, 16, 6, 6, 16, [1, 1, 1, 1])
+    """Each output of a tile depends on exactly the inputs of its own 3x3 window (the transforms
+    only combine those), so a NaN input reaches the same outputs as in a direct conv."""
+    x, weight, _, _ = _inputs(2, 16, 7, 7, 16, [1, 1, 1, 1])
     x[0, 3, 2, 2] = float("nan")
-    out = torch.empty(1, 16, 6, 6).contiguous(memory_format=CL)
+    x[1, 5, 6, 0] = float("nan")
+    out = torch.empty(2, 16, 7, 7).contiguous(memory_format=CL)
     torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight), None, None, [1, 1, 1, 1], True,
                                             out)
-    nan = torch.isnan(out[0])
-    # a NaN input poisons the 4x4 input tiles holding it: the outputs it touches stay NaN after ReLU
-    assert nan[:, 1:4, 1:4].all()
-    ok = ~torch.isnan(_ref(x, weight, None, None, [1, 1, 1, 1], True)[0])
-    far = torch.zeros_like(ok)
-    far[:, 4:, :] = True
-    far[:, :, 4:] = True
-    assert not nan[far & ok].any()
+    ref = _ref(x, weight, None, None, [1, 1, 1, 1], True)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out[0, :, 1:4, 1:4]).all()
+    ok = ~torch.isnan(ref)
+    torch.testing.assert_close(out[ok], ref[ok].float(), rtol=1e-5, atol=1e-5)
 
 
 def test_zero_batch():
@@ -183,3 +182,34 @@ def test_convert_under_inference_mode_keeps_cacheable_weights():
         assert _weight_cache.cached_count() == 2  # both convs on the Winograd kernel
         torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-5)
     _weight_cache.clear()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_configurations(seed):
+    """Random sizes, paddings (0..2 per side), channel counts, residual/ReLU and out layouts through
+    the public op on the cpu backend (which picks the Winograd kernel for every one of them)."""
+    import random
+
+    rng = random.Random(seed)
+    n, c, k = rng.randint(1, 3), rng.randint(16, 40), rng.randint(16, 40)
+    padding = [rng.randint(0, 2) for _ in range(4)]
+    h = rng.randint(max(1, 3 - padding[0] - padding[1]), 13)
+    w = rng.randint(max(1, 3 - padding[2] - padding[3]), 13)
+    x, weight, bias, residual = _inputs(n, c, h, w, k, padding, seed=seed)
+    assert conv_mod.use_winograd(x, weight, [1, 1], [1, 1], 1)
+    residual = residual if rng.random() < 0.5 else None
+    if residual is not None and rng.random() < 0.5:
+        residual = residual.contiguous(memory_format=CL)
+    relu = rng.random() < 0.7
+    ref = _ref(x, weight, bias, residual, padding, relu)
+    out = torch.full(tuple(ref.shape), float("nan"))
+    out = out.contiguous(memory_format=CL) if rng.random() < 0.5 else out
+    if padding[0] == padding[1] and padding[2] == padding[3]:
+        with fastconv.use_backend("cpu"):
+            y = fastconv.conv2d_relu(x, weight, bias, 1, (padding[0], padding[2]), residual=residual, relu=relu,
+                                     out=out)
+    else:  # asymmetric: the private op (the public one takes symmetric or 'same' padding)
+        torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight), bias, residual, padding,
+                                                relu, out)
+        y = out
+    assert_close_rel(y, ref, torch.float32, f"seed {seed}: {n}x{c}x{h}x{w} -> {k}, padding {padding}")
