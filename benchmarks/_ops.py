@@ -68,6 +68,19 @@ def make_case(shape, batch: int, device: str, dtype: torch.dtype, channels_last:
                     lambda x_, w, b: fastconv.conv1x1(x_, w, b, s, relu=True),
                     2 * shape.macs(batch),
                     size * (batch * cin * shape.height * shape.width + cout * cin + cout + batch * cout * oh * ow))
+    if isinstance(shape, S.Conv1x1Prologue):
+        conv = shape.conv
+        s, cin, cout = conv.stride, conv.in_channels, conv.out_channels
+        # folded BatchNorm: scale around 1, shift around 0 (so the ReLU clips about half)
+        inputs = [(x(cin, conv.height, conv.width), param(cout, cin, 1, 1, scale=cin ** -0.5), param(cout),
+                   (param(cin, scale=0.2) + 1.0), param(cin)) for _ in range(N_INPUTS)]
+        oh, ow = conv.out_hw
+        return Case("conv1x1", shape, inputs,
+                    lambda x_, w, b, sc, sh: reference.conv1x1(x_, w, b, None, sc, sh, True, [s, s], True),
+                    lambda x_, w, b, sc, sh: fastconv.conv1x1(x_, w, b, s, relu=True, in_scale=sc, in_shift=sh,
+                                                              in_relu=True),
+                    2 * shape.macs(batch),
+                    size * (batch * cin * conv.height * conv.width + cout * cin + cout + 2 * cin + batch * cout * oh * ow))
     if isinstance(shape, S.Pool):
         k, s, p, c = shape.kernel, shape.stride, shape.padding, shape.channels
         inputs = [(x(c, shape.height, shape.width),) for _ in range(N_INPUTS)]

@@ -30,7 +30,9 @@ if ROOT not in sys.path:
 from benchmarks import shapes as S  # noqa: E402
 from fastconv._table import render_table  # noqa: E402
 
-KINDS = ("CONV_SHAPES", "CONV1X1_SHAPES", "POOL_SHAPES", "DENSE_BLOCK_SHAPES")
+# CONV1X1_PROLOGUE_SHAPES: DenseNet's BN-ReLU prologue on the cuda backend (a fused CUDA kernel writing
+# a temporary, then the CUTLASS GEMM) against Triton's (applied as the operand is loaded).
+KINDS = ("CONV_SHAPES", "CONV1X1_SHAPES", "CONV1X1_PROLOGUE_SHAPES", "POOL_SHAPES", "DENSE_BLOCK_SHAPES")
 # fastconv-cuda-sm80: the cuda backend with FASTCONV_CUTLASS_SM80=force, i.e. the CUTLASS 2.x kernels
 # (on Hopper in place of the SM90 kernel); fastconv-cuda-sm90tf32: with FASTCONV_CUTLASS_SM90_TF32=1,
 # the SM90 kernel's TF32 instantiation (fp32 only). Convs only: the other ops have no such kernels.

@@ -284,6 +284,27 @@ DENSE_BLOCK_SHAPES: List[DenseBlock] = [
 # END GENERATED
 
 
+class Conv1x1Prologue(NamedTuple):
+    """DenseNet's bottleneck: a 1×1 conv whose input first goes through BatchNorm-ReLU (the
+    ``in_scale``/``in_shift``/``in_relu`` prologue of fastconv.conv1x1; on the cuda backend a fused
+    CUDA kernel writes it to a temporary, on Triton it is applied as the operand is loaded)."""
+    conv: Conv1x1
+
+    nets = property(lambda self: self.conv.nets)
+    count = property(lambda self: self.conv.count)
+    height = property(lambda self: self.conv.height)
+    width = property(lambda self: self.conv.width)
+    out_hw = property(lambda self: self.conv.out_hw)
+
+    def macs(self, batch: int = 1) -> int:
+        return self.conv.macs(batch)
+
+
+# DenseNet-121's 1x1 convs, with the BN-ReLU prologue they have there (derived, not traced).
+CONV1X1_PROLOGUE_SHAPES: List[Conv1x1Prologue] = [Conv1x1Prologue(s) for s in CONV1X1_SHAPES
+                                                  if "densenet121" in s.nets]
+
+
 def _pair(v) -> Tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
@@ -354,6 +375,8 @@ def scale_down(shape, channels: float = 0.25, spatial: float = 0.5, min_channels
         return shape._replace(in_channels=shape.in_channels if shape.in_channels <= 4 else ch(shape.in_channels),
                               out_channels=ch(shape.out_channels), height=sp(shape.height, shape.kernel[0]),
                               width=sp(shape.width, shape.kernel[1]))
+    if isinstance(shape, Conv1x1Prologue):
+        return Conv1x1Prologue(scale_down(shape.conv, channels, spatial, min_channels, max_layers))
     if isinstance(shape, Conv1x1):
         return shape._replace(in_channels=ch(shape.in_channels), out_channels=ch(shape.out_channels),
                               height=sp(shape.height), width=sp(shape.width))
@@ -373,6 +396,8 @@ def shape_id(shape) -> str:
         return f"conv{kh}x{kw}s{shape.stride[0]}-{shape.in_channels}to{shape.out_channels}-{shape.height}x{shape.width}"
     if isinstance(shape, Conv1x1):
         return f"1x1s{shape.stride}-{shape.in_channels}to{shape.out_channels}-{shape.height}x{shape.width}"
+    if isinstance(shape, Conv1x1Prologue):
+        return "bnrelu+" + shape_id(shape.conv)
     if isinstance(shape, Pool):
         return (f"pool{shape.kernel}s{shape.stride}p{shape.padding}{'c' if shape.ceil_mode else ''}"
                 f"-{shape.channels}-{shape.height}x{shape.width}")

@@ -7,6 +7,7 @@ import torch
 
 from benchmarks import gpu_models, gpu_ops, shapes as S
 from fastconv import _bench, _devices
+from fastconv.ops import reference
 from fastconv._table import fmt_si, render_table
 
 
@@ -33,7 +34,7 @@ def test_shapes_cover_the_networks():
 
 
 def test_scale_down_keeps_kind_and_validity():
-    for s in S.CONV_SHAPES + S.CONV1X1_SHAPES + S.POOL_SHAPES + S.DENSE_BLOCK_SHAPES:
+    for s in S.CONV_SHAPES + S.CONV1X1_SHAPES + S.CONV1X1_PROLOGUE_SHAPES + S.POOL_SHAPES + S.DENSE_BLOCK_SHAPES:
         small = S.scale_down(s)
         assert type(small) is type(s) and small.nets == s.nets
         assert small.height <= s.height and min(small.out_hw if hasattr(small, "out_hw") else (1,)) >= 1
@@ -112,6 +113,27 @@ def test_randomized_batchnorm_changes_the_function():
     before = m(x)
     _bench.randomize_batchnorm(m, torch.Generator().manual_seed(0))
     assert not torch.allclose(before, m(x)) and (m[1].running_var > 0).all()
+
+
+def test_gpu_ops_prologue_case_on_cpu():
+    """DenseNet's 1x1 with its BN-ReLU prologue: every provider computes the same thing as the
+    baseline (the prologue reaches both), timed by a stand-in timer."""
+    assert S.CONV1X1_PROLOGUE_SHAPES and all("densenet121" in s.nets for s in S.CONV1X1_PROLOGUE_SHAPES)
+    shape = S.scale_down(S.CONV1X1_PROLOGUE_SHAPES[0])
+    assert S.shape_id(shape).startswith("bnrelu+1x1")
+    rows = gpu_ops.run_case("fp32", shape, 2, None, device="cpu",
+                            providers=("torch", "fastconv-cpu", "fastconv-reference"),
+                            timer=lambda fns, inputs: {name: 1.0 for name in fns}, graph_timer=None)
+    assert [r["provider"] for r in rows] == ["torch", "fastconv-cpu", "fastconv-reference"]
+    for r in rows:
+        if "error" not in r:
+            assert r["op"] == "conv1x1" and r["rel_err"] < 1e-5
+    from benchmarks._ops import make_case
+
+    case = make_case(shape, 2, "cpu", torch.float32, True)
+    x, w, b, scale, shift = case.inputs[0]
+    plain = reference.conv1x1(x, w, b, None, None, None, False, [1, 1], True)
+    assert not torch.allclose(case.torch_fn(*case.inputs[0]), plain)  # the prologue really is applied
 
 
 def test_gpu_ops_run_case_on_cpu():
