@@ -17,8 +17,9 @@ tensor (the weight itself, or what it is a view of, e.g. conv1x1's 2-D weight se
 version counter (an in-place update, such as ``load_state_dict`` or an optimizer step, remakes
 them) and a key naming the form and the call geometry (oneDNN picks its layout for the input
 size); at most ``MAX_PER_WEIGHT`` per weight, least recently used first out. Inference tensors
-(made under ``torch.inference_mode``) have no version counter and are never cached: the caller
-then makes the form per call.
+(made under ``torch.inference_mode``) have no version counter and are never cached: oneDNN then
+gets the plain weight (and reorders it itself), and 3×3 convs take the im2col kernel instead of
+Winograd.
 """
 from __future__ import annotations
 

@@ -73,6 +73,19 @@ def test_winograd_matches_the_fp64_reference(case, with_res, relu, out_layout):
         assert torch.isnan(buf[:, :5]).all() and torch.isnan(buf[:, 5 + k:]).all()
 
 
+def test_x_a_channel_slice_of_an_nhwc_buffer():
+    """DenseNet's pattern: x is the first channels of a wider channels_last concat buffer."""
+    gen = torch.Generator().manual_seed(9)
+    buf = torch.randn(2, 56, 9, 7, generator=gen).contiguous(memory_format=CL)
+    x = buf[:, 4:36]
+    weight = torch.randn(24, 32, 3, 3, generator=gen) / 17
+    bias = torch.randn(24, generator=gen)
+    out = torch.full((2, 24, 9, 7), float("nan")).contiguous(memory_format=CL)
+    torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight), bias, None, [1, 1, 1, 1], True,
+                                            out)
+    assert_close_rel(out, _ref(x, weight, bias, None, [1, 1, 1, 1], True), torch.float32, "x slice")
+
+
 def test_no_bias_and_nan_propagation():
     """Each output of a tile depends on exactly the inputs of its own 3x3 window (the transforms
     only combine those), so a NaN input reaches the same outputs as in a direct conv."""
