@@ -313,17 +313,17 @@ def test_sm90_tf32_takes_float32_only_when_switched_on_and_tf32_allowed():
                                          True, True, 0, True) == "cutlass_sm90"
 
 
-@pytest.mark.parametrize("dtype, c, ok", [(torch.float16, 8, False), (torch.bfloat16, 16, False),
-                                          (torch.float16, 24, False), (torch.float16, 32, True),
-                                          (torch.float32, 8, False), (torch.float32, 16, True)])
-def test_sm90_refuses_fewer_than_64_bytes_of_input_channels(dtype, c, ok):
-    """C_in=8 (fp16) trapped the SM90 kernel on an H200; 32 x 16-bit channels and more ran."""
+@pytest.mark.parametrize("dtype, c, ok", [(torch.float16, 8, False), (torch.bfloat16, 16, True),
+                                          (torch.float16, 24, True), (torch.float16, 32, True),
+                                          (torch.float32, 4, False), (torch.float32, 8, True)])
+def test_sm90_refuses_fewer_than_32_bytes_of_input_channels(dtype, c, ok):
+    """C_in=8 (fp16) trapped the SM90 kernel on an H200; 16 and 24 x bf16 channels ran."""
     x, w, out = problem(dtype=dtype, c=c)
     plan = conv_plan(x, w, out, tf32=True, sm90_tf32=True)
     if ok:
         assert plan == "cutlass_sm90"
     else:
-        assert plan.startswith("direct:") and "64 bytes per pixel" in plan, plan
+        assert plan.startswith("direct:") and "32 bytes per pixel" in plan, plan
         if dtype != torch.float32 or c % 4 == 0:  # what the 2.x kernels take instead, when on
             assert conv_plan(x, w, out, tf32=True, sm90_tf32=True, sm80=1) == "cutlass_sm80"
 

@@ -237,8 +237,8 @@ def _check_conv1x1(dtype, stride, prologue, path):
 # The SM90 kernel's TF32 instantiation (FASTCONV_CUTLASS_SM90_TF32=1; off by default until this
 # runs on a GPU): float32 operands, TF32 wgmma, fp32 accumulation and epilogue.
 
-SM90_TF32_CASES = [c for c in SM80_CASES if c[1] >= 16 and c[6] <= 8] + [
-    (2, 16, 12, 12, 32, 3, 1, 1, 1),        # the smallest C_in it takes: 16 x fp32 = 64 bytes
+SM90_TF32_CASES = [c for c in SM80_CASES if c[1] >= 8 and c[6] <= 8] + [
+    (2, 8, 12, 12, 32, 3, 1, 1, 1),         # the smallest C_in it takes: 8 x fp32 = 32 bytes
 ]
 
 
