@@ -107,14 +107,16 @@ def _cpu_kernel(x, weight, bias, residual, stride, padding, dilation, groups, re
 
 # Winograd F(2x2, 3x3) (csrc/cpu/winograd_conv_kernel.cpp): 2.25x fewer multiplications for 3x3
 # stride-1 convs, float32 channels_last, at least WINOGRAD_MIN_CHANNELS in and out (below that the
-# tile transforms outweigh the saving). FASTCONV_CPU_WINOGRAD=0 keeps them on the im2col kernel.
+# tile transforms outweigh the saving), for weights that do not require grad (inference weights,
+# as convert() leaves them: a trained weight changes every step, and transforming it again costs
+# more than the conv). FASTCONV_CPU_WINOGRAD=0 keeps them all on the im2col kernel.
 WINOGRAD_MIN_CHANNELS = 16
 _WINOGRAD_GT = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]],
                             dtype=torch.float64).t().contiguous()  # Gᵀ, [3, 4]
 
 
 def use_winograd(x, weight, stride, dilation, groups) -> bool:
-    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and groups == 1
+    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and groups == 1 and not weight.requires_grad
             and tuple(weight.shape[2:]) == (3, 3) and list(stride) == [1, 1] and list(dilation) == [1, 1]
             and x.shape[1] >= WINOGRAD_MIN_CHANNELS and weight.shape[0] >= WINOGRAD_MIN_CHANNELS
             and x.stride(1) == 1 and os.environ.get("FASTCONV_CPU_WINOGRAD", "1") != "0"

@@ -141,6 +141,7 @@ def test_dispatch_takes_winograd_only_where_it_applies(monkeypatch):
     assert not conv_mod.use_winograd(x.double(), w.double(), [1, 1], [1, 1], 1)     # float64
     assert not conv_mod.use_winograd(x, torch.randn(16, 16, 5, 5), [1, 1], [1, 1], 1)
     assert not conv_mod.use_winograd(x[:, :8], torch.randn(16, 8, 3, 3), [1, 1], [1, 1], 1)  # too few channels
+    assert not conv_mod.use_winograd(x, w.clone().requires_grad_(), [1, 1], [1, 1], 1)  # a weight being trained
     monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "0")
     assert not conv_mod.use_winograd(x, w, [1, 1], [1, 1], 1)
 
