@@ -48,7 +48,12 @@ struct Geometry {
 
 // The transforms are element-wise over channels: vectorized, and compiled for AVX-512 and AVX2 as
 // well as the baseline (torch's extension flags target plain x86-64; the CPU picks at load time).
+// (x86-64 with GCC or Clang on ELF only: elsewhere, e.g. aarch64 or MSVC, one baseline build.)
+#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
 #define FASTCONV_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FASTCONV_SIMD_CLONES
+#endif
 
 // V[e * vs + c] for one tile: the 16 transformed values of each channel, from 16 rows of C
 // contiguous floats (d[r * 4 + s] points at x[n, :, iy0 + r, ix0 + s], or at zeros outside x).
