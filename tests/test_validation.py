@@ -176,6 +176,24 @@ PRIVATE = [
      " 1, True, out)", "RuntimeError", r"bias must have shape"),
     ("c2d stride 0", "torch.ops.fastconv._conv2d_relu_cpu(x, w, None, None, [0, 1], [0, 0, 0, 0], [1, 1], 1, True,"
      " out)", "RuntimeError", r"stride must be positive"),
+    # _conv2d_winograd_cpu(x channels_last, u [16, C, K], bias, residual, padding4, relu, out)
+    ("wino x NCHW", "torch.ops.fastconv._conv2d_winograd_cpu(x, torch.randn(16, 4, 6), None, None, [0, 0, 0, 0],"
+     " True, out)", "RuntimeError", r"channels_last"),
+    ("wino u shape", "torch.ops.fastconv._conv2d_winograd_cpu(x.contiguous(memory_format=torch.channels_last),"
+     " torch.randn(9, 4, 6), None, None, [0, 0, 0, 0], True, out)", "RuntimeError", r"\[16, C_in, C_out\]"),
+    ("wino u strided", "torch.ops.fastconv._conv2d_winograd_cpu(x.contiguous(memory_format=torch.channels_last),"
+     " torch.randn(16, 6, 4).transpose(1, 2), None, None, [0, 0, 0, 0], True, out)", "RuntimeError", r"contiguous"),
+    ("wino out shape", "torch.ops.fastconv._conv2d_winograd_cpu(x.contiguous(memory_format=torch.channels_last),"
+     " torch.randn(16, 4, 6), None, None, [1, 1, 1, 1], True, out)", "RuntimeError", r"out must be"),
+    ("wino out expanded", "torch.ops.fastconv._conv2d_winograd_cpu(x.contiguous(memory_format=torch.channels_last),"
+     " torch.randn(16, 4, 6), None, None, [0, 0, 0, 0], True, torch.empty(1, 1, 1, 1).expand(2, 6, 6, 6))",
+     "RuntimeError", r"more than one element"),
+    ("wino padding", "torch.ops.fastconv._conv2d_winograd_cpu(x.contiguous(memory_format=torch.channels_last),"
+     " torch.randn(16, 4, 6), None, None, [0, -1, 0, 0], True, out)", "RuntimeError", r"non-negative"),
+    ("wino double", "torch.ops.fastconv._conv2d_winograd_cpu(x.double().contiguous(memory_format=torch.channels_last),"
+     " torch.randn(16, 4, 6).double(), None, None, [0, 0, 0, 0], True, out.double())", "RuntimeError", r"float32"),
+    ("wino residual", "torch.ops.fastconv._conv2d_winograd_cpu(x.contiguous(memory_format=torch.channels_last),"
+     " torch.randn(16, 4, 6), None, torch.randn(2, 6, 5, 5), [0, 0, 0, 0], True, out)", "RuntimeError", r"residual"),
     # _conv1x1_cpu(x, weight2d, bias, residual, in_scale, in_shift, in_relu, stride, relu, outs)
     ("1x1 no outs", "torch.ops.fastconv._conv1x1_cpu(x, w1.flatten(1), None, None, None, None, False, [1, 1], True, [])",
      "RuntimeError", r"outs must hold"),
