@@ -28,6 +28,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks import shapes as S  # noqa: E402
+from benchmarks._env import set_env  # noqa: E402
 from fastconv._table import render_table  # noqa: E402
 
 # CONV1X1_PROLOGUE_SHAPES: DenseNet's BN-ReLU prologue on the cuda backend (a fused CUDA kernel writing
@@ -154,23 +155,9 @@ def _time_graphs(fns: Dict[str, object], inputs, rounds: int = 5) -> Dict[str, o
     return out
 
 
-@contextlib.contextmanager
 def _provider_env(provider: str):
-    """The provider's kernel switch (PROVIDER_ENV) set while its call runs (the C++ dispatch reads it
-    on every call), the previous value restored after."""
-    if provider not in PROVIDER_ENV:
-        yield
-        return
-    name, value = PROVIDER_ENV[provider]
-    prev = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if prev is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = prev
+    """The provider's kernel switch (PROVIDER_ENV) set while its call runs, or nothing."""
+    return set_env(*PROVIDER_ENV[provider]) if provider in PROVIDER_ENV else contextlib.nullcontext()
 
 
 def run_case(dtype_name: str, shape, batch: int, spec, device: str = "cuda", providers=PROVIDERS,

@@ -17,12 +17,12 @@
 //                  1x1 stride-1 unpadded convs skip packing: x itself is the [pixels, C] matrix.
 // All index arithmetic is int64_t.
 #include "conv2d_relu_common.h"
+#include "cpu/cpu_kernel_util.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm_cpu_dispatch.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -45,8 +45,6 @@ int64_t tile_bytes() {
   const int64_t v = env ? std::atoll(env) : 0;
   return v > 0 ? v : int64_t(768) * 1024;
 }
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // A run of consecutive output pixels of one tile that share (n, oh): ow in [ow0, ow1); j0 is the
 // run's first column in the tile. Walking runs avoids a division per pixel.
@@ -217,13 +215,6 @@ void store_nhwc(const Conv2dGeometry& g, const acc_t* cbuf, const acc_t* bias, i
       }
     }
   }
-}
-
-// A float/double matrix view of memory we own or only read (mm_out never writes its inputs).
-template <typename acc_t>
-at::Tensor matrix(const acc_t* data, int64_t rows, int64_t cols, int64_t s_row, int64_t s_col) {
-  return at::from_blob(const_cast<acc_t*>(data), {rows, cols}, {s_row, s_col},
-                       at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
 }
 
 template <typename scalar_t>

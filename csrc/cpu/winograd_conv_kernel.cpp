@@ -21,10 +21,11 @@
 // transforms M straight into out with the epilogue fused. Tb keeps V and M of one block near 1 MiB
 // (L2), but at least 64 tiles so the GEMMs stay efficient, and the blocks are spread over the
 // threads. Padding is arbitrary (zeros outside x); out/residual may have any strides.
+#include "cpu/cpu_kernel_util.h"
+
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm_cpu_dispatch.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -37,8 +38,6 @@ namespace fastconv {
 namespace {
 
 constexpr const char* kOp = "fastconv::_conv2d_winograd_cpu: ";
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 struct Geometry {
   int64_t n, c, h, w, k, oh, ow, pt, pl;
@@ -122,10 +121,6 @@ void store(const float* __restrict__ y, const float* __restrict__ q, int64_t rs,
   }
 }
 
-at::Tensor matrix(const float* data, int64_t rows, int64_t cols, int64_t s_row) {
-  return at::from_blob(const_cast<float*>(data), {rows, cols}, {s_row, 1}, at::TensorOptions().dtype(at::kFloat));
-}
-
 void winograd_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& u, const float* bias,
                    const at::Tensor* residual, bool relu, const at::Tensor& out) {
   const int64_t C = g.c, K = g.k;
@@ -168,8 +163,9 @@ void winograd_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& u, 
       }
       // 2. the 16 GEMMs: M[e] (nt x K) = V[e] (nt x C) @ U[e] (C x K)
       for (int e = 0; e < 16; ++e) {
-        at::Tensor m = matrix(mbuf.data() + e * Tb * K, nt, K, K);
-        at::cpu::mm_out(m, matrix(vbuf.data() + e * Tb * C, nt, C, C), matrix(up + e * C * K, C, K, K));
+        at::Tensor m = matrix<float>(mbuf.data() + e * Tb * K, nt, K, K, 1);
+        at::cpu::mm_out(m, matrix<float>(vbuf.data() + e * Tb * C, nt, C, C, 1),
+                        matrix<float>(up + e * C * K, C, K, K, 1));
       }
       // 3. output transform A^T M A + bias, then residual and ReLU into out
       for (int64_t t = 0; t < nt; ++t) {

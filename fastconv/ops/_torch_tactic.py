@@ -6,8 +6,7 @@ residual as oneDNN's binary ``"add"`` post-op, and float32 weights handed over i
 layout, reordered once per weight (``_weight_cache``) instead of on every call. oneDNN returns a
 fresh tensor, so writing ``out`` (possibly a channel slice) costs one pass, which also applies the
 ReLU (``clamp_min(y, 0, out=o)``: NaN-propagating like torch.relu, which oneDNN's ``"relu"``
-post-op is not). That pass is counted in
-``KernelStats.copied_bytes``. Elsewhere (CUDA: cuDNN) the conv is ``F.conv2d`` with the bias in it,
+post-op is not). That pass is counted in ``KernelStats.copied_bytes``. Elsewhere (CUDA: cuDNN) the conv is ``F.conv2d`` with the bias in it,
 the residual added in place, and the same ReLU-and-copy pass writes ``out``. A prologue
 (``relu(x * scale + shift)``, DenseNet's BN-ReLU) is materialized once before the conv.
 """
