@@ -124,7 +124,8 @@ def extensions():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0a"
         arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "(from the visible GPU)")
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        # .cu: device code (nvcc); .cpp: host-only code that needs the CUDA build's declarations
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))) + sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         if not cutlass_includes():
             raise RuntimeError(
                 "the CUDA sources need the CUTLASS headers of the nvidia-cutlass package "

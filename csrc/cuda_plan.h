@@ -142,10 +142,17 @@ inline ConvPlan plan_sm80_rest(const ConvPlanInput& p, int64_t align, int64_t pa
       (p.has_residual && span_bytes(p.rs, p.n, p.co, p.oh, p.ow, elem) > limit) || wspan * elem > limit) {
     return direct("a tensor spans 2 GiB or more (CUTLASS 2.x conv offsets are 32-bit)");
   }
+  // The optimized activation iterator (every 2.x kernel but the few-channels one) keeps a 32-bit
+  // mask per filter row and column: CUTLASS's can_implement refuses R or S above 32.
+  const bool few_channels = pad_c > 0 && p.dtype != PlanDtype::kFloat;
+  if (!few_channels && (p.kh > 32 || p.kw > 32)) {
+    return direct("kernel " + std::to_string(p.kh) + "x" + std::to_string(p.kw) +
+                  " has more than 32 taps in a dimension (CUTLASS 2.x's optimized iterator)");
+  }
   ConvPlan plan = finish_plan(p, "cutlass_sm80", align);
   if (pad_c > 0) {
     plan.pad_c = pad_c;
-    plan.few_channels = p.dtype != PlanDtype::kFloat;
+    plan.few_channels = few_channels;
     plan.repack_weight = false;  // the padded copy is KRSC already
     plan.reason = "C_in=" + std::to_string(p.c) + " zero-padded to " + std::to_string(pad_c) +
                   " channels (x and weight copied per call)" +

@@ -231,13 +231,11 @@ void conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, const c10::opti
     const ConvPlan plan = plan_conv(plan_input(true, x, wj, residual, o, stride, {}, {}, 1, prologue, cc, tf32,
                                                kBuiltSm90a, sm80_mode, sm90_tf32));
     if (plan.path != "direct") {
-      CutlassConvArgs a;
-      a.dtype = plan_dtype(dt);
       at::Tensor src = x;
       int64_t s0 = stride[0], s1 = stride[1];
       if (plan.prologue_temp) {
         if (!temp.defined()) {
-          temp = at::empty({n, ci, oh, ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+          temp = prologue_temp(x, oh, ow);
           AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "_conv1x1_cuda_prologue", [&] {
             Gemm1x1Params<scalar_t, float> p{};
             p.xs[0] = x.stride(0); p.xs[1] = x.stride(1); p.xs[2] = x.stride(2); p.xs[3] = x.stride(3);
@@ -256,27 +254,9 @@ void conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, const c10::opti
         src = temp;
         s0 = s1 = 1;
       }
-      const at::Tensor wk = plan.repack_weight ? aligned_contiguous(wj) : wj;
-      at::Tensor bk;
-      if (bj.has_value()) bk = aligned_contiguous(*bj);
-      a.x = src.const_data_ptr();
-      a.n = n; a.h = src.size(2); a.w = src.size(3); a.c = ci;
-      const auto xs = nhwc_strides(src), os = nhwc_strides(o);
-      a.xs_n = xs[0]; a.xs_h = xs[2]; a.xs_w = xs[3];
-      a.weight = wk.const_data_ptr();
-      a.k = cj; a.r = 1; a.s = 1;
-      a.ws_k = wk.stride(0); a.ws_r = ci; a.ws_s = ci;
-      a.bias = bk.defined() ? bk.const_data_ptr() : nullptr;
-      if (residual.has_value()) {
-        a.residual = residual->const_data_ptr();
-        const auto rs = nhwc_strides(*residual);
-        a.rs[0] = rs[0]; a.rs[1] = rs[2]; a.rs[2] = rs[3];
-      }
-      a.out = o.data_ptr();
-      a.p = oh; a.q = ow;
-      a.os[0] = os[0]; a.os[1] = os[2]; a.os[2] = os[3];
-      a.stride[0] = s0; a.stride[1] = s1;
-      a.relu = relu;
+      const int64_t pad[4] = {0, 0, 0, 0}, gemm_stride[2] = {s0, s1}, dil[2] = {1, 1};
+      const CutlassConvArgs a =
+          cutlass_args(plan, cutlass_operands(plan, src, wj, bj), residual, o, pad, gemm_stride, dil, relu);
       run_cutlass_conv(plan.path, a, o);
     } else {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "_conv1x1_cuda", [&] {

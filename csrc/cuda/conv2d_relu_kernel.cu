@@ -73,49 +73,13 @@ __global__ void conv2d_relu_direct_kernel(const scalar_t* __restrict__ x, Stride
   }
 }
 
-// t [N, C, H, W] copied into a zeroed channels_last [N, pad_c, H, W] (pad_c >= C): the few-channel
-// stems' input and filter for the CUTLASS 2.x kernels, whose loads need 8 or 16 bytes per access.
-at::Tensor zero_pad_channels(const at::Tensor& t, int64_t pad_c) {
-  // at::zeros would drop the memory format of the options: allocate, then zero.
-  at::Tensor p = at::empty({t.size(0), pad_c, t.size(2), t.size(3)},
-                           t.options().memory_format(at::MemoryFormat::ChannelsLast));
-  p.zero_();
-  p.narrow(1, 0, t.size(1)).copy_(t);
-  return p;
-}
-
-void run_cutlass(const ConvPlan& plan, const at::Tensor& x_in, const at::Tensor& weight_in,
+void run_cutlass(const ConvPlan& plan, const at::Tensor& x, const at::Tensor& weight,
                  const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
                  const Conv2dGeometry& g, at::IntArrayRef padding, bool relu, const at::Tensor& out) {
-  const at::Tensor x = plan.pad_c > 0 ? zero_pad_channels(x_in, plan.pad_c) : x_in;
-  const at::Tensor weight = plan.pad_c > 0 ? zero_pad_channels(weight_in, plan.pad_c) : weight_in;
-  // [K, C, R, S] with C innermost (channels_last) is CUTLASS's KRSC filter.
-  const at::Tensor wk = plan.repack_weight ? weight.contiguous(at::MemoryFormat::ChannelsLast) : weight;
-  at::Tensor bk;
-  if (bias.has_value() && bias->defined()) bk = aligned_contiguous(*bias);
-  CutlassConvArgs a;
-  a.dtype = plan_dtype(x.scalar_type());
-  a.x = x.const_data_ptr();
-  a.n = g.n; a.h = g.h; a.w = g.w; a.c = x.size(1);
-  a.few_channels = plan.few_channels;
-  const auto xs = nhwc_strides(x), ws = nhwc_strides(wk), os = nhwc_strides(out);
-  a.xs_n = xs[0]; a.xs_h = xs[2]; a.xs_w = xs[3];
-  a.weight = wk.const_data_ptr();
-  a.k = g.co; a.r = g.kh; a.s = g.kw;
-  a.ws_k = ws[0]; a.ws_r = ws[2]; a.ws_s = ws[3];
-  a.bias = bk.defined() ? bk.const_data_ptr() : nullptr;
-  if (residual.has_value() && residual->defined()) {
-    a.residual = residual->const_data_ptr();
-    const auto rs = nhwc_strides(*residual);
-    a.rs[0] = rs[0]; a.rs[1] = rs[2]; a.rs[2] = rs[3];
-  }
-  a.out = out.data_ptr();
-  a.p = g.oh; a.q = g.ow;
-  a.os[0] = os[0]; a.os[1] = os[2]; a.os[2] = os[3];
-  for (int i = 0; i < 4; ++i) a.pad[i] = padding[i];
-  a.stride[0] = g.sh; a.stride[1] = g.sw;
-  a.dil[0] = g.dh; a.dil[1] = g.dw;
-  a.relu = relu;
+  const int64_t pad[4] = {padding[0], padding[1], padding[2], padding[3]};
+  const int64_t stride[2] = {g.sh, g.sw}, dil[2] = {g.dh, g.dw};
+  const CutlassConvArgs a =
+      cutlass_args(plan, cutlass_operands(plan, x, weight, bias), residual, out, pad, stride, dil, relu);
   run_cutlass_conv(plan.path, a, out);
 }
 

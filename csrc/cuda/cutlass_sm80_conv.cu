@@ -35,6 +35,7 @@
 #include <torch/library.h>
 
 #include <sstream>
+#include <type_traits>
 
 #include "cutlass/cutlass.h"
 #include "cutlass/array.h"
@@ -156,10 +157,10 @@ struct Sm80Fprop {
   using Conv = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
 };
 
-template <typename Element, bool kFew = false>
-void run_typed(const CutlassConvArgs& a, const at::Tensor& like) {
+// The CUTLASS arguments of one problem (host only; nothing is launched).
+template <typename Element, bool kFew>
+typename Sm80Fprop<Element, kFew>::Conv::Arguments arguments(const CutlassConvArgs& a) {
   using F = Sm80Fprop<Element, kFew>;
-  using Conv = typename F::Conv;
   using Layout = typename F::Layout;
   using I = int;
   // Conv2dProblemSize has one (lower) padding per dimension: the upper padding only shapes P and
@@ -185,11 +186,27 @@ void run_typed(const CutlassConvArgs& a, const at::Tensor& like) {
   typename F::OutputOp::Params op;
   op.residual = a.residual != nullptr;
   op.relu = a.relu;
-  typename Conv::Arguments args(problem, {x, nhwc(a.xs_w, a.xs_h, a.xs_n)}, {w, nhwc(a.ws_s, a.ws_r, a.ws_k)},
-                                {res, matrix(a.residual ? a.rs : a.os)}, {out, matrix(a.os)}, op,
-                                cutlass::conv::SplitKMode::kSerial, const_cast<void*>(a.bias), nullptr, 0, 0);
-  Conv conv;
-  launch_cutlass(conv, args, like, "cutlass_sm80");
+  return typename F::Conv::Arguments(problem, {x, nhwc(a.xs_w, a.xs_h, a.xs_n)}, {w, nhwc(a.ws_s, a.ws_r, a.ws_k)},
+                                     {res, matrix(a.residual ? a.rs : a.os)}, {out, matrix(a.os)}, op,
+                                     cutlass::conv::SplitKMode::kSerial, const_cast<void*>(a.bias), nullptr, 0, 0);
+}
+
+// fn(Element{}, std::bool_constant<kFew>{}) for the instantiation that takes a.
+template <typename Fn>
+decltype(auto) visit_instantiation(const CutlassConvArgs& a, Fn&& fn) {
+  TORCH_CHECK(!a.few_channels || (a.c == 4 && a.dtype != PlanDtype::kFloat),
+              "fastconv cutlass_sm80: the few-channels kernel takes 4-channel float16/bfloat16 inputs");
+  switch (a.dtype) {
+    case PlanDtype::kHalf:
+      return a.few_channels ? fn(cutlass::half_t{}, std::true_type{}) : fn(cutlass::half_t{}, std::false_type{});
+    case PlanDtype::kBFloat16:
+      return a.few_channels ? fn(cutlass::bfloat16_t{}, std::true_type{})
+                            : fn(cutlass::bfloat16_t{}, std::false_type{});
+    case PlanDtype::kFloat: return fn(float{}, std::false_type{});
+    default:
+      TORCH_CHECK(false, "fastconv cutlass_sm80: dtype ", plan_dtype_name(a.dtype),
+                  " has no kernel (plan_conv should not have routed it here)");
+  }
 }
 
 // Compile-time facts of one instantiation, for benchmarks/RESULTS_cuda_build.md and tests.
@@ -213,20 +230,18 @@ std::string sm80_kernel_info() {
 }  // namespace
 
 void run_sm80_conv(const CutlassConvArgs& a, const at::Tensor& like) {
-  TORCH_CHECK(!a.few_channels || (a.c == 4 && a.dtype != PlanDtype::kFloat),
-              "fastconv cutlass_sm80: the few-channels kernel takes 4-channel float16/bfloat16 inputs");
-  switch (a.dtype) {
-    case PlanDtype::kHalf:
-      a.few_channels ? run_typed<cutlass::half_t, true>(a, like) : run_typed<cutlass::half_t>(a, like);
-      break;
-    case PlanDtype::kBFloat16:
-      a.few_channels ? run_typed<cutlass::bfloat16_t, true>(a, like) : run_typed<cutlass::bfloat16_t>(a, like);
-      break;
-    case PlanDtype::kFloat: run_typed<float>(a, like); break;
-    default:
-      TORCH_CHECK(false, "fastconv cutlass_sm80: dtype ", plan_dtype_name(a.dtype),
-                  " has no kernel (plan_conv should not have routed it here)");
-  }
+  visit_instantiation(a, [&](auto element, auto few) {
+    typename Sm80Fprop<decltype(element), decltype(few)::value>::Conv conv;
+    launch_cutlass(conv, arguments<decltype(element), decltype(few)::value>(a), like, "cutlass_sm80");
+  });
+}
+
+std::string sm80_can_implement(const CutlassConvArgs& a) {
+  return visit_instantiation(a, [&](auto element, auto few) -> std::string {
+    using Conv = typename Sm80Fprop<decltype(element), decltype(few)::value>::Conv;
+    const cutlass::Status st = Conv::can_implement(arguments<decltype(element), decltype(few)::value>(a));
+    return st == cutlass::Status::kSuccess ? "" : std::string("can_implement: ") + cutlassGetStatusString(st);
+  });
 }
 
 }  // namespace fastconv

@@ -87,8 +87,11 @@ struct Sm90Fprop {
   using Conv = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
 };
 
+// The CUTLASS arguments of one problem (host only; nothing is launched), or why the problem
+// shape CUTLASS derives disagrees with out's.
 template <typename Element>
-void run_typed(const CutlassConvArgs& a, const at::Tensor& like) {
+typename Sm90Fprop<Element>::Conv::Arguments arguments(const CutlassConvArgs& a, int device, int sm_count,
+                                                       std::string* error) {
   using F = Sm90Fprop<Element>;
   using Conv = typename F::Conv;
   using ProblemShape = typename F::ProblemShape;
@@ -106,9 +109,11 @@ void run_typed(const CutlassConvArgs& a, const at::Tensor& like) {
   typename ProblemShape::ShapeDilation dilation{I(a.dil[0]), I(a.dil[1])};
   ProblemShape problem(cutlass::conv::Mode::kCrossCorrelation, shape_act, stride_act, shape_flt, stride_flt,
                        stride_out, lower, upper, tstride, dilation, 1);
-  TORCH_CHECK(problem.shape_C[1] == a.p && problem.shape_C[2] == a.q,
-              "fastconv cutlass_sm90: output extent mismatch: CUTLASS computes [", problem.shape_C[1], ", ",
-              problem.shape_C[2], "], out is [", a.p, ", ", a.q, "]");
+  if (problem.shape_C[1] != a.p || problem.shape_C[2] != a.q) {
+    *error = "output extent mismatch: CUTLASS computes [" + std::to_string(problem.shape_C[1]) + ", " +
+             std::to_string(problem.shape_C[2]) + "], out is [" + std::to_string(a.p) + ", " + std::to_string(a.q) +
+             "]";
+  }
 
   typename Conv::Arguments args;
   args.problem_shape = problem;
@@ -131,12 +136,22 @@ void run_typed(const CutlassConvArgs& a, const at::Tensor& like) {
   ep.dC = pixel_strides(a.residual ? a.rs : a.os);
   ep.ptr_D = static_cast<Element*>(a.out);
   ep.dD = pixel_strides(a.os);
-  const int device = like.get_device();
   args.hw_info.device_id = device;
-  args.hw_info.sm_count = at::cuda::getDeviceProperties(device)->multiProcessorCount;
+  args.hw_info.sm_count = sm_count;
+  return args;
+}
 
-  Conv conv;
-  launch_cutlass(conv, args, like, "cutlass_sm90");
+// fn(Element{}) for the instantiation that takes a's dtype.
+template <typename Fn>
+decltype(auto) visit_instantiation(const CutlassConvArgs& a, Fn&& fn) {
+  switch (a.dtype) {
+    case PlanDtype::kHalf: return fn(cutlass::half_t{});
+    case PlanDtype::kBFloat16: return fn(cutlass::bfloat16_t{});
+    case PlanDtype::kFloat: return fn(float{});  // TF32 wgmma (the builder maps float operands to tfloat32_t)
+    default:
+      TORCH_CHECK(false, "fastconv cutlass_sm90: dtype ", plan_dtype_name(a.dtype),
+                  " has no SM90 kernel (plan_conv should not have routed it here)");
+  }
 }
 
 // Compile-time facts of one instantiation, for benchmarks/RESULTS_cuda_build.md and tests.
@@ -159,15 +174,27 @@ std::string cutlass_kernel_info() {
 }  // namespace
 
 void run_sm90_conv(const CutlassConvArgs& a, const at::Tensor& like) {
-  if (a.dtype == PlanDtype::kBFloat16) {
-    run_typed<cutlass::bfloat16_t>(a, like);
-  } else if (a.dtype == PlanDtype::kFloat) {
-    run_typed<float>(a, like);  // TF32 wgmma (the collective builder maps float operands to tfloat32_t)
-  } else {
-    TORCH_CHECK(a.dtype == PlanDtype::kHalf, "fastconv cutlass_sm90: dtype ", plan_dtype_name(a.dtype),
-                " has no SM90 kernel (plan_conv should not have routed it here)");
-    run_typed<cutlass::half_t>(a, like);
-  }
+  visit_instantiation(a, [&](auto element) {
+    using Element = decltype(element);
+    const int device = like.get_device();
+    std::string error;
+    const auto args =
+        arguments<Element>(a, device, at::cuda::getDeviceProperties(device)->multiProcessorCount, &error);
+    TORCH_CHECK(error.empty(), "fastconv cutlass_sm90: ", error);
+    typename Sm90Fprop<Element>::Conv conv;
+    launch_cutlass(conv, args, like, "cutlass_sm90");
+  });
+}
+
+std::string sm90_can_implement(const CutlassConvArgs& a) {
+  return visit_instantiation(a, [&](auto element) -> std::string {
+    using Element = decltype(element);
+    std::string error;
+    const auto args = arguments<Element>(a, /*device=*/0, /*sm_count=*/0, &error);
+    if (!error.empty()) return error;
+    const cutlass::Status st = Sm90Fprop<Element>::Conv::can_implement(args);
+    return st == cutlass::Status::kSuccess ? "" : std::string("can_implement: ") + cutlassGetStatusString(st);
+  });
 }
 
 }  // namespace fastconv

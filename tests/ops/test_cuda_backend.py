@@ -120,6 +120,30 @@ def test_conv2d_relu_nan_propagates(kernels, request):
     assert torch.isnan(y[0, :, 1:4, 1:4]).all()
 
 
+@pytest.mark.parametrize("kernels", ["default", "sm80"])
+def test_cutlass_takes_a_misaligned_channels_last_weight_through_a_repack(kernels, request):
+    # a channels_last weight at an odd storage offset: plan_conv asks for a repack, and the repack
+    # must move it to an aligned copy (the host check, tests/test_cutlass_check.py, asserts the
+    # pointers; this runs it)
+    if kernels == "sm80":
+        request.getfixturevalue("force_sm80")
+    elif _cc() != 90 or not _built_sm90a():
+        pytest.skip(f"CUTLASS SM90 kernels need compute capability 9.0 and an sm_90a build (cc={_cc()})")
+    dtype = torch.float16
+    x = torch.randn(2, 16, 10, 10, device="cuda", dtype=dtype).contiguous(memory_format=CL)
+    base = torch.randn(16 * 3 * 3 * 16 + 1, device="cuda", dtype=dtype) / 12
+    w = base[1:].view(16, 3, 3, 16).permute(0, 3, 1, 2)
+    assert w.is_contiguous(memory_format=CL) and w.data_ptr() % 16 != 0
+    out = torch.full((2, 16, 10, 10), float("nan"), device="cuda", dtype=dtype).contiguous(memory_format=CL)
+    args = ([1, 1], [1] * 4, [1, 1], 1)
+    plan = torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, *args)
+    assert plan.startswith("cutlass_") and "repacked" in plan, plan
+    torch.ops.fastconv._conv2d_relu_cuda(x, w, None, None, *args, True, out)
+    ref = _ref64(reference.conv2d_relu, x, w, None, None, stride=[1, 1], padding=[1] * 4, dilation=[1, 1],
+                 groups=1, relu=True)
+    assert_close_rel(out, ref, dtype, f"{kernels}: misaligned weight")
+
+
 # ---------------------------------------------------------------------------------------------
 # The CUTLASS 2.x (sm_80) kernels, forced (FASTCONV_CUTLASS_SM80=force): on an 8.x card they are
 # the path FASTCONV_CUTLASS_SM80=1 would take; on Hopper they run in place of the SM90 kernel
