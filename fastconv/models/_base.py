@@ -1,7 +1,9 @@
 """What every fastconv model shares: train mode runs the torchvision-equivalent forward on
 fastconv layers; eval mode runs a fused copy of the model (BatchNorm folded, conv+ReLU fused,
-concat-free), built on the first eval call and rebuilt whenever a parameter or buffer changed
-(load_state_dict, an optimizer step, ``.to(dtype)``, BatchNorm statistics updated in training)."""
+concat-free, with convert()'s default layout policy: k x k conv weights channels_last, and on the
+CPU activations channels_last inside), built on the first eval call and rebuilt whenever a
+parameter or buffer changed (load_state_dict, an optimizer step, ``.to(dtype)``, BatchNorm
+statistics updated in training)."""
 from __future__ import annotations
 
 import copy
@@ -12,6 +14,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from .. import _layout
 
 
 def _shallow_tree_copy(module: nn.Module) -> nn.Module:
@@ -71,7 +75,13 @@ class FusedEvalModel(nn.Module):
                 clone = _shallow_tree_copy(self)
                 clone.__dict__.pop("_fused_lock", None)
                 clone._fastconv_fused = True
-                cache = (key, _convert(clone, None).eval())
+                fused = _convert(clone, None).eval()
+                # convert()'s default layout policy: k x k conv weights stored channels_last (in
+                # the copy's own parameter dicts; the model's tensors are untouched), and on the
+                # CPU activations channels_last inside, the input's layout outside
+                _layout.conv_weights_channels_last(fused)
+                _layout.add_cpu_channels_last_hooks(fused)
+                cache = (key, fused)
                 self.__dict__["_fused_cache"] = cache
         return cache[1]
 

@@ -168,3 +168,25 @@ def test_state_dict_is_unchanged_by_eval():
     with torch.no_grad():
         model(image(n=1, size=64))
     assert list(model.state_dict().keys()) == keys
+
+
+def test_eval_runs_channels_last_inside_on_the_cpu():
+    # convert()'s default layout policy: an NCHW input runs channels_last through the fused copy
+    # (where oneDNN and the Winograd kernel are faster); the model's own weights keep their layout
+    model = fastconv.models.vgg11(num_classes=10).eval()
+    ref = torchvision.models.vgg11(num_classes=10).eval()
+    ref.load_state_dict(model.state_dict())
+    layouts = []
+    x = image(n=1, size=64, seed=4)
+    with torch.no_grad():
+        fused = model._fused_model()
+        convs = [m for m in fused.modules()
+                 if getattr(m, "weight", None) is not None and m.weight.dim() == 4 and m.weight.shape[1] > 3]
+        assert len(convs) == 7
+        convs[0].register_forward_pre_hook(
+            lambda m, a: layouts.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+        y = model(x)
+        assert layouts == [True]
+        assert y.shape == (1, 10) and rel_err(y, ref(x)) <= TOL
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert all(p.is_contiguous() for p in model.parameters())
