@@ -199,6 +199,9 @@ def _random_problem(rng):
         wt = torch.empty(k, c, dtype=dtype)
         if rng.random() < 0.3:
             wt = torch.empty(c, k, dtype=dtype).t()  # column-major rows: repacked
+        elif rng.random() < 0.3:  # rows of a wider weight, as the grouped form hands each out
+            r0 = rng.choice([1, 8, 16])
+            wt = torch.empty(r0 + k, c, dtype=dtype)[r0:]
         args["prologue"] = rng.random() < 0.4
     else:
         kh, kw = rng.choice([1, 2, 3, 3, 5, 7, 11]), rng.choice([1, 3, 3, 5, 7])
