@@ -1,9 +1,10 @@
-"""What every fastconv model shares: train mode runs the torchvision-equivalent forward on
-fastconv layers; eval mode runs a fused copy of the model (BatchNorm folded, conv+ReLU fused,
-concat-free, with convert()'s default layout policy: k x k conv weights channels_last, and on the
-CPU activations channels_last inside), built on the first eval call and rebuilt whenever a
-parameter or buffer changed (load_state_dict, an optimizer step, ``.to(dtype)``, BatchNorm
-statistics updated in training)."""
+"""What every fastconv model shares: train mode (and eval mode while a parameter's gradient is
+wanted) runs the torchvision-equivalent forward on fastconv layers; eval mode without gradients
+(torch.no_grad, torch.inference_mode, or frozen parameters) runs a fused copy of the model
+(BatchNorm folded, conv+ReLU fused, concat-free, with convert()'s default layout policy: k x k conv
+weights channels_last, and on the CPU activations channels_last inside), built on the first such
+call and rebuilt whenever a parameter or buffer changed (load_state_dict, an optimizer step,
+``.to(dtype)``, BatchNorm statistics updated in training)."""
 from __future__ import annotations
 
 import copy
@@ -38,9 +39,15 @@ class FusedEvalModel(nn.Module):
         if self._fastconv_fused:
             return self._forward_impl(x)
         self._check_input(x)  # in train mode too: the same clear error whatever the mode
-        if self.training:
+        if self.training or self._needs_weight_grads():
+            # the model's own layers: differentiable in its parameters (fine-tuning with BatchNorm
+            # frozen by eval() trains the weights as torchvision's model would; the fused copy's
+            # folded weights are new tensors that gradients would never reach)
             return self._forward_impl(x)
         return self._fused_model()(x)
+
+    def _needs_weight_grads(self) -> bool:
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
 
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):

@@ -1,5 +1,7 @@
 """fastconv.models against torchvision: identical state dicts, eval outputs within 1e-4, the same
 training-mode behaviour, and an eval forward that runs on fastconv ops only."""
+import os
+
 import pytest
 import torch
 import torchvision
@@ -190,3 +192,38 @@ def test_eval_runs_channels_last_inside_on_the_cpu():
         assert y.shape == (1, 10) and rel_err(y, ref(x)) <= TOL
     assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11"])
+def test_eval_mode_with_gradients_trains_the_weights_like_torchvision(name):
+    # fine-tuning with BatchNorm frozen by eval(): the loss reaches every parameter, as in
+    # torchvision (the fused copy, whose folded weights are new tensors, must not run then)
+    model = getattr(fastconv.models, name)(num_classes=10).eval()
+    ref = tv_model(name, num_classes=10)
+    model.load_state_dict(ref.state_dict())
+    x = image(n=2, size=64, seed=6)
+    model(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    assert "_fused_cache" not in model.__dict__
+    for (pname, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert p.grad is not None, f"{name}.{pname}: no gradient in eval mode"
+        assert rel_err(p.grad, q.grad) <= 1e-4, pname
+    with torch.no_grad():  # no gradient wanted: the fused copy
+        assert rel_err(model(x), ref(x)) <= TOL
+    assert "_fused_cache" in model.__dict__
+
+
+def test_the_fused_copy_runs_the_winograd_kernel_on_the_cpu():
+    # its fused convs hold grad-free weights (the model's own keep requires_grad), so with the
+    # activations channels_last inside, the 3x3 convs with C_in >= 16 take the Winograd kernel
+    from fastconv.ops import _weight_cache
+
+    model = fastconv.models.vgg11(num_classes=10).eval()
+    _weight_cache.clear()
+    with fastconv.use_backend("cpu"), torch.no_grad():
+        model(image(n=1, size=64, seed=2))
+    k3 = [t for t in model._fused_model().buffers() if t.dim() == 4 and t.shape[-1] == 3]
+    assert len(k3) == 8 and not any(t.requires_grad for t in k3)
+    assert all(p.requires_grad for p in model.parameters())
+    if hasattr(torch.ops.fastconv, "_conv2d_winograd_cpu") and os.environ.get("FASTCONV_CPU_WINOGRAD", "1") != "0":
+        assert _weight_cache.cached_count() == 7  # the transformed weights of the 7 convs with C_in >= 16
