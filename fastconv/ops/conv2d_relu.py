@@ -8,8 +8,10 @@ same out-variant contract, so allocation and layout decisions live in one place.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import List, Optional, Sequence, Union
+import threading
+from typing import Iterator, List, Optional, Sequence, Union
 
 import torch
 
@@ -108,19 +110,44 @@ def _cpu_kernel(x, weight, bias, residual, stride, padding, dilation, groups, re
 # Winograd F(2x2, 3x3) (csrc/cpu/winograd_conv_kernel.cpp): 2.25x fewer multiplications for 3x3
 # stride-1 convs, float32 channels_last, at least WINOGRAD_MIN_CHANNELS in and out (below that the
 # tile transforms outweigh the saving), for weights that do not require grad (inference weights,
-# as convert() leaves them: a trained weight changes every step, and transforming it again costs
-# more than the conv). FASTCONV_CPU_WINOGRAD=0 keeps them all on the im2col kernel.
+# as convert() leaves them) or whose call runs with autograd off (grad_free below): a weight in
+# training changes every step, and transforming it again costs more than the conv. FASTCONV_CPU_WINOGRAD=0 keeps them all on the im2col kernel.
 WINOGRAD_MIN_CHANNELS = 16
 _WINOGRAD_GT = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]],
                             dtype=torch.float64).t().contiguous()  # Gᵀ, [3, 4]
 
 
 def use_winograd(x, weight, stride, dilation, groups) -> bool:
-    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and groups == 1 and not weight.requires_grad
+    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and groups == 1 and grad_free(weight)
             and tuple(weight.shape[2:]) == (3, 3) and list(stride) == [1, 1] and list(dilation) == [1, 1]
             and x.shape[1] >= WINOGRAD_MIN_CHANNELS and weight.shape[0] >= WINOGRAD_MIN_CHANNELS
             and x.stride(1) == 1 and os.environ.get("FASTCONV_CPU_WINOGRAD", "1") != "0"
             and hasattr(torch.ops.fastconv, "_conv2d_winograd_cpu"))
+
+
+# A weight that requires grad is still grad-free for one call made with autograd off (an nn layer
+# under torch.no_grad() or torch.inference_mode(): inference with trainable parameters). The op's
+# implementation cannot tell (it always runs with grad mode off), so the Python API marks such a
+# weight for the duration of its call, on this thread. Calls that skip the Python API (a compiled
+# graph) see no mark and stay on the im2col kernel: the conservative choice.
+_marks = threading.local()
+
+
+def grad_free(weight: torch.Tensor) -> bool:
+    return not weight.requires_grad or id(weight) in getattr(_marks, "ids", ())
+
+
+@contextlib.contextmanager
+def _no_grad_call(weight: torch.Tensor) -> Iterator[None]:
+    if not weight.requires_grad or torch.is_grad_enabled():
+        yield
+        return
+    ids = _marks.__dict__.setdefault("ids", [])
+    ids.append(id(weight))
+    try:
+        yield
+    finally:
+        ids.pop()
 
 
 def make_winograd_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -158,8 +185,10 @@ KERNELS = {"reference": _reference_kernel, "cpu": _cpu_kernel, "cuda": _cuda_ker
 
 
 def _signature(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
-    """The tensors and flags ``auto`` keys its choice by."""
-    return (x, weight, bias, residual, out), (stride, padding, dilation, groups, relu)
+    """The tensors and flags ``auto`` keys its choice by (a weight that needs its gradient, which
+    keeps the cpu tactic off the Winograd kernel, keys its own choice)."""
+    flags = (stride, padding, dilation, groups, relu)
+    return (x, weight, bias, residual, out), flags if grad_free(weight) else flags + ("weight-grad",)
 
 
 def _run(x, weight, bias, residual, stride, padding, dilation, groups, relu, out) -> None:
@@ -299,8 +328,10 @@ def conv2d_relu(
         # checked before dispatch: an out on another device (meta) would route the op to that
         # device's kernel (the fake one), which writes nothing
         _checks.check_out_call(OP, out_view, x, (weight, bias, residual))
-    if out_view is None:
-        y = torch.ops.fastconv.conv2d_relu(x, weight, bias, residual, stride_, padding_, dilation_, groups, relu)
-        return y.squeeze(0) if unbatched else y
-    torch.ops.fastconv.conv2d_relu_out(x, weight, bias, residual, stride_, padding_, dilation_, groups, relu, out_view)
+    with _no_grad_call(weight):
+        if out_view is None:
+            y = torch.ops.fastconv.conv2d_relu(x, weight, bias, residual, stride_, padding_, dilation_, groups, relu)
+            return y.squeeze(0) if unbatched else y
+        torch.ops.fastconv.conv2d_relu_out(x, weight, bias, residual, stride_, padding_, dilation_, groups, relu,
+                                           out_view)
     return out

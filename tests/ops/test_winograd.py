@@ -146,6 +146,42 @@ def test_dispatch_takes_winograd_only_where_it_applies(monkeypatch):
     assert not conv_mod.use_winograd(x, w, [1, 1], [1, 1], 1)
 
 
+@pytest.mark.parametrize("grad_mode", ["enable_grad", "no_grad", "inference_mode"])
+def test_layers_with_trainable_weights_take_winograd_when_autograd_is_off(grad_mode):
+    """fastconv.nn.Conv2dReLU in inference (its weight requires grad, the call runs under no_grad or
+    inference_mode) takes the Winograd kernel; with autograd on (training) the im2col kernel, and
+    the gradients are right. The op's implementation cannot see grad mode: the Python API marks the
+    weight for its call only."""
+    torch.manual_seed(4)
+    layer = fastconv.nn.Conv2dReLU(16, 24, 3, padding=1)
+    x = torch.randn(2, 16, 9, 9).contiguous(memory_format=CL)
+    _weight_cache.clear()
+    with fastconv.use_backend("cpu"), getattr(torch, grad_mode)():
+        y = layer(x)
+        assert not conv_mod.grad_free(layer.weight)  # the mark is gone after the call
+    assert _weight_cache.cached_count() == (0 if grad_mode == "enable_grad" else 1)
+    ref = _ref(x, layer.weight.detach(), layer.bias.detach(), None, [1, 1, 1, 1], True)
+    assert_close_rel(y.detach(), ref, torch.float32, grad_mode)
+    if grad_mode == "enable_grad":
+        y.square().sum().backward()
+        w = layer.weight.detach().double().requires_grad_()
+        torch.relu(torch.nn.functional.conv2d(x.double(), w, layer.bias.detach().double(), padding=1)).square().sum().backward()
+        assert_close_rel(layer.weight.grad, w.grad, torch.float32, "weight grad")
+    _weight_cache.clear()
+
+
+def test_auto_keys_a_weight_that_needs_its_gradient_apart():
+    x = torch.randn(1, 16, 6, 6).contiguous(memory_format=CL)
+    w = torch.randn(16, 16, 3, 3, requires_grad=True)
+    out = torch.empty(1, 16, 6, 6).contiguous(memory_format=CL)
+    args = (x, w, None, None, [1, 1], [1, 1, 1, 1], [1, 1], 1, True, out)
+    trained = conv_mod._signature(*args)
+    with torch.no_grad(), conv_mod._no_grad_call(w):
+        inference = conv_mod._signature(*args)
+    assert trained[1][-1] == "weight-grad" and inference[1] == trained[1][:-1]
+    assert conv_mod._signature(*((x, w.detach()) + args[2:]))[1] == inference[1]
+
+
 @pytest.mark.parametrize("winograd", ["1", "0"])
 def test_public_op_on_the_cpu_backend(winograd, monkeypatch):
     """Both paths through fastconv.conv2d_relu(backend cpu) for an eligible conv: the same answer."""
