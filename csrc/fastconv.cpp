@@ -24,11 +24,13 @@ TORCH_LIBRARY_FRAGMENT(fastconv, m) {
   m.def(
       "_conv2d_relu_cuda(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int[] stride, "
       "int[] padding, int[] dilation, int groups, bool relu, Tensor(a!) out) -> ()");
-  // Winograd F(2x2, 3x3) for 3x3 stride-1 float32 channels_last convs: u is the transformed weight
-  // [16, C_in, C_out] (fastconv.ops.conv2d_relu.winograd_weight); padding as above.
+  // Winograd F(m x m, 3x3) for 3x3 stride-1 float32 channels_last convs: u is the transformed weight
+  // [16 or 36, C_in, C_out] (F(2x2) or F(4x4): fastconv.ops.conv2d_relu.winograd_weight); padding as above;
+  // weight (the 3x3 weight u was made from), when given, computes the tiles with a non-finite input
+  // directly, so NaN and Inf reach exactly the outputs a direct conv gives them.
   m.def(
       "_conv2d_winograd_cpu(Tensor x, Tensor u, Tensor? bias, Tensor? residual, int[] padding, bool relu, "
-      "Tensor(a!) out) -> ()");
+      "Tensor(a!) out, Tensor? weight=None) -> ()");
   m.def("_dense_concat_cpu(Tensor[] features, Tensor(a!) out) -> ()");
   m.def("_dense_concat_cuda(Tensor[] features, Tensor(a!) out) -> ()");
   // max_pool2d: padding is symmetric [ph, pw] as in PyTorch; ceil_mode is resolved by the caller

@@ -142,13 +142,14 @@ def device_key(device: torch.device) -> str:
     """What a tuned choice depends on besides the call: device, thread count, versions, what the
     timing measured (``timing_mode``: choices made by GPU time alone are kept apart), and on CUDA
     whether FASTCONV_CUTLASS_SM80 / FASTCONV_CUTLASS_SM90_TF32 change what the ``cuda`` candidate runs
-    (on the CPU: FASTCONV_CPU_WINOGRAD=0 / FASTCONV_ONEDNN_PREPACK=0, the ``cpu`` / ``torch`` ones)."""
+    (on the CPU: FASTCONV_CPU_WINOGRAD=0, 2 or 4 / FASTCONV_ONEDNN_PREPACK=0, the ``cpu`` / ``torch`` ones)."""
     parts = [device_name(device), f"torch {torch.__version__}", f"fastconv {__version__}"]
     if device.type == "cpu":
         parts.append(f"threads {torch.get_num_threads()}")
-        for var in ("FASTCONV_CPU_WINOGRAD", "FASTCONV_ONEDNN_PREPACK"):  # kernels switched off: other candidates
-            if os.environ.get(var, "1") == "0":
-                parts.append(f"{var}=0")
+        for var in ("FASTCONV_CPU_WINOGRAD", "FASTCONV_ONEDNN_PREPACK"):  # kernels switched off or forced
+            value = os.environ.get(var) or "1"
+            if value != "1":
+                parts.append(f"{var}={value}")
     else:
         parts.append(f"triton {_triton_version()}")
         sm80 = os.environ.get("FASTCONV_CUTLASS_SM80") or "0"

@@ -176,11 +176,14 @@ PRIVATE = [
      " 1, True, out)", "RuntimeError", r"bias must have shape"),
     ("c2d stride 0", "torch.ops.fastconv._conv2d_relu_cpu(x, w, None, None, [0, 1], [0, 0, 0, 0], [1, 1], 1, True,"
      " out)", "RuntimeError", r"stride must be positive"),
-    # _conv2d_winograd_cpu(x channels_last, u [16, C, K], bias, residual, padding4, relu, out)
+    # _conv2d_winograd_cpu(x channels_last, u [16 or 36, C, K], bias, residual, padding4, relu, out, weight)
     ("wino x NCHW", "torch.ops.fastconv._conv2d_winograd_cpu(x, torch.randn(16, 4, 6), None, None, [0, 0, 0, 0],"
      " True, out)", "RuntimeError", r"channels_last"),
     ("wino u shape", "torch.ops.fastconv._conv2d_winograd_cpu(x.contiguous(memory_format=torch.channels_last),"
-     " torch.randn(9, 4, 6), None, None, [0, 0, 0, 0], True, out)", "RuntimeError", r"\[16, C_in, C_out\]"),
+     " torch.randn(9, 4, 6), None, None, [0, 0, 0, 0], True, out)", "RuntimeError", r"\[16 or 36, C_in, C_out\]"),
+    ("wino weight shape", "torch.ops.fastconv._conv2d_winograd_cpu(x.contiguous(memory_format=torch.channels_last),"
+     " torch.randn(16, 4, 6), None, None, [0, 0, 0, 0], True, out, torch.randn(6, 4, 5, 5))", "RuntimeError",
+     r"weight must be the float32 CPU \[6, 4, 3, 3\]"),
     ("wino u strided", "torch.ops.fastconv._conv2d_winograd_cpu(x.contiguous(memory_format=torch.channels_last),"
      " torch.randn(16, 6, 4).transpose(1, 2), None, None, [0, 0, 0, 0], True, out)", "RuntimeError", r"contiguous"),
     ("wino out shape", "torch.ops.fastconv._conv2d_winograd_cpu(x.contiguous(memory_format=torch.channels_last),"

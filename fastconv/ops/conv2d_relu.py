@@ -100,21 +100,46 @@ def _reference_kernel(x, weight, bias, residual, stride, padding, dilation, grou
 
 
 def _cpu_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
-    u = winograd_weight(weight) if use_winograd(x, weight, stride, dilation, groups) else None
+    u = winograd_weight(weight, winograd_tile(out)) if use_winograd(x, weight, stride, dilation, groups) else None
     if u is not None:
-        torch.ops.fastconv._conv2d_winograd_cpu(x, u, bias, residual, padding, relu, out)
+        # (the weight too: tiles with a NaN or Inf input are computed directly from it)
+        torch.ops.fastconv._conv2d_winograd_cpu(x, u, bias, residual, padding, relu, out, weight)
         return
     torch.ops.fastconv._conv2d_relu_cpu(x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
 
 
-# Winograd F(2x2, 3x3) (csrc/cpu/winograd_conv_kernel.cpp): 2.25x fewer multiplications for 3x3
-# stride-1 convs, float32 channels_last, at least WINOGRAD_MIN_CHANNELS in and out (below that the
-# tile transforms outweigh the saving), for weights that do not require grad (inference weights,
-# as convert() leaves them) or whose call runs with autograd off (grad_free below): a weight in
-# training changes every step, and transforming it again costs more than the conv. FASTCONV_CPU_WINOGRAD=0 keeps them all on the im2col kernel.
+# Winograd F(m x m, 3x3) (csrc/cpu/winograd_conv_kernel.cpp) for 3x3 stride-1 convs, float32
+# channels_last, at least WINOGRAD_MIN_CHANNELS in and out (below that the tile transforms outweigh
+# the saving), for weights that do not require grad (inference weights, as convert() leaves them)
+# or whose call runs with autograd off (grad_free below): a weight in training changes every step,
+# and transforming it again costs more than the conv. m = 4 (4x fewer multiplications than a direct
+# conv, relative error ~2e-6) where the output has at least WINOGRAD_4X4_MIN_TILES 4x4 tiles, m = 2
+# (2.25x fewer, ~3e-7) below: F(4x4) reads 36 transformed weight matrices against F(2x2)'s 16, which
+# costs more than it saves when few tiles share them (ResNet-50's 512-channel 7x7 layers at batch
+# 1-2: F(4x4) 0.67-0.84x of F(2x2); 1.2-2.1x from 16 tiles up, and on the larger maps, one core of
+# the CPU VM). FASTCONV_CPU_WINOGRAD: 0 keeps every conv on the im2col kernel, 2 or 4 forces m.
 WINOGRAD_MIN_CHANNELS = 16
-_WINOGRAD_GT = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]],
-                            dtype=torch.float64).t().contiguous()  # Gᵀ, [3, 4]
+_WINOGRAD_GT = {  # Gᵀ of F(m x m, 3x3), [3, m + 2]
+    2: torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]],
+                    dtype=torch.float64).t().contiguous(),
+    4: torch.tensor([[1 / 4, 0.0, 0.0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                     [1 / 24, -1 / 12, 1 / 6], [0.0, 0.0, 1.0]], dtype=torch.float64).t().contiguous(),
+}
+
+
+WINOGRAD_4X4_MIN_TILES = 16
+
+
+def winograd_tile(out: torch.Tensor) -> int:
+    """m of the F(m x m, 3x3) the cpu tactic runs for an output shaped like ``out``."""
+    v = os.environ.get("FASTCONV_CPU_WINOGRAD", "1")
+    if v not in ("0", "1", "2", "4"):
+        raise ValueError(f"FASTCONV_CPU_WINOGRAD must be 0 (off), 1 (on: F(4x4) or F(2x2) by output size), "
+                         f"2 or 4 (that F(m x m, 3x3) always), got {v!r}")
+    if v in ("2", "4"):
+        return int(v)
+    n, _, oh, ow = out.shape
+    return 4 if n * -(-oh // 4) * -(-ow // 4) >= WINOGRAD_4X4_MIN_TILES else 2
 
 
 def use_winograd(x, weight, stride, dilation, groups) -> bool:
@@ -150,20 +175,20 @@ def _no_grad_call(weight: torch.Tensor) -> Iterator[None]:
         ids.pop()
 
 
-def make_winograd_weight(weight: torch.Tensor) -> torch.Tensor:
+def make_winograd_weight(weight: torch.Tensor, m: int = 4) -> torch.Tensor:
     """U = G g Gᵀ for each [C_out, C_in] pair of a 3x3 weight, as the contiguous float32
-    [16, C_in, C_out] the kernel's 16 GEMMs read (computed in float64, rounded once)."""
+    [(m + 2)², C_in, C_out] the kernel's GEMMs read (computed in float64, rounded once)."""
     k, c = weight.shape[:2]
-    gt = _WINOGRAD_GT
-    a = weight.detach().double().reshape(k * c, 3, 3) @ gt  # g Gᵀ          [K*C, 3, 4]
-    ut = a.transpose(1, 2) @ gt                              # (G g Gᵀ)ᵀ     [K*C, 4, 4]
-    return ut.transpose(1, 2).reshape(k, c, 16).permute(2, 1, 0).to(torch.float32).contiguous()
+    gt = _WINOGRAD_GT[m]
+    a = weight.detach().double().reshape(k * c, 3, 3) @ gt  # g Gᵀ          [K*C, 3, a]
+    ut = a.transpose(1, 2) @ gt                              # (G g Gᵀ)ᵀ     [K*C, a, a]
+    return ut.transpose(1, 2).reshape(k, c, (m + 2) ** 2).permute(2, 1, 0).to(torch.float32).contiguous()
 
 
-def winograd_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
-    """The cached transformed weight, or None where it cannot be cached (an inference tensor, say):
-    then the im2col kernel runs instead of transforming the weight on every call."""
-    return _weight_cache.derived(weight, ("winograd",), lambda: make_winograd_weight(weight))
+def winograd_weight(weight: torch.Tensor, m: int) -> Optional[torch.Tensor]:
+    """The cached F(m x m) transformed weight, or None where it cannot be cached (an inference
+    tensor, say): then the im2col kernel runs instead of transforming the weight on every call."""
+    return _weight_cache.derived(weight, ("winograd", m), lambda: make_winograd_weight(weight, m))
 
 
 def _cuda_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):

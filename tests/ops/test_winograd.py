@@ -1,7 +1,8 @@
-"""The cpu backend's Winograd F(2x2, 3x3) kernel (csrc/cpu/winograd_conv_kernel.cpp), which takes
-3x3 stride-1 float32 channels_last convs with >= 16 channels in and out: against the fp64
-reference on odd sizes, every padding, residual and ReLU variants, out layouts and slices (NaN
-poisoned), NaN inputs, weight updates; its argument checks; and where the dispatch sends it."""
+"""The cpu backend's Winograd F(2x2, 3x3) and F(4x4, 3x3) kernel (csrc/cpu/winograd_conv_kernel.cpp),
+which takes 3x3 stride-1 float32 channels_last convs with >= 16 channels in and out: against the
+fp64 reference on odd sizes, every padding, residual and ReLU variants, out layouts and slices (NaN
+poisoned), NaN and Inf inputs, weight updates; its argument checks; and where the dispatch sends
+it (and with which tile)."""
 from __future__ import annotations
 
 import importlib
@@ -53,7 +54,8 @@ def _ref(x, weight, bias, residual, padding, relu):
 @pytest.mark.parametrize("with_res", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("out_layout", ["nhwc", "nchw", "nhwc_slice"])
-def test_winograd_matches_the_fp64_reference(case, with_res, relu, out_layout):
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_matches_the_fp64_reference(case, with_res, relu, out_layout, m):
     n, c, h, w, k, padding = case
     x, weight, bias, residual = _inputs(*case)
     residual = residual.contiguous(memory_format=CL) if with_res and out_layout != "nchw" else \
@@ -66,14 +68,15 @@ def test_winograd_matches_the_fp64_reference(case, with_res, relu, out_layout):
     else:
         out = torch.full(shape, float("nan"))
         out = out.contiguous(memory_format=CL) if out_layout == "nhwc" else out
-    torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight), bias, residual, padding, relu,
-                                            out)
-    assert_close_rel(out, ref, torch.float32, f"winograd {case} res={with_res} relu={relu} {out_layout}")
+    torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight, m), bias, residual, padding,
+                                            relu, out, weight)
+    assert_close_rel(out, ref, torch.float32, f"F({m}x{m}) {case} res={with_res} relu={relu} {out_layout}")
     if out_layout == "nhwc_slice":
         assert torch.isnan(buf[:, :5]).all() and torch.isnan(buf[:, 5 + k:]).all()
 
 
-def test_x_a_channel_slice_of_an_nhwc_buffer():
+@pytest.mark.parametrize("m", [2, 4])
+def test_x_a_channel_slice_of_an_nhwc_buffer(m):
     """DenseNet's pattern: x is the first channels of a wider channels_last concat buffer."""
     gen = torch.Generator().manual_seed(9)
     buf = torch.randn(2, 56, 9, 7, generator=gen).contiguous(memory_format=CL)
@@ -81,30 +84,41 @@ def test_x_a_channel_slice_of_an_nhwc_buffer():
     weight = torch.randn(24, 32, 3, 3, generator=gen) / 17
     bias = torch.randn(24, generator=gen)
     out = torch.full((2, 24, 9, 7), float("nan")).contiguous(memory_format=CL)
-    torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight), bias, None, [1, 1, 1, 1], True,
-                                            out)
+    torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight, m), bias, None, [1, 1, 1, 1],
+                                            True, out)
     assert_close_rel(out, _ref(x, weight, bias, None, [1, 1, 1, 1], True), torch.float32, "x slice")
 
 
-def test_no_bias_and_nan_propagation():
-    """Each output of a tile depends on exactly the inputs of its own 3x3 window (the transforms
-    only combine those), so a NaN input reaches the same outputs as in a direct conv."""
-    x, weight, _, _ = _inputs(2, 16, 7, 7, 16, [1, 1, 1, 1])
-    x[0, 3, 2, 2] = float("nan")
-    x[1, 5, 6, 0] = float("nan")
-    out = torch.empty(2, 16, 7, 7).contiguous(memory_format=CL)
-    torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight), None, None, [1, 1, 1, 1], True,
-                                            out)
-    ref = _ref(x, weight, None, None, [1, 1, 1, 1], True)
-    assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out[0, :, 1:4, 1:4]).all()
-    ok = ~torch.isnan(ref)
-    torch.testing.assert_close(out[ok], ref[ok].float(), rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("values", ["nan", "inf", "mixed"])
+def test_non_finite_inputs_reach_exactly_the_outputs_of_a_direct_conv(m, values):
+    """The transforms combine a tile's inputs (Inf - Inf = NaN, NaN * 0 = NaN), so given the 3x3
+    weight (as the dispatch passes it) the kernel computes tiles with a NaN or Inf input directly:
+    NaN where a direct conv gives NaN, the same Inf where it gives Inf (an Inf times a zero weight
+    is NaN there too), the other outputs as usual. No bias, no ReLU: nothing hides a value."""
+    x, weight, _, _ = _inputs(2, 16, 11, 13, 24, [1, 1, 1, 1], seed=7)
+    weight[0, 0, 1, 1] = 0.0
+    bad = {"nan": [float("nan")] * 3, "inf": [float("inf"), float("-inf"), float("inf")],
+           "mixed": [float("nan"), float("inf"), float("-inf")]}[values]
+    for v, (n, c, h, w) in zip(bad, [(0, 3, 2, 2), (1, 0, 6, 12), (1, 15, 10, 0)]):
+        x[n, c, h, w] = v
+    ref = _ref(x, weight, None, None, [1, 1, 1, 1], False)
+    out = torch.empty(2, 24, 11, 13).contiguous(memory_format=CL)
+    torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight, m), None, None, [1, 1, 1, 1],
+                                            False, out, weight)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), (int(torch.isnan(out).sum()), int(torch.isnan(ref).sum()))
+    inf = torch.isinf(ref)
+    assert torch.equal(torch.isinf(out), inf) and torch.equal(out[inf], ref[inf].float())
+    assert torch.isnan(ref).any() or inf.any()
+    ok = torch.isfinite(ref)
+    torch.testing.assert_close(out[ok], ref[ok].float(), rtol=1e-4, atol=1e-4)
 
 
 def test_zero_batch():
     x = torch.empty(0, 16, 5, 5).contiguous(memory_format=CL)
     out = torch.empty(0, 16, 5, 5).contiguous(memory_format=CL)
     torch.ops.fastconv._conv2d_winograd_cpu(x, torch.randn(16, 16, 16), None, None, [1, 1, 1, 1], True, out)
+    torch.ops.fastconv._conv2d_winograd_cpu(x, torch.randn(36, 16, 16), None, None, [1, 1, 1, 1], True, out)
 
 
 def test_bad_arguments_raise():
@@ -116,8 +130,14 @@ def test_bad_arguments_raise():
         op(x.double(), u, None, None, [1, 1, 1, 1], True, out)
     with pytest.raises(RuntimeError, match="channels_last"):
         op(x.contiguous(), u, None, None, [1, 1, 1, 1], True, out)
-    with pytest.raises(RuntimeError, match=r"\[16, C_in, C_out\]"):
+    with pytest.raises(RuntimeError, match=r"\[16 or 36, C_in, C_out\]"):
         op(x, u[:, :8], None, None, [1, 1, 1, 1], True, out)
+    with pytest.raises(RuntimeError, match=r"\[16 or 36, C_in, C_out\]"):
+        op(x, torch.randn(25, 16, 16), None, None, [1, 1, 1, 1], True, out)
+    with pytest.raises(RuntimeError, match="weight must be the float32 CPU"):
+        op(x, u, None, None, [1, 1, 1, 1], True, out, weight[:8])
+    with pytest.raises(RuntimeError, match="weight must be the float32 CPU"):
+        op(x, u, None, None, [1, 1, 1, 1], True, out, weight.double())
     with pytest.raises(RuntimeError, match="out must be"):
         op(x, u, None, None, [0, 0, 0, 0], True, out)
     with pytest.raises(RuntimeError, match="bias"):
@@ -144,6 +164,40 @@ def test_dispatch_takes_winograd_only_where_it_applies(monkeypatch):
     assert not conv_mod.use_winograd(x, w.clone().requires_grad_(), [1, 1], [1, 1], 1)  # a weight being trained
     monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "0")
     assert not conv_mod.use_winograd(x, w, [1, 1], [1, 1], 1)
+
+
+def test_tile_choice(monkeypatch):
+    # F(4x4) from WINOGRAD_4X4_MIN_TILES 4x4 output tiles up, F(2x2) below; the environment forces either
+    def out(n, h, w):
+        return torch.empty(n, 8, h, w)
+    assert conv_mod.WINOGRAD_4X4_MIN_TILES == 16
+    assert conv_mod.winograd_tile(out(4, 56, 56)) == 4
+    assert conv_mod.winograd_tile(out(1, 14, 14)) == 4       # 16 tiles
+    assert conv_mod.winograd_tile(out(1, 13, 13)) == 4       # 16 tiles, the last row/column partly used
+    assert conv_mod.winograd_tile(out(3, 7, 7)) == 2         # 12 tiles (ResNet-50's 512-channel layers)
+    assert conv_mod.winograd_tile(out(4, 7, 7)) == 4
+    monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "2")
+    assert conv_mod.winograd_tile(out(4, 56, 56)) == 2
+    monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "4")
+    assert conv_mod.winograd_tile(out(1, 7, 7)) == 4
+    monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "3")
+    with pytest.raises(ValueError, match="FASTCONV_CPU_WINOGRAD must be"):
+        conv_mod.winograd_tile(out(1, 7, 7))
+
+
+@pytest.mark.parametrize("env,m", [(None, 4), ("2", 2)])
+def test_the_cpu_tactic_caches_the_tile_it_runs(env, m, monkeypatch):
+    if env:
+        monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", env)
+    _weight_cache.clear()
+    x, weight, bias, _ = _inputs(1, 16, 16, 16, 16, [1, 1, 1, 1], seed=8)
+    with fastconv.use_backend("cpu"):
+        y = fastconv.conv2d_relu(x, weight, bias, 1, 1)
+    assert _weight_cache.cached_count() == 1
+    assert torch.equal(conv_mod.winograd_weight(weight, m), conv_mod.make_winograd_weight(weight, m))
+    assert _weight_cache.cached_count() == 1  # the same entry
+    assert_close_rel(y, _ref(x, weight, bias, None, [1, 1, 1, 1], True), torch.float32, f"F({m}x{m})")
+    _weight_cache.clear()
 
 
 @pytest.mark.parametrize("grad_mode", ["enable_grad", "no_grad", "inference_mode"])
@@ -212,7 +266,7 @@ def test_inference_tensor_weights_take_the_im2col_kernel():
     _weight_cache.clear()
     with torch.inference_mode():
         x, weight, bias, _ = _inputs(1, 32, 8, 8, 32, [1, 1, 1, 1], seed=6)
-        assert conv_mod.winograd_weight(weight) is None
+        assert conv_mod.winograd_weight(weight, 4) is None and conv_mod.winograd_weight(weight, 2) is None
         with fastconv.use_backend("cpu"):
             y = fastconv.conv2d_relu(x, weight, bias, 1, 1)
     assert _weight_cache.cached_count() == 0
@@ -259,7 +313,7 @@ def test_random_configurations(seed):
             y = fastconv.conv2d_relu(x, weight, bias, 1, (padding[0], padding[2]), residual=residual, relu=relu,
                                      out=out)
     else:  # asymmetric: the private op (the public one takes symmetric or 'same' padding)
-        torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight), bias, residual, padding,
-                                                relu, out)
+        torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight, 2 + 2 * (seed % 2)), bias,
+                                                residual, padding, relu, out)
         y = out
     assert_close_rel(y, ref, torch.float32, f"seed {seed}: {n}x{c}x{h}x{w} -> {k}, padding {padding}")
