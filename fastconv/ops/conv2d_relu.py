@@ -100,7 +100,7 @@ def _reference_kernel(x, weight, bias, residual, stride, padding, dilation, grou
 
 
 def _cpu_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
-    u = winograd_weight(weight, winograd_tile(out)) if use_winograd(x, weight, stride, dilation, groups) else None
+    u = winograd_weight(weight, winograd_tile(x, out)) if use_winograd(x, weight, stride, dilation, groups) else None
     if u is not None:
         # (the weight too: tiles with a NaN or Inf input are computed directly from it)
         torch.ops.fastconv._conv2d_winograd_cpu(x, u, bias, residual, padding, relu, out, weight)
@@ -113,11 +113,13 @@ def _cpu_kernel(x, weight, bias, residual, stride, padding, dilation, groups, re
 # the saving), for weights that do not require grad (inference weights, as convert() leaves them)
 # or whose call runs with autograd off (grad_free below): a weight in training changes every step,
 # and transforming it again costs more than the conv. m = 4 (4x fewer multiplications than a direct
-# conv, relative error ~2e-6) where the output has at least WINOGRAD_4X4_MIN_TILES 4x4 tiles, m = 2
-# (2.25x fewer, ~3e-7) below: F(4x4) reads 36 transformed weight matrices against F(2x2)'s 16, which
-# costs more than it saves when few tiles share them (ResNet-50's 512-channel 7x7 layers at batch
-# 1-2: F(4x4) 0.67-0.84x of F(2x2); 1.2-2.1x from 16 tiles up, and on the larger maps, one core of
-# the CPU VM). FASTCONV_CPU_WINOGRAD: 0 keeps every conv on the im2col kernel, 2 or 4 forces m.
+# conv, relative error ~1-3e-6) where the output has enough 4x4 tiles, m = 2 (2.25x fewer, ~3e-7)
+# below: F(4x4) reads 36 transformed weight matrices against F(2x2)'s 16, which costs more than it
+# saves when few tiles share them. Measured on one core of the CPU VM (process time, F(4x4) over
+# F(2x2)): 512 channels at 7x7, batch 1/2/4/8/16 (4-64 tiles): 0.70/0.60/0.81/1.19/1.47x; 256 at
+# 14x14, batch 1/2/4 (16-64 tiles): 1.04/1.10/1.16x; 128 at 28x28 batch 1: 1.40x; 64 at 56x56: 1.18x.
+# Hence F(4x4) from max(WINOGRAD_4X4_MIN_TILES, C_in * C_out / 8192) tiles up. FASTCONV_CPU_WINOGRAD:
+# 0 keeps every conv on the im2col kernel, 2 or 4 forces m.
 WINOGRAD_MIN_CHANNELS = 16
 _WINOGRAD_GT = {  # Gᵀ of F(m x m, 3x3), [3, m + 2]
     2: torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]],
@@ -130,16 +132,17 @@ _WINOGRAD_GT = {  # Gᵀ of F(m x m, 3x3), [3, m + 2]
 WINOGRAD_4X4_MIN_TILES = 16
 
 
-def winograd_tile(out: torch.Tensor) -> int:
-    """m of the F(m x m, 3x3) the cpu tactic runs for an output shaped like ``out``."""
+def winograd_tile(x: torch.Tensor, out: torch.Tensor) -> int:
+    """m of the F(m x m, 3x3) the cpu tactic runs for input ``x`` and output ``out``."""
     v = os.environ.get("FASTCONV_CPU_WINOGRAD", "1")
     if v not in ("0", "1", "2", "4"):
         raise ValueError(f"FASTCONV_CPU_WINOGRAD must be 0 (off), 1 (on: F(4x4) or F(2x2) by output size), "
                          f"2 or 4 (that F(m x m, 3x3) always), got {v!r}")
     if v in ("2", "4"):
         return int(v)
-    n, _, oh, ow = out.shape
-    return 4 if n * -(-oh // 4) * -(-ow // 4) >= WINOGRAD_4X4_MIN_TILES else 2
+    n, k, oh, ow = out.shape
+    tiles = n * -(-oh // 4) * -(-ow // 4)
+    return 4 if tiles >= max(WINOGRAD_4X4_MIN_TILES, x.shape[1] * k / 8192) else 2
 
 
 def use_winograd(x, weight, stride, dilation, groups) -> bool:

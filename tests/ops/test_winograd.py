@@ -167,22 +167,24 @@ def test_dispatch_takes_winograd_only_where_it_applies(monkeypatch):
 
 
 def test_tile_choice(monkeypatch):
-    # F(4x4) from WINOGRAD_4X4_MIN_TILES 4x4 output tiles up, F(2x2) below; the environment forces either
-    def out(n, h, w):
-        return torch.empty(n, 8, h, w)
+    # F(4x4) from max(16, C_in * C_out / 8192) 4x4 output tiles up, F(2x2) below; the environment
+    # forces either
+    def tile(n, c, h, w):
+        return conv_mod.winograd_tile(torch.empty(n, c, h, w), torch.empty(n, c, h, w))
     assert conv_mod.WINOGRAD_4X4_MIN_TILES == 16
-    assert conv_mod.winograd_tile(out(4, 56, 56)) == 4
-    assert conv_mod.winograd_tile(out(1, 14, 14)) == 4       # 16 tiles
-    assert conv_mod.winograd_tile(out(1, 13, 13)) == 4       # 16 tiles, the last row/column partly used
-    assert conv_mod.winograd_tile(out(3, 7, 7)) == 2         # 12 tiles (ResNet-50's 512-channel layers)
-    assert conv_mod.winograd_tile(out(4, 7, 7)) == 4
+    assert tile(4, 64, 56, 56) == 4
+    assert tile(1, 256, 14, 14) == 4        # 16 tiles
+    assert tile(1, 64, 13, 13) == 4         # 16 tiles, the last row/column partly used
+    assert tile(3, 64, 7, 7) == 2           # 12 tiles
+    assert tile(4, 512, 7, 7) == 2          # 16 tiles, but 36 weight matrices of 1 MiB
+    assert tile(8, 512, 7, 7) == 4          # 32
     monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "2")
-    assert conv_mod.winograd_tile(out(4, 56, 56)) == 2
+    assert tile(4, 64, 56, 56) == 2
     monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "4")
-    assert conv_mod.winograd_tile(out(1, 7, 7)) == 4
+    assert tile(1, 512, 7, 7) == 4
     monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "3")
     with pytest.raises(ValueError, match="FASTCONV_CPU_WINOGRAD must be"):
-        conv_mod.winograd_tile(out(1, 7, 7))
+        tile(1, 64, 7, 7)
 
 
 @pytest.mark.parametrize("env,m", [(None, 4), ("2", 2)])
