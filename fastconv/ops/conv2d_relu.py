@@ -113,13 +113,17 @@ def _cpu_kernel(x, weight, bias, residual, stride, padding, dilation, groups, re
 # the saving), for weights that do not require grad (inference weights, as convert() leaves them)
 # or whose call runs with autograd off (grad_free below): a weight in training changes every step,
 # and transforming it again costs more than the conv. m = 4 (4x fewer multiplications than a direct
-# conv, relative error ~1-3e-6) where the output has enough 4x4 tiles, m = 2 (2.25x fewer, ~3e-7)
-# below: F(4x4) reads 36 transformed weight matrices against F(2x2)'s 16, which costs more than it
-# saves when few tiles share them. Measured on one core of the CPU VM (process time, F(4x4) over
-# F(2x2)): 512 channels at 7x7, batch 1/2/4/8/16 (4-64 tiles): 0.70/0.60/0.81/1.19/1.47x; 256 at
-# 14x14, batch 1/2/4 (16-64 tiles): 1.04/1.10/1.16x; 128 at 28x28 batch 1: 1.40x; 64 at 56x56: 1.18x.
-# Hence F(4x4) from max(WINOGRAD_4X4_MIN_TILES, C_in * C_out / 8192) tiles up. FASTCONV_CPU_WINOGRAD:
-# 0 keeps every conv on the im2col kernel, 2 or 4 forces m.
+# conv, relative error ~1-3e-6) where it measured faster, m = 2 (2.25x fewer, ~3e-7) elsewhere:
+# F(4x4) reads 36 transformed weight matrices against F(2x2)'s 16, which costs more than it saves
+# when few tiles share them, and its transforms cost more per element, which shows where the GEMMs
+# are small (few output channels). benchmarks/bench_cpu_winograd_tiles.py, one core, F(4x4) over
+# F(2x2): 512 channels at 7x7, batch 1/2/4/8/16 (4-64 tiles): 0.86/0.70/0.91/1.47/1.59x; 256 at
+# 14x14, batch 1/2/4: 1.01/1.17/1.29x; 128 at 28x28: 1.35x; 64 at 56x56: 1.26x. DenseNet's 128 -> 32
+# growth convs alone gained at 56x56 and 28x28 (1.17/1.12x) and lost at 14x14 (0.93x), but the
+# whole DenseNet-121 ran 0.94x with them on F(4x4) (its output transforms write into the wide concat
+# buffer). Hence F(4x4) from max(WINOGRAD_4X4_MIN_TILES, C_in * C_out / 8192) 4x4 output tiles and
+# WINOGRAD_4X4_MIN_OUT_CHANNELS output channels. FASTCONV_CPU_WINOGRAD: 0 keeps every conv on the
+# im2col kernel, 2 or 4 forces m.
 WINOGRAD_MIN_CHANNELS = 16
 _WINOGRAD_GT = {  # Gᵀ of F(m x m, 3x3), [3, m + 2]
     2: torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]],
@@ -130,6 +134,7 @@ _WINOGRAD_GT = {  # Gᵀ of F(m x m, 3x3), [3, m + 2]
 
 
 WINOGRAD_4X4_MIN_TILES = 16
+WINOGRAD_4X4_MIN_OUT_CHANNELS = 64
 
 
 def winograd_tile(x: torch.Tensor, out: torch.Tensor) -> int:
@@ -142,7 +147,8 @@ def winograd_tile(x: torch.Tensor, out: torch.Tensor) -> int:
         return int(v)
     n, k, oh, ow = out.shape
     tiles = n * -(-oh // 4) * -(-ow // 4)
-    return 4 if tiles >= max(WINOGRAD_4X4_MIN_TILES, x.shape[1] * k / 8192) else 2
+    enough = tiles >= max(WINOGRAD_4X4_MIN_TILES, x.shape[1] * k / 8192)
+    return 4 if enough and k >= WINOGRAD_4X4_MIN_OUT_CHANNELS else 2
 
 
 def use_winograd(x, weight, stride, dilation, groups) -> bool:

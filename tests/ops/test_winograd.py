@@ -167,10 +167,10 @@ def test_dispatch_takes_winograd_only_where_it_applies(monkeypatch):
 
 
 def test_tile_choice(monkeypatch):
-    # F(4x4) from max(16, C_in * C_out / 8192) 4x4 output tiles up, F(2x2) below; the environment
-    # forces either
-    def tile(n, c, h, w):
-        return conv_mod.winograd_tile(torch.empty(n, c, h, w), torch.empty(n, c, h, w))
+    # F(4x4) from max(16, C_in * C_out / 8192) 4x4 output tiles and 64 output channels up, F(2x2)
+    # below; the environment forces either
+    def tile(n, c, h, w, k=None):
+        return conv_mod.winograd_tile(torch.empty(n, c, h, w), torch.empty(n, k or c, h, w))
     assert conv_mod.WINOGRAD_4X4_MIN_TILES == 16
     assert tile(4, 64, 56, 56) == 4
     assert tile(1, 256, 14, 14) == 4        # 16 tiles
@@ -178,6 +178,8 @@ def test_tile_choice(monkeypatch):
     assert tile(3, 64, 7, 7) == 2           # 12 tiles
     assert tile(4, 512, 7, 7) == 2          # 16 tiles, but 36 weight matrices of 1 MiB
     assert tile(8, 512, 7, 7) == 4          # 32
+    assert tile(4, 128, 56, 56, k=32) == 2  # DenseNet's growth convs
+    assert tile(4, 128, 14, 14, k=64) == 4
     monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "2")
     assert tile(4, 64, 56, 56) == 2
     monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "4")
@@ -192,7 +194,7 @@ def test_the_cpu_tactic_caches_the_tile_it_runs(env, m, monkeypatch):
     if env:
         monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", env)
     _weight_cache.clear()
-    x, weight, bias, _ = _inputs(1, 16, 16, 16, 16, [1, 1, 1, 1], seed=8)
+    x, weight, bias, _ = _inputs(1, 16, 16, 16, 64, [1, 1, 1, 1], seed=8)  # 16 4x4 tiles, 64 out channels
     with fastconv.use_backend("cpu"):
         y = fastconv.conv2d_relu(x, weight, bias, 1, 1)
     assert _weight_cache.cached_count() == 1
