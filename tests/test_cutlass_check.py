@@ -141,8 +141,8 @@ def test_a_misaligned_channels_last_weight_is_copied_to_an_aligned_one():
 
 
 @pytest.mark.parametrize("cc,sm80,sm90_tf32", MODES)
-@pytest.mark.parametrize("n,c,hw,k", [(16, 64, 512, 64), (66, 64, 512, 64), (1, 64, 6000, 64), (1, 16, 46341, 16), (2, 8, 40000, 8),
-                                      (1, 3, 30000, 64), (1, 4096, 32, 4096)])
+@pytest.mark.parametrize("n,c,hw,k", [(16, 64, 512, 64), (66, 64, 512, 64), (1, 64, 6000, 64), (1, 16, 46341, 16),
+                                      (2, 8, 40000, 8), (1, 3, 30000, 64), (1, 4096, 32, 4096)])
 def test_huge_problems(n, c, hw, k, cc, sm80, sm90_tf32):
     # meta tensors around the 2 GiB and 2^31-element marks (x, out, N*OH*OW, the weight): what the
     # plan hands a CUTLASS kernel, the kernel takes

@@ -1,8 +1,10 @@
 // fastconv::_cutlass_check: for one conv2d_relu / conv1x1 problem, the CUDA backend's plan and,
 // when the plan names a CUTLASS kernel, whether that kernel's own host-side checks take the
 // arguments the CUDA op would build: "<path>: ok", "<path>: refused: <why>" (either followed by the
-// plan's notes in parentheses), or the direct plan's string. kernel= asks the named CUTLASS kernel even where the plan would not. Nothing is launched, so it runs on CPU and meta tensors: tests hold the dispatch rules
-// (csrc/cuda_plan.h) against CUTLASS's can_implement without a GPU (tests/test_cutlass_check.py).
+// plan's notes in parentheses), or the direct plan's string. kernel= asks the named CUTLASS kernel
+// even where the plan would not. Nothing is launched, so it runs on CPU and meta tensors: tests hold
+// the dispatch rules (csrc/cuda_plan.h) against CUTLASS's can_implement without a GPU
+// (tests/test_cutlass_check.py).
 // Compiled only in CUDA builds (the CUTLASS argument types live in the .cu files).
 #include "conv2d_relu_common.h"
 #include "cutlass_conv.h"

@@ -120,8 +120,8 @@ def _cpu_kernel(x, weight, bias, residual, stride, padding, dilation, groups, re
 # F(2x2): 512 channels at 7x7, batch 1/2/4/8/16 (4-64 tiles): 0.86/0.70/0.91/1.47/1.59x; 256 at
 # 14x14, batch 1/2/4: 1.01/1.17/1.29x; 128 at 28x28: 1.35x; 64 at 56x56: 1.26x. DenseNet's 128 -> 32
 # growth convs alone gained at 56x56 and 28x28 (1.17/1.12x) and lost at 14x14 (0.93x), but the
-# whole DenseNet-121 ran 0.94x with them on F(4x4) (its output transforms write into the wide concat
-# buffer). Hence F(4x4) from max(WINOGRAD_4X4_MIN_TILES, C_in * C_out / 8192) 4x4 output tiles and
+# whole DenseNet-121 measured 0.94-0.95x with them on F(4x4), twice (not explained; the model-level
+# noise here is ~5%). Hence F(4x4) from max(WINOGRAD_4X4_MIN_TILES, C_in * C_out / 8192) 4x4 output tiles and
 # WINOGRAD_4X4_MIN_OUT_CHANNELS output channels. FASTCONV_CPU_WINOGRAD: 0 keeps every conv on the
 # im2col kernel, 2 or 4 forces m.
 WINOGRAD_MIN_CHANNELS = 16
@@ -141,7 +141,7 @@ def winograd_tile(x: torch.Tensor, out: torch.Tensor) -> int:
     """m of the F(m x m, 3x3) the cpu tactic runs for input ``x`` and output ``out``."""
     v = os.environ.get("FASTCONV_CPU_WINOGRAD", "1")
     if v not in ("0", "1", "2", "4"):
-        raise ValueError(f"FASTCONV_CPU_WINOGRAD must be 0 (off), 1 (on: F(4x4) or F(2x2) by output size), "
+        raise ValueError(f"FASTCONV_CPU_WINOGRAD must be 0 (off), 1 (on: F(4x4) or F(2x2) by the tile rule), "
                          f"2 or 4 (that F(m x m, 3x3) always), got {v!r}")
     if v in ("2", "4"):
         return int(v)
