@@ -125,7 +125,8 @@ def extensions():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0a"
         arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "(from the visible GPU)")
         # .cu: device code (nvcc); .cpp: host-only code that needs the CUDA build's declarations
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))) + sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         if not cutlass_includes():
             raise RuntimeError(
                 "the CUDA sources need the CUTLASS headers of the nvidia-cutlass package "

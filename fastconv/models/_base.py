@@ -84,8 +84,8 @@ class FusedEvalModel(nn.Module):
                 clone._fastconv_fused = True
                 fused = _convert(clone, None).eval()
                 # convert()'s default layout policy: k x k conv weights stored channels_last (in
-                # the copy's own parameter dicts; the model's tensors are untouched), and on the
-                # CPU activations channels_last inside, the input's layout outside
+                # the copy's own parameter/buffer dicts; the model's tensors are untouched), and on
+                # the CPU activations channels_last inside, the input's layout outside
                 _layout.conv_weights_channels_last(fused)
                 _layout.add_cpu_channels_last_hooks(fused)
                 cache = (key, fused)
