@@ -91,21 +91,25 @@ def test_x_a_channel_slice_of_an_nhwc_buffer(m):
 
 @pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize("values", ["nan", "inf", "mixed"])
-def test_non_finite_inputs_reach_exactly_the_outputs_of_a_direct_conv(m, values):
+@pytest.mark.parametrize("epilogue", ["none", "bias_residual_relu"])
+def test_non_finite_inputs_reach_exactly_the_outputs_of_a_direct_conv(m, values, epilogue):
     """The transforms combine a tile's inputs (Inf - Inf = NaN, NaN * 0 = NaN), so given the 3x3
     weight (as the dispatch passes it) the kernel computes tiles with a NaN or Inf input directly:
     NaN where a direct conv gives NaN, the same Inf where it gives Inf (an Inf times a zero weight
-    is NaN there too), the other outputs as usual. No bias, no ReLU: nothing hides a value."""
-    x, weight, _, _ = _inputs(2, 16, 11, 13, 24, [1, 1, 1, 1], seed=7)
+    is NaN there too), the other outputs as usual. Without an epilogue nothing hides a value; with
+    one, the direct tiles take the same bias, residual and ReLU (into an NCHW out)."""
+    x, weight, bias, residual = _inputs(2, 16, 11, 13, 24, [1, 1, 1, 1], seed=7)
     weight[0, 0, 1, 1] = 0.0
     bad = {"nan": [float("nan")] * 3, "inf": [float("inf"), float("-inf"), float("inf")],
            "mixed": [float("nan"), float("inf"), float("-inf")]}[values]
     for v, (n, c, h, w) in zip(bad, [(0, 3, 2, 2), (1, 0, 6, 12), (1, 15, 10, 0)]):
         x[n, c, h, w] = v
-    ref = _ref(x, weight, None, None, [1, 1, 1, 1], False)
-    out = torch.empty(2, 24, 11, 13).contiguous(memory_format=CL)
-    torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight, m), None, None, [1, 1, 1, 1],
-                                            False, out, weight)
+    full = epilogue != "none"
+    bias, residual = (bias, residual.contiguous(memory_format=CL)) if full else (None, None)
+    ref = _ref(x, weight, bias, residual, [1, 1, 1, 1], full)
+    out = torch.empty(2, 24, 11, 13) if full else torch.empty(2, 24, 11, 13).contiguous(memory_format=CL)
+    torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight, m), bias, residual,
+                                            [1, 1, 1, 1], full, out, weight)
     assert torch.equal(torch.isnan(out), torch.isnan(ref)), (int(torch.isnan(out).sum()), int(torch.isnan(ref).sum()))
     inf = torch.isinf(ref)
     assert torch.equal(torch.isinf(out), inf) and torch.equal(out[inf], ref[inf].float())
