@@ -10,6 +10,7 @@ registered kernel was compiled on both archs.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import subprocess
@@ -18,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+if "constexprs" not in inspect.signature(triton.compiler.ASTSource.__init__).parameters:  # triton 3.2
+    pytest.skip("this triton's ASTSource takes no constexprs=, the API compile_check is written for "
+                "(CI's triton 3.8 has it)", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_SHARED = {"sm_80": 166912, "sm_90": 232448}

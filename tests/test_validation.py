@@ -239,7 +239,8 @@ PRIVATE = [
     ("pool stride 0", "torch.ops.fastconv._max_pool2d_cpu(x, [2, 2], [0, 2], [0, 0], [1, 1], torch.empty(2, 4, 4, 4))",
      "RuntimeError", r"positive"),
     ("pool int", "torch.ops.fastconv._max_pool2d_cpu(x.long(), [2, 2], [2, 2], [0, 0], [1, 1],"
-     " torch.empty(2, 4, 4, 4, dtype=torch.long))", "NotImplementedError", r"not implemented for 'Long'"),
+     " torch.empty(2, 4, 4, 4, dtype=torch.long))", "NotImplementedError|RuntimeError",  # torch 2.6: RuntimeError
+     r"not implemented for 'Long'"),
     # _dense_concat_cpu(features, out)
     ("concat out channels", "torch.ops.fastconv._dense_concat_cpu([x, x], torch.empty(2, 7, 8, 8))", "RuntimeError",
      r"more channels than out"),
@@ -294,7 +295,7 @@ def _check(cases):
         if want is None:
             if name is not None:
                 failures.append(f"{label}: expected no error, got {name}: {msg}")
-        elif name != want or not re.search(pattern, msg, re.S):
+        elif name not in want.split("|") or not re.search(pattern, msg, re.S):
             failures.append(f"{label}: expected {want} matching {pattern!r}, got {name}: {msg[:300]}")
     assert not failures, "\n".join(failures)
 

@@ -21,9 +21,29 @@ from .. import _autotune
 from . import _weight_cache
 
 
+def _torch_at_least(major: int, minor: int) -> bool:
+    version = torch.__version__.split("+")[0].split(".")
+    return (int(version[0]), int(version[1])) >= (major, minor)
+
+
+# ``mkldnn::_convolution_pointwise`` is a private op whose robustness varies by release: torch 2.6's
+# crashes (SIGSEGV, uncatchable) on a channels_last input with a 1-wide kernel and width padding,
+# shapes eager F.conv2d computes. The fastconv suite passes on 2.11 and 2.14 with it (the op and
+# the tests' random shapes, checked by hand on 2.6/2.11/2.14: benchmarks/RESULTS.md "torch
+# versions"); older torch takes F.conv2d, eager's own path, with the same fusion around it.
+ONEDNN_POINTWISE = _torch_at_least(2, 11)
+
+
 def _use_onednn(x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and x.dtype in (torch.float32, torch.float16, torch.bfloat16))
+    return (ONEDNN_POINTWISE and x.device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled and x.dtype in (torch.float32, torch.float16, torch.bfloat16))
+
+
+def _output_is_one_pixel(x: torch.Tensor, weight: torch.Tensor, pad: List[int], stride: List[int],
+                         dilation: List[int]) -> bool:
+    size = [(x.shape[2 + d] + 2 * pad[d] - dilation[d] * (weight.shape[2 + d] - 1) - 1) // stride[d] + 1
+            for d in range(2)]
+    return size == [1, 1]
 
 
 def _plain_strides(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -88,12 +108,15 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         x, residual = _plain_strides(x), _plain_strides(residual)
         one_out = weight.shape[0] == 1
         packed = _weight_cache.onednn_blocked(weight, pad, stride, dilation, groups, x.shape) if cacheable else None
+        one_pixel_packed = packed is not None and _output_is_one_pixel(x, weight, pad, stride, dilation)
         weight = weight if packed is None else packed
         # bias and residual are oneDNN post-ops; its "relu" post-op is not used because it maps NaN
         # to 0 (fastconv's ReLU, like torch.relu, propagates NaN): the ReLU rides on the copy into out
-        if residual is None or one_out:
-            # (one output channel: torch 2.11's oneDNN cannot build the binary post-op's memory
-            # descriptor, "could not create a memory"; the residual is added after the conv instead)
+        if residual is None or one_out or one_pixel_packed:
+            # torch 2.11's oneDNN cannot build the binary post-op's memory descriptor ("could not
+            # create a memory") for one output channel, nor (2.6, 2.11) for a 1x1 output with a
+            # prepacked weight (ResNet's layer4 on a 32x32 input): the residual is added after the
+            # conv instead
             y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, stride, dilation, groups,
                                                        "none", [], "")
             if residual is not None:

@@ -8,10 +8,9 @@ same out-variant contract, so allocation and layout decisions live in one place.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 
@@ -171,17 +170,15 @@ def grad_free(weight: torch.Tensor) -> bool:
     return not weight.requires_grad or id(weight) in getattr(_marks, "ids", ())
 
 
-@contextlib.contextmanager
-def _no_grad_call(weight: torch.Tensor) -> Iterator[None]:
-    if not weight.requires_grad or torch.is_grad_enabled():
-        yield
-        return
-    ids = _marks.__dict__.setdefault("ids", [])
-    ids.append(id(weight))
-    try:
-        yield
-    finally:
-        ids.pop()
+def _mark_grad_free(weight: torch.Tensor) -> bool:
+    """Mark ``weight`` grad-free on this thread for one call made with autograd off; True if marked
+    (the caller unmarks it in a ``finally``). Not while torch.compile traces: the mark would not
+    reach the compiled graph's calls anyway, and torch 2.6's Dynamo cannot trace a generator
+    context manager here (every compiled fastconv model failed)."""
+    if not weight.requires_grad or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    _marks.__dict__.setdefault("ids", []).append(id(weight))
+    return True
 
 
 def make_winograd_weight(weight: torch.Tensor, m: int = 4) -> torch.Tensor:
@@ -362,10 +359,14 @@ def conv2d_relu(
         # checked before dispatch: an out on another device (meta) would route the op to that
         # device's kernel (the fake one), which writes nothing
         _checks.check_out_call(OP, out_view, x, (weight, bias, residual))
-    with _no_grad_call(weight):
+    marked = _mark_grad_free(weight)
+    try:
         if out_view is None:
             y = torch.ops.fastconv.conv2d_relu(x, weight, bias, residual, stride_, padding_, dilation_, groups, relu)
             return y.squeeze(0) if unbatched else y
         torch.ops.fastconv.conv2d_relu_out(x, weight, bias, residual, stride_, padding_, dilation_, groups, relu,
                                            out_view)
+    finally:
+        if marked:
+            _marks.ids.pop()
     return out

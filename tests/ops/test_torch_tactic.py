@@ -83,21 +83,53 @@ def test_relu_propagates_nan():
     assert torch.isnan(y[0, :, 1:4, 1:4]).all()
 
 
-@pytest.mark.parametrize("case", ["one_output_channel", "size1_dims_with_odd_strides"])
-def test_onednn_shapes_torch_2_11_rejected(case):
-    """Two calls torch 2.11's oneDNN refused ("could not create a memory"): a residual post-op with
-    one output channel, and a [1, C, 1, 1] input/residual carrying channels_last strides (a
-    ResNet-18 layer4 at 32x32). The tactic adds the residual itself / restrides; results match."""
+# Calls some torch release's oneDNN refused or crashed on (benchmarks/RESULTS.md, "torch versions"):
+# (x shape, channels_last x, weight shape, padding, stride, residual's strides: None = x's format)
+ONEDNN_EDGE_CASES = {
+    # torch 2.11, "could not create a memory": a residual post-op with one output channel
+    "one_output_channel": ((2, 5, 7, 6), True, (1, 5, 3, 3), 1, 1, "nchw"),
+    # 2.11: a [1, C, 1, 1] input/residual with channels_last strides (ResNet-18 layer4 at 32x32);
+    # 2.6 and 2.11: a prepacked weight with a residual and a 1x1 output
+    "size1_dims_with_odd_strides": ((1, 16, 1, 1), "odd", (16, 16, 3, 3), 1, 1, "odd"),
+    "one_pixel_output_of_a_3x3_input": ((2, 32, 3, 3), True, (32, 32, 3, 3), 0, 1, None),
+    # 2.6, SIGSEGV: a channels_last input, a 1-wide kernel, width padding
+    "one_wide_kernel_with_width_padding": ((1, 2, 9, 1), True, (3, 2, 3, 1), 2, 3, "nchw"),
+}
+
+
+def _strided(t: torch.Tensor, kind) -> torch.Tensor:
+    if kind == "odd":  # channels_last strides on [1, C, 1, 1]: also NCHW-contiguous
+        return t.as_strided(t.shape, (t.shape[1], 1, t.shape[1], t.shape[1]))
+    return t.contiguous(memory_format=torch.channels_last if kind is True or kind == "cl" else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("prepack", ["1", "0"])
+@pytest.mark.parametrize("case", list(ONEDNN_EDGE_CASES))
+def test_onednn_edge_cases(case, prepack, monkeypatch):
+    """The tactic steers around them (the residual added after the conv, restrided inputs, F.conv2d
+    on older torch); on every torch the results match the float64 conv."""
+    monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", prepack)
+    x_shape, x_kind, w_shape, padding, stride, r_kind = ONEDNN_EDGE_CASES[case]
     g = torch.Generator().manual_seed(3)
-    if case == "one_output_channel":
-        x = torch.randn(2, 5, 7, 6, generator=g).contiguous(memory_format=torch.channels_last)
-        w, b = torch.randn(1, 5, 3, 3, generator=g), torch.randn(1, generator=g)
-        r = torch.randn(2, 1, 7, 6, generator=g)
-    else:
-        x = torch.randn(1, 16, 1, 1, generator=g).as_strided((1, 16, 1, 1), (16, 1, 16, 16))
-        w, b = torch.randn(16, 16, 3, 3, generator=g), torch.randn(16, generator=g)
-        r = torch.randn(1, 16, 1, 1, generator=g).as_strided((1, 16, 1, 1), (16, 1, 16, 16))
+    x = _strided(torch.randn(x_shape, generator=g), x_kind)
+    w, b = torch.randn(w_shape, generator=g), torch.randn(w_shape[0], generator=g)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride, padding)
+    r = _strided(torch.randn(ref.shape, generator=g), x_kind if r_kind is None else r_kind)
     with fastconv.use_backend("torch"):
-        y = fastconv.conv2d_relu(x, w, b, 1, 1, residual=r)
-    ref = torch.relu(F.conv2d(x.double(), w.double(), b.double(), 1, 1) + r.double())
-    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+        y = fastconv.conv2d_relu(x, w, b, stride, padding, residual=r)
+    torch.testing.assert_close(y.double(), torch.relu(ref + r.double()), rtol=1e-5, atol=1e-5)
+
+
+def test_older_torch_takes_f_conv2d(monkeypatch):
+    """Below torch 2.11 the tactic does not call mkldnn::_convolution_pointwise (a crash on 2.6):
+    forced here, the F.conv2d path computes the same as the fp64 reference on random configs."""
+    from fastconv.ops import _torch_tactic
+
+    monkeypatch.setattr(_torch_tactic, "ONEDNN_POINTWISE", False)
+    calls = []
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", lambda *a: calls.append(a))
+    for i in range(0, c3.N_CASES, 7):
+        c3.run_case("torch", c3.make_case(i), monkeypatch)
+    for case in ONEDNN_EDGE_CASES:
+        test_onednn_edge_cases(case, "1", monkeypatch)
+    assert not calls

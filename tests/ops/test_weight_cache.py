@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import fastconv
-from fastconv.ops import _weight_cache, reference
+from fastconv.ops import _torch_tactic, _weight_cache, reference
 from tests.utils import REL_TOL, assert_close_rel
 
-pytestmark = pytest.mark.skipif(not _weight_cache.onednn_prepack_enabled() or not torch.backends.mkldnn.is_available(),
-                                reason="this torch has no oneDNN weight reorder")
+pytestmark = pytest.mark.skipif(not _weight_cache.onednn_prepack_enabled() or not torch.backends.mkldnn.is_available()
+                                or not _torch_tactic.ONEDNN_POINTWISE,
+                                reason="the torch tactic does not use oneDNN's pointwise conv on this torch")
 
 CL = torch.channels_last
 

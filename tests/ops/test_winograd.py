@@ -239,8 +239,13 @@ def test_auto_keys_a_weight_that_needs_its_gradient_apart():
     out = torch.empty(1, 16, 6, 6).contiguous(memory_format=CL)
     args = (x, w, None, None, [1, 1], [1, 1, 1, 1], [1, 1], 1, True, out)
     trained = conv_mod._signature(*args)
-    with torch.no_grad(), conv_mod._no_grad_call(w):
-        inference = conv_mod._signature(*args)
+    with torch.no_grad():
+        assert conv_mod._mark_grad_free(w)
+        try:
+            inference = conv_mod._signature(*args)
+        finally:
+            conv_mod._marks.ids.pop()
+    assert not conv_mod.grad_free(w)
     assert trained[1][-1] == "weight-grad" and inference[1] == trained[1][:-1]
     assert conv_mod._signature(*((x, w.detach()) + args[2:]))[1] == inference[1]
 

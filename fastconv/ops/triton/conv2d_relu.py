@@ -22,6 +22,7 @@ float64 is rejected (TypeError): tl.dot has no fp64 path on NVIDIA GPUs; the `cp
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Dict, List
 
@@ -133,9 +134,15 @@ def conv2d_relu_kernel(
 
 
 _AUTOTUNE_KEY = ["M", "CIN_G", "COUT_G", "KH", "KW", "stride_h", "stride_w", "sxc"]
+
+
 # Autotuning benchmarks the kernel repeatedly on the real arguments; that is safe because
 # `out` never overlaps an input (checked by the public op), so every run writes the same values.
-_autotuned = triton.autotune(configs=CONFIGS, key=_AUTOTUNE_KEY)(conv2d_relu_kernel)
+# Built on first GPU use, not at import: triton 3.2's autotuner asks for the active GPU driver
+# when it is made, which fails on a machine without one (the interpreter, the compile checks).
+@functools.lru_cache(maxsize=None)
+def _autotuned():
+    return triton.autotune(configs=CONFIGS, key=_AUTOTUNE_KEY)(conv2d_relu_kernel)
 
 
 def _interpreted() -> bool:
@@ -222,7 +229,7 @@ def conv2d_relu(x, weight, bias, residual, stride, padding, dilation, groups, re
         conv2d_relu_kernel[grid](*args, **flags, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return
     with torch.cuda.device(x.device):
-        _autotuned[grid](*args, **flags)
+        _autotuned()[grid](*args, **flags)
 
 
 # ---------------------------------------------------------------------------------------------

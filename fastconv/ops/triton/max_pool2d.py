@@ -13,6 +13,7 @@ bypassed and CONFIGS[$FASTCONV_TRITON_CONFIG] (default 0) runs, so tests pick ea
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Dict, List
 
@@ -75,10 +76,11 @@ def _config(cfg: Dict) -> triton.Config:
 
 
 # Out is written from x alone (no accumulation into it), so re-running a config while tuning is harmless.
-_tuned_kernel = triton.autotune(
-    configs=[_config(cfg) for cfg in CONFIGS],
-    key=["C", "OH", "OW", "KH", "KW", "SH", "SW", "sxc", "soc"],
-)(_max_pool2d_kernel)
+# Built on first GPU use (triton 3.2's autotuner needs the GPU driver when it is made).
+@functools.lru_cache(maxsize=None)
+def _tuned_kernel():
+    return triton.autotune(configs=[_config(cfg) for cfg in CONFIGS],
+                           key=["C", "OH", "OW", "KH", "KW", "SH", "SW", "sxc", "soc"])(_max_pool2d_kernel)
 
 
 def _interpreted() -> bool:
@@ -101,7 +103,7 @@ def max_pool2d(x: torch.Tensor, kernel_size: List[int], stride: List[int], paddi
         _max_pool2d_kernel[grid](*args, BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"])
         return
     grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
-    _tuned_kernel[grid](*args)
+    _tuned_kernel()[grid](*args)
 
 
 def compile_specs() -> List[Dict]:
