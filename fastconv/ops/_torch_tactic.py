@@ -108,15 +108,15 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         x, residual = _plain_strides(x), _plain_strides(residual)
         one_out = weight.shape[0] == 1
         packed = _weight_cache.onednn_blocked(weight, pad, stride, dilation, groups, x.shape) if cacheable else None
-        one_pixel_packed = packed is not None and _output_is_one_pixel(x, weight, pad, stride, dilation)
+        one_pixel = _output_is_one_pixel(x, weight, pad, stride, dilation)
         weight = weight if packed is None else packed
         # bias and residual are oneDNN post-ops; its "relu" post-op is not used because it maps NaN
         # to 0 (fastconv's ReLU, like torch.relu, propagates NaN): the ReLU rides on the copy into out
-        if residual is None or one_out or one_pixel_packed:
+        if residual is None or one_out or one_pixel:
             # torch 2.11's oneDNN cannot build the binary post-op's memory descriptor ("could not
             # create a memory") for one output channel, nor (2.6, 2.11) for a 1x1 output with a
-            # prepacked weight (ResNet's layer4 on a 32x32 input): the residual is added after the
-            # conv instead
+            # prepacked weight or a channels_last input (ResNet's layer4 on a 32x32 input): the
+            # residual is added after the conv instead
             y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, stride, dilation, groups,
                                                        "none", [], "")
             if residual is not None:
