@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU test suite against another torch release (pyproject promises torch >= 2.6; CI runs 2.14.1).
 #
-#   bash benchmarks/torch_compat.sh TORCH_VERSION TORCHVISION_VERSION [PYTHON] [pytest args...]
+#   bash benchmarks/torch_compat.sh TORCH_VERSION TORCHVISION_VERSION [PYTHON] [tests to run...]
 #   e.g. bash benchmarks/torch_compat.sh 2.6.0 0.21.0 python3.11
 #
 # Makes a virtual environment with that torch (from the package index, so it needs network),
@@ -29,4 +29,4 @@ cd "$TREE"
 FASTCONV_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" "$VENV/bin/python" setup.py build_ext --inplace > build.log 2>&1 \
   || { tail -30 build.log; exit 1; }
 "$VENV/bin/python" -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)"
-"$VENV/bin/python" -m pytest tests -n "${JOBS:-2}" -q -p no:cacheprovider "$@"
+"$VENV/bin/python" -m pytest -n "${JOBS:-2}" -q -p no:cacheprovider "${@:-tests}"
