@@ -28,10 +28,10 @@ def _torch_at_least(major: int, minor: int) -> bool:
 
 # ``mkldnn::_convolution_pointwise`` is a private op whose robustness varies by release: torch 2.6's
 # crashes (SIGSEGV, uncatchable) on a channels_last input with a 1-wide kernel and width padding,
-# shapes eager F.conv2d computes. The fastconv suite passes on 2.11 and 2.14 with it (the op and
-# the tests' random shapes, checked by hand on 2.6/2.11/2.14: benchmarks/RESULTS.md "torch
-# versions"); older torch takes F.conv2d, eager's own path, with the same fusion around it.
-ONEDNN_POINTWISE = _torch_at_least(2, 11)
+# shapes eager F.conv2d computes (2.7.1, 2.10, 2.11, 2.14 compute them all). The fastconv suite
+# passes with it on 2.7, 2.10, 2.11, 2.14 and 2.15 (benchmarks/RESULTS.md, "torch versions");
+# torch 2.6 takes F.conv2d, eager's own path, with the same fusion around it.
+ONEDNN_POINTWISE = _torch_at_least(2, 7)
 
 
 def _use_onednn(x: torch.Tensor) -> bool:

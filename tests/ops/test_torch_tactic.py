@@ -121,7 +121,7 @@ def test_onednn_edge_cases(case, prepack, monkeypatch):
 
 
 def test_older_torch_takes_f_conv2d(monkeypatch):
-    """Below torch 2.11 the tactic does not call mkldnn::_convolution_pointwise (a crash on 2.6):
+    """On torch 2.6 the tactic does not call mkldnn::_convolution_pointwise (it crashes there):
     forced here, the F.conv2d path computes the same as the fp64 reference on random configs."""
     from fastconv.ops import _torch_tactic
 
