@@ -79,7 +79,8 @@ def _ptxas_info(ptx: str, arch: str) -> Dict[str, int]:
     as Triton runs it): compiled metadata has no register count until loaded on a GPU."""
     from triton.backends.nvidia.compiler import get_ptxas
 
-    ptxas = get_ptxas(int(re.sub(r"\D", "", arch))).path
+    found = get_ptxas(int(re.sub(r"\D", "", arch)))
+    ptxas = found.path if hasattr(found, "path") else found[0]  # triton 3.3: a (path, version) tuple
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "k.ptx")
         with open(src, "w") as f:

@@ -76,7 +76,7 @@ def _conv1x1_kernel(
         k_mask = rk < K
         a_mask = m_mask[:, None] & k_mask[None, :]
         a = tl.load(x_ptr + x_row[:, None] + rk[None, :] * sx_c, mask=a_mask, other=0.0)
-        if HAS_SCALE or HAS_SHIFT or IN_RELU:
+        if (HAS_SCALE or HAS_SHIFT) or IN_RELU:  # grouped: triton 3.3 rejects a chain of three
             af = a.to(tl.float32)
             if HAS_SCALE:
                 af = af * tl.load(scale_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)[None, :]
