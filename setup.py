@@ -132,7 +132,11 @@ def extensions():
                 "the CUDA sources need the CUTLASS headers of the nvidia-cutlass package "
                 "(pip install nvidia-cutlass), or build without them: FASTCONV_CUDA=0"
             )
-        include_dirs += nvidia_wheel_includes() + cutlass_includes()
+        # the toolkit's own headers first: the nvidia-* wheels only fill in what a slim toolkit lacks.
+        # (With the wheels first, a torch built for a newer CUDA than the local nvcc, e.g. torch 2.15's
+        # CUDA 13.2 wheels with nvcc 13.0, put 13.2's cuda_runtime.h before nvcc's own and CCCL
+        # stopped the build: "CUDA compiler and CUDA toolkit headers are incompatible".)
+        include_dirs += [os.path.join(cuda_home, "include")] + nvidia_wheel_includes() + cutlass_includes()
         define_macros.append(("FASTCONV_WITH_CUDA", "1"))
         # The CUTLASS SM90 kernels (csrc/cuda/cutlass_sm90_conv.cu) have real device code only in
         # an sm_90a build; without it they are stubs and the dispatch (csrc/cuda_plan.h) never
