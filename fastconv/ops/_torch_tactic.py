@@ -114,7 +114,7 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         # to 0 (fastconv's ReLU, like torch.relu, propagates NaN): the ReLU rides on the copy into out
         if residual is None or one_out or one_pixel:
             # torch 2.11's oneDNN cannot build the binary post-op's memory descriptor ("could not
-            # create a memory") for one output channel, nor (2.6, 2.11) for a 1x1 output with a
+            # create a memory") for one output channel, nor (2.6 to 2.11) for a 1x1 output with a
             # prepacked weight or a channels_last input (ResNet's layer4 on a 32x32 input): the
             # residual is added after the conv instead
             y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, stride, dilation, groups,

@@ -89,7 +89,7 @@ ONEDNN_EDGE_CASES = {
     # torch 2.11, "could not create a memory": a residual post-op with one output channel
     "one_output_channel": ((2, 5, 7, 6), True, (1, 5, 3, 3), 1, 1, "nchw"),
     # 2.11: a [1, C, 1, 1] input/residual with channels_last strides (ResNet-18 layer4 at 32x32);
-    # 2.6 and 2.11: a residual and a 1x1 output with a prepacked weight, or (2.11) a channels_last input
+    # 2.6 to 2.11: a residual and a 1x1 output with a prepacked weight, or (2.11) a channels_last input
     "size1_dims_with_odd_strides": ((1, 16, 1, 1), "odd", (16, 16, 3, 3), 1, 1, "odd"),
     "one_pixel_output_of_a_3x3_input": ((2, 32, 3, 3), True, (32, 32, 3, 3), 0, 1, None),
     # 2.6, SIGSEGV: a channels_last input, a 1-wide kernel, width padding
@@ -100,7 +100,7 @@ ONEDNN_EDGE_CASES = {
 def _strided(t: torch.Tensor, kind) -> torch.Tensor:
     if kind == "odd":  # channels_last strides on [1, C, 1, 1]: also NCHW-contiguous
         return t.as_strided(t.shape, (t.shape[1], 1, t.shape[1], t.shape[1]))
-    return t.contiguous(memory_format=torch.channels_last if kind is True or kind == "cl" else torch.contiguous_format)
+    return t.contiguous(memory_format=torch.channels_last if kind is True else torch.contiguous_format)
 
 
 @pytest.mark.parametrize("prepack", ["1", "0"])
