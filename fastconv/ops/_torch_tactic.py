@@ -18,12 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import _autotune
+from .._ext import _torch_series
 from . import _weight_cache
-
-
-def _torch_at_least(major: int, minor: int) -> bool:
-    version = torch.__version__.split("+")[0].split(".")
-    return (int(version[0]), int(version[1])) >= (major, minor)
 
 
 # ``mkldnn::_convolution_pointwise`` is a private op whose robustness varies by release: torch 2.6's
@@ -31,7 +27,7 @@ def _torch_at_least(major: int, minor: int) -> bool:
 # shapes eager F.conv2d computes (2.7.1, 2.10, 2.11, 2.14 compute them all). The fastconv suite
 # passes with it on 2.7, 2.10, 2.11, 2.14 and 2.15 (benchmarks/RESULTS.md, "torch versions");
 # torch 2.6 takes F.conv2d, eager's own path, with the same fusion around it.
-ONEDNN_POINTWISE = _torch_at_least(2, 7)
+ONEDNN_POINTWISE = tuple(int(v) for v in _torch_series(torch.__version__).split(".")) >= (2, 7)
 
 
 def _use_onednn(x: torch.Tensor) -> bool:
@@ -108,7 +104,7 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         x, residual = _plain_strides(x), _plain_strides(residual)
         one_out = weight.shape[0] == 1
         packed = _weight_cache.onednn_blocked(weight, pad, stride, dilation, groups, x.shape) if cacheable else None
-        one_pixel = _output_is_one_pixel(x, weight, pad, stride, dilation)
+        one_pixel = residual is not None and _output_is_one_pixel(x, weight, pad, stride, dilation)
         weight = weight if packed is None else packed
         # bias and residual are oneDNN post-ops; its "relu" post-op is not used because it maps NaN
         # to 0 (fastconv's ReLU, like torch.relu, propagates NaN): the ReLU rides on the copy into out
