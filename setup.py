@@ -4,8 +4,9 @@ Environment:
   FASTCONV_NO_EXT=1   skip the extension (pure Python: triton and reference backends)
   FASTCONV_CUDA=1|0   force the CUDA sources on (no GPU needed to compile) or off;
                       unset: on when torch has CUDA and nvcc is found
-  TORCH_CUDA_ARCH_LIST  defaults to "8.0;9.0a" when no GPU is visible; the CUTLASS SM90 kernels
-                      need "9.0a" in it (FASTCONV_SM90A), else the cuda backend uses its direct kernels
+  TORCH_CUDA_ARCH_LIST  unset: the visible GPUs' architectures with Hopper as "9.0a", or "8.0;9.0a"
+                      when no GPU is visible; the CUTLASS SM90 kernels need "9.0a" in it
+                      (FASTCONV_SM90A), else the cuda backend uses its other kernels on Hopper
   CUDA_HOME           the toolkit; found from nvcc otherwise (wrapper scripts are followed)
 Build against the installed torch: pip install --no-build-isolation .
 """
@@ -92,6 +93,38 @@ def write_build_info(torch_version, with_cuda, arch_list):
         f.write(f"TORCH_VERSION = {torch_version!r}\nWITH_CUDA = {with_cuda!r}\nCUDA_ARCH_LIST = {arch_list!r}\n")
 
 
+def _arches(arch_list):
+    return [a.strip().replace("+PTX", "") for a in re.split(r"[;\s]+", arch_list) if a.strip()]
+
+
+def default_cuda_arch_list(capabilities, max_sm=None):
+    """TORCH_CUDA_ARCH_LIST when the user set none: with no GPU visible, 8.0;9.0a (A100-class and
+    Hopper); otherwise the visible GPUs' architectures, as torch would pick them, but Hopper as 9.0a.
+    torch's own pick for an H100 is 9.0, where the CUTLASS SM90 kernels (warpgroup MMA, TMA) cannot be
+    built: a plain `pip install` on Hopper would have stubbed its fastest kernels. Like torch, a GPU
+    newer than this torch's CUDA knows is built for the newest architecture it does know (max_sm)."""
+    if not capabilities:
+        return "8.0;9.0a"
+    archs = []
+    for cap in sorted(set(tuple(c) for c in capabilities)):
+        major, minor = min(cap, max_sm) if max_sm else cap
+        arch = f"{major}.{minor}" + ("a" if (major, minor) == (9, 0) else "")
+        if arch not in archs:
+            archs.append(arch)
+    return ";".join(archs)
+
+
+def _visible_capabilities(torch):
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+
+
+def _torch_max_sm(torch):
+    sms = [int(m.group(1)) for a in torch.cuda.get_arch_list() for m in [re.match(r"sm_(\d+)", a)] if m]
+    return divmod(max(sms), 10) if sms else None
+
+
 def extensions():
     if os.environ.get("FASTCONV_NO_EXT", "0") == "1":
         _log("FASTCONV_NO_EXT=1: building without the C++ extension")
@@ -121,9 +154,12 @@ def extensions():
     define_macros = []
     arch_list = None
     if with_cuda:
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0a"
-        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "(from the visible GPU)")
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = default_cuda_arch_list(_visible_capabilities(torch), _torch_max_sm(torch))
+        arch_list = os.environ["TORCH_CUDA_ARCH_LIST"]
+        if "9.0" in _arches(arch_list) and "9.0a" not in _arches(arch_list):
+            _log(f"TORCH_CUDA_ARCH_LIST={arch_list} has 9.0 but not 9.0a: the CUTLASS SM90 (Hopper) kernels "
+                 "need sm_90a and are left out; the cuda backend takes its other kernels on Hopper")
         # .cu: device code (nvcc); .cpp: host-only code that needs the CUDA build's declarations
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
@@ -141,7 +177,7 @@ def extensions():
         # The CUTLASS SM90 kernels (csrc/cuda/cutlass_sm90_conv.cu) have real device code only in
         # an sm_90a build; without it they are stubs and the dispatch (csrc/cuda_plan.h) never
         # picks them. The other targets of the list compile those kernels to stubs as well.
-        if "9.0a" in [a.strip() for a in re.split(r"[;\s]+", arch_list)]:
+        if "9.0a" in _arches(arch_list):
             define_macros.append(("FASTCONV_SM90A", "1"))
         nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "--expt-extended-lambda", "-lineinfo"]
         ext = CUDAExtension(
@@ -169,10 +205,12 @@ def _has_ninja():
         return False
 
 
-ext_modules, cmdclass = extensions()
-
-setup(
-    packages=find_packages(include=["fastconv", "fastconv.*"]),
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+# Only when run as the build script (pip's backend and `python setup.py` both run it as __main__):
+# tests import this file for its helpers without building anything.
+if __name__ == "__main__":
+    ext_modules, cmdclass = extensions()
+    setup(
+        packages=find_packages(include=["fastconv", "fastconv.*"]),
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+    )
