@@ -70,7 +70,8 @@ def backend_status() -> Dict[str, str]:
     elif not torch.cuda.is_available():
         status["cuda"] = "CUDA kernels are built, but no CUDA device is visible"
     else:
-        status["cuda"] = "available"
+        gap = _ext.cuda_arch_gap(torch.cuda.get_device_capability())
+        status["cuda"] = "available" if gap is None else gap
     return status
 
 

@@ -69,3 +69,11 @@ def test_sdist_carries_every_extension_source(tmp_path):
     assert expected <= names, sorted(expected - names)
     assert {"setup.py", "pyproject.toml", "README.md", "fastconv/__init__.py"} <= names
     assert not [name for name in names if name.endswith(".so") or name.endswith("_build_info.py")]
+
+
+@pytest.mark.parametrize("capability", [(7, 0), (7, 5), (8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)])
+def test_default_arch_list_runs_on_the_gpu_it_was_made_for(capability):
+    """What a plain build picks for the visible GPU is what fastconv then finds runnable there."""
+    from fastconv import _ext
+
+    assert _ext.cuda_arch_gap(capability, _load_setup().default_cuda_arch_list([capability], (12, 0))) is None
