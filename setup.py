@@ -149,7 +149,10 @@ def extensions():
         with_cuda = torch.version.cuda is not None and cuda_home is not None
 
     sources = [os.path.join("csrc", "fastconv.cpp"), os.path.join("csrc", "cuda_plan.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx_flags = ["-O3", "-fopenmp" if sys.platform.startswith("linux") else "-O3"]
+    # -fopenmp: at::parallel_for is an inline template whose `#pragma omp` must be compiled here, or
+    # the CPU kernels run on one thread. Linux only (Apple's clang has no -fopenmp; MSVC spells it /openmp).
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx_flags = ["-O3"] + openmp
     include_dirs = [os.path.join(ROOT, "csrc")]
     define_macros = []
     arch_list = None
@@ -182,12 +185,12 @@ def extensions():
         nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "--expt-extended-lambda", "-lineinfo"]
         ext = CUDAExtension(
             "fastconv._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=["-fopenmp"],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=openmp,
         )
     else:
         ext = CppExtension(
             "fastconv._C", sources, include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"],
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=openmp,
         )
     _log(f"torch {torch.__version__} (CUDA {torch.version.cuda}); CUDA sources: {'on' if with_cuda else 'off'}")
     _log(f"CUDA_HOME={cuda_home}; TORCH_CUDA_ARCH_LIST={arch_list}")
