@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import importlib
+import inspect
 import json
 import multiprocessing
 import os
@@ -79,8 +80,10 @@ def _ptxas_info(ptx: str, arch: str) -> Dict[str, int]:
     as Triton runs it): compiled metadata has no register count until loaded on a GPU."""
     from triton.backends.nvidia.compiler import get_ptxas
 
-    found = get_ptxas(int(re.sub(r"\D", "", arch)))
-    ptxas = found.path if hasattr(found, "path") else found[0]  # triton 3.3: a (path, version) tuple
+    # triton 3.3 and >= 3.5 take the target (Blackwell has a ptxas of its own), 3.4 takes nothing;
+    # 3.3 returns a (path, version) tuple, later ones a tool with .path
+    found = get_ptxas(int(re.sub(r"\D", "", arch))) if inspect.signature(get_ptxas).parameters else get_ptxas()
+    ptxas = found.path if hasattr(found, "path") else found[0]
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "k.ptx")
         with open(src, "w") as f:
