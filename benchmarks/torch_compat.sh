@@ -8,7 +8,9 @@
 # clones this checkout's HEAD into a scratch folder, builds the C++ extension there for the CPU
 # only (FASTCONV_CUDA=0, about a minute) and runs the tests. NumPy is held below 2.3: the Triton
 # interpreter of older triton (3.2, 3.6) cannot take NumPy >= 2.3 ("only 0-dimensional arrays can
-# be converted to Python scalars"); CI's triton 3.8 can. Results: benchmarks/RESULTS.md, "torch versions".
+# be converted to Python scalars"); CI's triton 3.8 can.
+# `===` (exact version): the index also serves CPU builds such as 2.13.0+cpu, which `==` would
+# take, and they come without triton. Results: benchmarks/RESULTS.md, "torch versions".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_VERSION="$1"
@@ -20,7 +22,7 @@ TREE="${TREE:-/tmp/fastconv-compat-tree-$TORCH_VERSION}"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
   # the constraint file of a workplace that caps torch to the releases on its disk does not apply here
-  PIP_CONSTRAINT=/dev/null "$VENV/bin/pip" install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
+  PIP_CONSTRAINT=/dev/null "$VENV/bin/pip" install -q "torch===$TORCH_VERSION" "torchvision===$TORCHVISION_VERSION" \
     "numpy<2.3" pillow pytest pytest-xdist pytest-benchmark hypothesis setuptools wheel ninja
 fi
 rm -rf "$TREE"
