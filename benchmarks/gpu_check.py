@@ -104,11 +104,7 @@ def main() -> int:
     args = parser.parse_args()
     os.chdir(ROOT)
     os.makedirs(args.out, exist_ok=True)
-    import torch
-
-    if torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        major, minor = torch.cuda.get_device_capability()
-        os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}{'a' if major == 9 else ''}"
+    # TORCH_CUDA_ARCH_LIST is left to setup.py: unset, it builds for the visible card (9.0a on Hopper)
     os.environ.setdefault("FASTCONV_CUDA", "1")
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
     report = {"env": _environment(), "installed": _install_missing(args.wheels), "stages": []}
