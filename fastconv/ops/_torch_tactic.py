@@ -56,6 +56,17 @@ def _plain_strides(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return t if list(t.stride()) == expected else t.as_strided(t.shape, expected)
 
 
+def _dense(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``t`` when it is NCHW- or channels_last-contiguous, else a channels_last copy of it (counted).
+    oneDNN (torch 2.14) reads some strided views wrongly, silently: a one-channel slice of a
+    channels_last buffer (x = buf[:, 2:3] of a [1, 5, 9, 6] buffer, a 3x4 kernel) came out wrong;
+    eager F.conv2d copies such inputs first as well."""
+    if t is None or t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    _autotune.count_copy(t.numel() * t.element_size())
+    return t.contiguous(memory_format=torch.channels_last)
+
+
 def _write(y: torch.Tensor, outs: Sequence[torch.Tensor], relu: bool) -> None:
     """Split y's channels over outs, applying the ReLU on the way (NaN-propagating, as torch.relu).
 
@@ -78,6 +89,10 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
          outs: Sequence[torch.Tensor], in_scale: Optional[torch.Tensor] = None,
          in_shift: Optional[torch.Tensor] = None, in_relu: bool = False) -> None:
     """outs ← relu?(conv(x', weight, padding=[top, bottom, left, right]) + bias + residual), x' the prologue."""
+    # a dilation along a 1-tap kernel dimension changes nothing, but oneDNN (eager F.conv2d too, torch
+    # 2.14) segfaults on some such convs: channels_last x [2,3,2,1], 1x1 weight, bias, stride (2,3),
+    # padding (0,2), dilation (1,2). The same conv with that dilation at 1 is computed.
+    dilation = [d if weight.shape[2 + i] > 1 else 1 for i, d in enumerate(dilation)]
     onednn = _use_onednn(x)
     cacheable = weight.dtype == torch.float32  # not the per-call float32 copy of a 16-bit weight
     if onednn and x.dtype != torch.float32:  # compute in float32 and round once, as the reference does
@@ -101,7 +116,7 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         x = F.pad(x, [left, right, top, bottom])
         pad = [0, 0]
     if onednn:
-        x, residual = _plain_strides(x), _plain_strides(residual)
+        x, residual = _plain_strides(_dense(x)), _plain_strides(_dense(residual))
         one_out = weight.shape[0] == 1
         packed = _weight_cache.onednn_blocked(weight, pad, stride, dilation, groups, x.shape) if cacheable else None
         one_pixel = residual is not None and _output_is_one_pixel(x, weight, pad, stride, dilation)

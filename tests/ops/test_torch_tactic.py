@@ -120,6 +120,41 @@ def test_onednn_edge_cases(case, prepack, monkeypatch):
     torch.testing.assert_close(y.double(), torch.relu(ref + r.double()), rtol=1e-5, atol=1e-5)
 
 
+def _channel_slice_of_channels_last(shape, gen):
+    big = torch.randn(shape[0], shape[1] + 4, *shape[2:], generator=gen).contiguous(memory_format=torch.channels_last)
+    return big[:, 2:2 + shape[1]]
+
+
+# Found by fuzzing the `torch` tactic (torch 2.14): (input maker, x shape, weight shape, bias, stride,
+# padding, dilation, groups). Without the tactic's guards: wrong values, silently, or a segfault.
+ONEDNN_FUZZ_CASES = {
+    # wrong values with a prepacked weight: one input channel, a 1-wide output, a width stride
+    "packed_weight_one_input_channel": ("nchw", (2, 1, 3, 2), (1, 1, 2, 4), False, (1, 2), (0, 1), (1, 1), 1),
+    # SIGSEGV (eager F.conv2d as well): a dilation along a 1-tap kernel dimension
+    "dilated_one_tap_kernel": ("nhwc", (2, 3, 2, 1), (9, 1, 1, 1), True, (2, 3), (0, 2), (1, 2), 3),
+    # wrong values: a one-channel slice of a channels_last buffer read through its strides
+    "one_channel_slice_of_channels_last": ("slice_nhwc", (1, 1, 9, 6), (3, 1, 3, 4), False, (1, 3), (1, 0), (2, 1), 1),
+}
+
+
+@pytest.mark.parametrize("prepack", ["1", "0"])
+@pytest.mark.parametrize("case", list(ONEDNN_FUZZ_CASES))
+def test_onednn_fuzz_cases(case, prepack, monkeypatch):
+    monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", prepack)
+    kind, x_shape, w_shape, bias, stride, padding, dilation, groups = ONEDNN_FUZZ_CASES[case]
+    g = torch.Generator().manual_seed(5)
+    if kind == "slice_nhwc":
+        x = _channel_slice_of_channels_last(x_shape, g)
+    else:
+        x = _strided(torch.randn(x_shape, generator=g), kind == "nhwc")
+    w = torch.randn(w_shape, generator=g)
+    b = torch.randn(w_shape[0], generator=g) if bias else None
+    ref = F.conv2d(x.double(), w.double(), None if b is None else b.double(), stride, padding, dilation, groups)
+    with fastconv.use_backend("torch"):
+        y = fastconv.conv2d_relu(x, w, b, stride, padding, dilation, groups, relu=False)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_older_torch_takes_f_conv2d(monkeypatch):
     """On torch 2.6 the tactic does not call mkldnn::_convolution_pointwise (it crashes there):
     forced here, the F.conv2d path computes the same as the fp64 reference on random configs."""
@@ -132,4 +167,6 @@ def test_older_torch_takes_f_conv2d(monkeypatch):
         c3.run_case("torch", c3.make_case(i), monkeypatch)
     for case in ONEDNN_EDGE_CASES:
         test_onednn_edge_cases(case, "1", monkeypatch)
+    for case in ONEDNN_FUZZ_CASES:
+        test_onednn_fuzz_cases(case, "1", monkeypatch)
     assert not calls
