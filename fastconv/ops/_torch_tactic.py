@@ -1,7 +1,8 @@
 """The ``torch`` tactic: PyTorch's own convolution with fastconv's fusion around it.
 
-On the CPU in float32 (and for float16/bfloat16 computed in float32, as the reference does) the
-conv is oneDNN's ``mkldnn::_convolution_pointwise`` with BN already folded into the weights and the
+On the CPU (float16/bfloat16 computed in float32, as the reference does) the conv is oneDNN's
+``mkldnn::_convolution_pointwise`` (``F.conv2d`` for one input channel and on torch < 2.7, where
+oneDNN's own op goes wrong: see ``_use_onednn``) with BN already folded into the weights and the
 residual as oneDNN's binary ``"add"`` post-op, and float32 weights handed over in oneDNN's blocked
 layout, reordered once per weight (``_weight_cache``) instead of on every call. oneDNN returns a
 fresh tensor, so writing ``out`` (possibly a channel slice) costs one pass, which also applies the
@@ -31,8 +32,14 @@ ONEDNN_POINTWISE = tuple(int(v) for v in _torch_series(torch.__version__).split(
 
 
 def _use_onednn(x: torch.Tensor) -> bool:
+    # Not for one input channel: there oneDNN computes wrong values, silently, when the output is
+    # one column wide and the width stride >= 2 (x [2,1,3,2], w [1,1,2,4], stride (1,2), padding
+    # (0,1): every output row after the first), on 2.7 to 2.11 with any weight and on 2.14/2.15
+    # with a prepacked one (about 1 in 10 such convs in a random probe; grouped convs with one
+    # channel per group are right). Eager F.conv2d computes them.
     return (ONEDNN_POINTWISE and x.device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled and x.dtype in (torch.float32, torch.float16, torch.bfloat16))
+            and torch.backends.mkldnn.enabled and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and x.shape[1] > 1)
 
 
 def _output_is_one_pixel(x: torch.Tensor, weight: torch.Tensor, pad: List[int], stride: List[int],
@@ -54,17 +61,6 @@ def _plain_strides(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         acc *= max(size, 1)
     expected.reverse()
     return t if list(t.stride()) == expected else t.as_strided(t.shape, expected)
-
-
-def _dense(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """``t`` when it is NCHW- or channels_last-contiguous, else a channels_last copy of it (counted).
-    oneDNN (torch 2.14) reads some strided views wrongly, silently: a one-channel slice of a
-    channels_last buffer (x = buf[:, 2:3] of a [1, 5, 9, 6] buffer, a 3x4 kernel) came out wrong;
-    eager F.conv2d copies such inputs first as well."""
-    if t is None or t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
-        return t
-    _autotune.count_copy(t.numel() * t.element_size())
-    return t.contiguous(memory_format=torch.channels_last)
 
 
 def _write(y: torch.Tensor, outs: Sequence[torch.Tensor], relu: bool) -> None:
@@ -95,7 +91,9 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
     dilation = [d if weight.shape[2 + i] > 1 else 1 for i, d in enumerate(dilation)]
     onednn = _use_onednn(x)
     cacheable = weight.dtype == torch.float32  # not the per-call float32 copy of a 16-bit weight
-    if onednn and x.dtype != torch.float32:  # compute in float32 and round once, as the reference does
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        # computed in float32 and rounded once, as the reference does; eager's own 16-bit CPU conv
+        # also shares oneDNN's one-input-channel bug (_use_onednn), which float32 F.conv2d does not
         x, weight = x.float(), weight.float()
         bias = None if bias is None else bias.float()
         residual = None if residual is None else residual.float()
@@ -109,6 +107,11 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
             x.add_(in_shift.view(1, -1, 1, 1))
         if in_relu:
             x.relu_()
+    if not onednn and x.device.type == "cpu" and x.shape[1] == 1:
+        # one input channel (see _use_onednn): eager F.conv2d has the same bug when it takes such an
+        # input as channels_last (strides [HW, 1, W, 1], or a view it copies that way), so it gets
+        # a row-major copy and takes its NCHW path, which computes these convs right
+        x = _plain_strides(x.contiguous())
     top, bottom, left, right = padding
     if top == bottom and left == right:
         pad = [top, left]
@@ -116,7 +119,7 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         x = F.pad(x, [left, right, top, bottom])
         pad = [0, 0]
     if onednn:
-        x, residual = _plain_strides(_dense(x)), _plain_strides(_dense(residual))
+        x, residual = _plain_strides(x), _plain_strides(residual)
         one_out = weight.shape[0] == 1
         packed = _weight_cache.onednn_blocked(weight, pad, stride, dilation, groups, x.shape) if cacheable else None
         one_pixel = residual is not None and _output_is_one_pixel(x, weight, pad, stride, dilation)

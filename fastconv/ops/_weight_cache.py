@@ -82,11 +82,6 @@ def onednn_blocked(weight: torch.Tensor, padding: List[int], stride: List[int], 
     None (then pass the plain weight: oneDNN reorders it itself)."""
     if weight.dtype != torch.float32 or weight.device.type != "cpu" or not onednn_prepack_enabled():
         return None
-    if x_shape[1] == 1:
-        # oneDNN (torch 2.14) computes wrong values, silently, with a prepacked weight for one input
-        # channel and a 1-wide output with a width stride (e.g. x [2,1,3,2], w [1,1,2,4], stride
-        # (1,2), padding (0,1): every output row after the first); the plain weight is right
-        return None
     geometry = (tuple(padding), tuple(stride), tuple(dilation), groups, tuple(x_shape))
     return derived(weight, ("onednn",) + geometry, lambda: torch.ops.mkldnn._reorder_convolution_weight(
         weight, list(padding), list(stride), list(dilation), groups, list(x_shape)))

@@ -120,20 +120,35 @@ def test_onednn_edge_cases(case, prepack, monkeypatch):
     torch.testing.assert_close(y.double(), torch.relu(ref + r.double()), rtol=1e-5, atol=1e-5)
 
 
-def _channel_slice_of_channels_last(shape, gen):
-    big = torch.randn(shape[0], shape[1] + 4, *shape[2:], generator=gen).contiguous(memory_format=torch.channels_last)
-    return big[:, 2:2 + shape[1]]
+def _one_channel_input(kind, shape, gen, dtype):
+    """One-input-channel x of ``shape`` laid out as ``kind``: "nchw"; "cl_strides", dense with
+    channels_last strides [HW, 1, W, 1] (a channels_last copy of a channel slice); "slice_nhwc",
+    a channel slice of a channels_last buffer."""
+    if kind == "nchw":
+        return torch.randn(shape, generator=gen).to(dtype)
+    big = torch.randn(shape[0], 3, *shape[2:], generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    x = big[:, 1:2]
+    if kind == "cl_strides":
+        x = x.contiguous(memory_format=torch.channels_last)
+        assert x.stride() == (shape[2] * shape[3], 1, shape[3], 1)
+    return x
 
 
-# Found by fuzzing the `torch` tactic (torch 2.14): (input maker, x shape, weight shape, bias, stride,
-# padding, dilation, groups). Without the tactic's guards: wrong values, silently, or a segfault.
+# Found by fuzzing the `torch` tactic: (x layout, x shape, weight shape, bias, stride, padding,
+# dilation, groups, dtype). Without the tactic's guards: wrong values, silently, or a segfault.
 ONEDNN_FUZZ_CASES = {
-    # wrong values with a prepacked weight: one input channel, a 1-wide output, a width stride
-    "packed_weight_one_input_channel": ("nchw", (2, 1, 3, 2), (1, 1, 2, 4), False, (1, 2), (0, 1), (1, 1), 1),
+    # wrong values (torch 2.7 to 2.15): one input channel, a 1-wide output, a width stride; oneDNN's
+    # op with a prepacked weight (2.14) or any weight (2.7 to 2.11)...
+    "one_input_channel": ("nchw", (2, 1, 3, 2), (1, 1, 2, 4), False, (1, 2), (0, 1), (1, 1), 1, torch.float32),
+    # ... and eager F.conv2d too when the input has channels_last strides, or is a view it copies so
+    "one_input_channel_cl_strides": ("cl_strides", (2, 1, 9, 5), (2, 1, 3, 4), False, (1, 3), (0, 0), (1, 1), 1,
+                                     torch.float32),
+    "one_input_channel_slice": ("slice_nhwc", (1, 1, 9, 6), (3, 1, 3, 4), False, (1, 3), (1, 0), (2, 1), 1,
+                                torch.float32),
+    "one_input_channel_bf16": ("cl_strides", (1, 1, 8, 4), (1, 1, 4, 4), True, (1, 3), (0, 0), (1, 1), 1,
+                               torch.bfloat16),
     # SIGSEGV (eager F.conv2d as well): a dilation along a 1-tap kernel dimension
-    "dilated_one_tap_kernel": ("nhwc", (2, 3, 2, 1), (9, 1, 1, 1), True, (2, 3), (0, 2), (1, 2), 3),
-    # wrong values: a one-channel slice of a channels_last buffer read through its strides
-    "one_channel_slice_of_channels_last": ("slice_nhwc", (1, 1, 9, 6), (3, 1, 3, 4), False, (1, 3), (1, 0), (2, 1), 1),
+    "dilated_one_tap_kernel": ("nhwc", (2, 3, 2, 1), (9, 1, 1, 1), True, (2, 3), (0, 2), (1, 2), 3, torch.float32),
 }
 
 
@@ -141,18 +156,19 @@ ONEDNN_FUZZ_CASES = {
 @pytest.mark.parametrize("case", list(ONEDNN_FUZZ_CASES))
 def test_onednn_fuzz_cases(case, prepack, monkeypatch):
     monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", prepack)
-    kind, x_shape, w_shape, bias, stride, padding, dilation, groups = ONEDNN_FUZZ_CASES[case]
+    kind, x_shape, w_shape, bias, stride, padding, dilation, groups, dtype = ONEDNN_FUZZ_CASES[case]
     g = torch.Generator().manual_seed(5)
-    if kind == "slice_nhwc":
-        x = _channel_slice_of_channels_last(x_shape, g)
+    if x_shape[1] == 1:
+        x = _one_channel_input(kind, x_shape, g, dtype)
     else:
-        x = _strided(torch.randn(x_shape, generator=g), kind == "nhwc")
-    w = torch.randn(w_shape, generator=g)
-    b = torch.randn(w_shape[0], generator=g) if bias else None
+        x = _strided(torch.randn(x_shape, generator=g), kind == "nhwc").to(dtype)
+    w = torch.randn(w_shape, generator=g).to(dtype)
+    b = torch.randn(w_shape[0], generator=g).to(dtype) if bias else None
     ref = F.conv2d(x.double(), w.double(), None if b is None else b.double(), stride, padding, dilation, groups)
     with fastconv.use_backend("torch"):
         y = fastconv.conv2d_relu(x, w, b, stride, padding, dilation, groups, relu=False)
-    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
 
 
 def test_older_torch_takes_f_conv2d(monkeypatch):
