@@ -92,8 +92,10 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
     onednn = _use_onednn(x)
     cacheable = weight.dtype == torch.float32  # not the per-call float32 copy of a 16-bit weight
     if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
-        # computed in float32 and rounded once, as the reference does; eager's own 16-bit CPU conv
-        # also shares oneDNN's one-input-channel bug (_use_onednn), which float32 F.conv2d does not
+        # computed in float32 and rounded once, as the reference does. Eager's own 16-bit CPU conv
+        # is 3-7x faster on an AMX CPU but not safe: it shares oneDNN's one-input-channel bug
+        # (_use_onednn) on 2.14, and on 2.6 it computed 1-wide outputs with a width stride wrong
+        # (bf16, 2 and 4 input channels too) and segfaulted (fp16, 1-wide kernels with padding)
         x, weight = x.float(), weight.float()
         bias = None if bias is None else bias.float()
         residual = None if residual is None else residual.float()
@@ -107,10 +109,12 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
             x.add_(in_shift.view(1, -1, 1, 1))
         if in_relu:
             x.relu_()
-    if not onednn and x.device.type == "cpu" and x.shape[1] == 1:
-        # one input channel (see _use_onednn): eager F.conv2d has the same bug when it takes such an
-        # input as channels_last (strides [HW, 1, W, 1], or a view it copies that way), so it gets
-        # a row-major copy and takes its NCHW path, which computes these convs right
+    if not onednn and x.device.type == "cpu":
+        # F.conv2d on a row-major copy: eager's channels_last CPU path goes wrong where oneDNN's op
+        # does. One input channel (see _use_onednn; an input with strides [HW, 1, W, 1], or a view
+        # eager copies so: 2.7 to 2.14), and on 2.6 narrow padded inputs (SIGSEGV: x [2,3,8,1],
+        # w [2,3,3,1], stride 2, padding 1; x [2,3,8,1], w [2,3,4,2], stride 3, padding (1,2)).
+        # Its NCHW path computed every probed conv right.
         x = _plain_strides(x.contiguous())
     top, bottom, left, right = padding
     if top == bottom and left == right:

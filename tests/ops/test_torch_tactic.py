@@ -147,6 +147,9 @@ ONEDNN_FUZZ_CASES = {
                                 torch.float32),
     "one_input_channel_bf16": ("cl_strides", (1, 1, 8, 4), (1, 1, 4, 4), True, (1, 3), (0, 0), (1, 1), 1,
                                torch.bfloat16),
+    # SIGSEGV in eager F.conv2d on torch 2.6 (the tactic's path there): narrow padded channels_last inputs
+    "narrow_padded_input_1_tap": ("nhwc", (2, 3, 8, 1), (2, 3, 3, 1), True, (2, 2), (1, 1), (1, 1), 1, torch.float32),
+    "narrow_padded_input_2_taps": ("nhwc", (2, 3, 8, 1), (2, 3, 4, 2), True, (3, 3), (1, 2), (1, 1), 1, torch.bfloat16),
     # SIGSEGV (eager F.conv2d as well): a dilation along a 1-tap kernel dimension
     "dilated_one_tap_kernel": ("nhwc", (2, 3, 2, 1), (9, 1, 1, 1), True, (2, 3), (0, 2), (1, 2), 3, torch.float32),
 }
