@@ -44,7 +44,6 @@ def fake_gpu(monkeypatch):
         monkeypatch.setattr(_ext, "_arch_list", "8.0;9.0a")
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-        monkeypatch.setattr(_autotune, "_candidates", {})
     return make
 
 

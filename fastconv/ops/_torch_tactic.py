@@ -36,7 +36,7 @@ def _use_onednn(x: torch.Tensor) -> bool:
     # one column wide and the width stride >= 2 (x [2,1,3,2], w [1,1,2,4], stride (1,2), padding
     # (0,1): every output row after the first), on 2.7 to 2.11 with any weight and on 2.14/2.15
     # with a prepacked one (about 1 in 10 such convs in a random probe; grouped convs with one
-    # channel per group are right). Eager F.conv2d computes them.
+    # channel per group are right). Eager F.conv2d on an NCHW input computes them (see conv).
     return (ONEDNN_POINTWISE and x.device.type == "cpu" and torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
             and x.shape[1] > 1)
