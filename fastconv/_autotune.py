@@ -41,7 +41,8 @@ from . import _backend, _ext
 from ._version import __version__
 
 # 2: the cpu candidate runs Winograd for 3x3 stride-1 float32 convs; choices made before are stale
-CACHE_VERSION = 2
+# 3: the torch candidate runs bfloat16 CPU convs on oneDNN's bfloat16 kernel (was float32): 2-3x faster
+CACHE_VERSION = 3
 OWN_KERNELS = ("cpu", "cuda", "triton")  # fastconv's own kernel families; "torch" and "reference" are PyTorch's
 
 Timer = Callable[[str, Callable[[], None], torch.device], float]
@@ -142,11 +143,12 @@ def device_key(device: torch.device) -> str:
     """What a tuned choice depends on besides the call: device, thread count, versions, what the
     timing measured (``timing_mode``: choices made by GPU time alone are kept apart), and on CUDA
     whether FASTCONV_CUTLASS_SM80 / FASTCONV_CUTLASS_SM90_TF32 change what the ``cuda`` candidate runs
-    (on the CPU: FASTCONV_CPU_WINOGRAD=0, 2 or 4 / FASTCONV_ONEDNN_PREPACK=0, the ``cpu`` / ``torch`` ones)."""
+    (on the CPU: FASTCONV_CPU_WINOGRAD=0, 2 or 4 / FASTCONV_ONEDNN_PREPACK=0 or FASTCONV_ONEDNN_BF16=0,
+    the ``cpu`` / ``torch`` ones)."""
     parts = [device_name(device), f"torch {torch.__version__}", f"fastconv {__version__}"]
     if device.type == "cpu":
         parts.append(f"threads {torch.get_num_threads()}")
-        for var in ("FASTCONV_CPU_WINOGRAD", "FASTCONV_ONEDNN_PREPACK"):  # kernels switched off or forced
+        for var in ("FASTCONV_CPU_WINOGRAD", "FASTCONV_ONEDNN_PREPACK", "FASTCONV_ONEDNN_BF16"):  # kernels switched off or forced
             value = os.environ.get(var) or "1"
             if value != "1":
                 parts.append(f"{var}={value}")

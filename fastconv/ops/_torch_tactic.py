@@ -1,18 +1,27 @@
 """The ``torch`` tactic: PyTorch's own convolution with fastconv's fusion around it.
 
-On the CPU (float16/bfloat16 computed in float32, as the reference does) the conv is oneDNN's
-``mkldnn::_convolution_pointwise`` (``F.conv2d`` for one input channel and on torch < 2.7, where
-oneDNN's own op goes wrong: see ``_use_onednn``) with BN already folded into the weights and the
-residual as oneDNN's binary ``"add"`` post-op, and float32 weights handed over in oneDNN's blocked
-layout, reordered once per weight (``_weight_cache``) instead of on every call. oneDNN returns a
-fresh tensor, so writing ``out`` (possibly a channel slice) costs one pass, which also applies the
-ReLU (``clamp_min(y, 0, out=o)``: NaN-propagating like torch.relu, which oneDNN's ``"relu"``
-post-op is not). That pass is counted in ``KernelStats.copied_bytes``. Elsewhere (CUDA: cuDNN) the conv is ``F.conv2d`` with the bias in it,
+On the CPU the conv is oneDNN's ``mkldnn::_convolution_pointwise`` (``F.conv2d`` for one input
+channel and on torch < 2.7, where oneDNN's own op goes wrong: see ``_use_onednn``) with BN already
+folded into the weights and the residual as oneDNN's binary ``"add"`` post-op, and float32 (or
+bfloat16, below) weights handed over in oneDNN's blocked layout, reordered once per weight
+(``_weight_cache``) instead of on every call. oneDNN returns a fresh tensor, so writing ``out``
+(possibly a channel slice) costs one pass, which also applies the ReLU (``clamp_min(y, 0, out=o)``:
+NaN-propagating like torch.relu, which oneDNN's ``"relu"`` post-op is not). That pass is counted in
+``KernelStats.copied_bytes``. Elsewhere (CUDA: cuDNN) the conv is ``F.conv2d`` with the bias in it,
 the residual added in place, and the same ReLU-and-copy pass writes ``out``. A prologue
 (``relu(x * scale + shift)``, DenseNet's BN-ReLU) is materialized once before the conv.
+
+16-bit on the CPU: bfloat16 runs on oneDNN's own bfloat16 kernel where the CPU executes bfloat16
+(``NATIVE_BF16``: AVX512-BF16 or AMX; float32 accumulation, the result rounded once), 2-3x faster
+than the same conv computed in float32 on an AMX CPU. Every other 16-bit CPU conv is computed in
+float32 and rounded once, as the reference does: float16 on oneDNN measured slower than float32 on
+that CPU (it has no AMX-FP16), and the ``F.conv2d`` path's own 16-bit kernels compute some convs
+wrong (see ``conv``).
 """
 from __future__ import annotations
 
+import functools
+import os
 from typing import List, Optional, Sequence
 
 import torch
@@ -42,10 +51,71 @@ def _use_onednn(x: torch.Tensor) -> bool:
             and x.shape[1] > 1)
 
 
-def _output_is_one_pixel(x: torch.Tensor, weight: torch.Tensor, pad: List[int], stride: List[int],
+def _native_bf16_default() -> bool:
+    """oneDNN's bfloat16 conv, where the CPU executes bfloat16 (AVX512-BF16 or AMX; elsewhere oneDNN
+    emulates it, slower than float32). FASTCONV_ONEDNN_BF16=0 computes bfloat16 in float32 instead."""
+    if os.environ.get("FASTCONV_ONEDNN_BF16", "1") == "0":
+        return False
+    has = lambda name: bool(getattr(torch.cpu, name, lambda: False)())  # noqa: E731
+    return has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported")
+
+
+NATIVE_BF16 = _native_bf16_default()
+
+
+def _has_dead_window(size: int, taps: int, stride: int, lo: int, hi: int, dilation: int) -> bool:
+    """Whether some output position along one dimension reads only padding (every tap outside the input)."""
+    out = (size + lo + hi - dilation * (taps - 1) - 1) // stride + 1
+    return any(all(not 0 <= o * stride - lo + t * dilation < size for t in range(taps)) for o in range(out))
+
+
+@functools.lru_cache(maxsize=4096)
+def _bf16_rewrite(size: tuple, taps: tuple, padding: tuple, stride: tuple, dilation: tuple):
+    """None where oneDNN's bfloat16 conv can take the call as it is, else the window to cut each
+    dimension's padded input to (None: the whole padded input). Cached: it runs on every call."""
+    dims = [(size[d], taps[d], stride[d], padding[2 * d], padding[2 * d + 1], dilation[d]) for d in range(2)]
+    spans = [dilation[d] * (taps[d] - 1) + 1 for d in range(2)]
+    outs = [(n + lo + hi - span) // st + 1 for (n, _, st, lo, hi, _), span in zip(dims, spans)]
+    one_strided = [outs[d] == 1 and stride[d] > 1 for d in range(2)]
+    over_padded = any(max(lo, hi) > (span - 1) // 2 for (_, _, _, lo, hi, _), span in zip(dims, spans))
+    if not (any(one_strided) or over_padded or any(_has_dead_window(*dim) for dim in dims)):
+        return None
+    return tuple(spans[d] if one_strided[d] else None for d in range(2))
+
+
+def _steer_bf16(x: torch.Tensor, weight: torch.Tensor, padding: List[int], stride: List[int],
+                dilation: List[int]):
+    """(x, padding, stride) for oneDNN's bfloat16 conv, steering around its bugs (torch 2.7 to 2.15,
+    eager F.conv2d too, any layout, with or without a prepacked weight; benchmarks/RESULTS.md, "The
+    torch tactic in bfloat16"):
+
+    - wrong values, silently, for a one-wide output with a width stride >= 2 (about 1 in 7 such
+      convs): x [1,8,10,3], w [4,2,3,3], groups 4, stride (1,3), padding 1. A one-wide (or one-tall)
+      output reads one window, so the stride there is irrelevant: the input is padded and cut to
+      that window and the stride set to 1.
+    - wrong values with more padding than a "same" conv has (x [3,96,11,10], w [24,96,1,2],
+      stride (2,1), padding (0,2), dilation (1,2)), and SIGSEGV when some output reads only padding
+      (x [2,3,1,7], w [16,3,2,2], stride (2,1), padding (1,2), dilation 2: rows -1 and 1 of a
+      one-row input). The padding is made explicit (F.pad); none of the five networks pads so.
+    """
+    windows = _bf16_rewrite(tuple(x.shape[2:]), tuple(weight.shape[2:]), tuple(padding), tuple(stride),
+                            tuple(dilation))
+    if windows is None:
+        return x, padding, stride
+    top, bottom, left, right = padding
+    x = F.pad(x, [left, right, top, bottom])
+    stride = list(stride)
+    for d, window in enumerate(windows):
+        if window is not None:
+            x, stride[d] = x.narrow(2 + d, 0, window), 1
+    return x, [0, 0, 0, 0], stride
+
+
+def _output_is_one_pixel(x: torch.Tensor, weight: torch.Tensor, padding: List[int], stride: List[int],
                          dilation: List[int]) -> bool:
-    size = [(x.shape[2 + d] + 2 * pad[d] - dilation[d] * (weight.shape[2 + d] - 1) - 1) // stride[d] + 1
-            for d in range(2)]
+    """Whether the conv's output is 1x1; padding [top, bottom, left, right]."""
+    size = [(x.shape[2 + d] + padding[2 * d] + padding[2 * d + 1] - dilation[d] * (weight.shape[2 + d] - 1) - 1)
+            // stride[d] + 1 for d in range(2)]
     return size == [1, 1]
 
 
@@ -80,6 +150,24 @@ def _write(y: torch.Tensor, outs: Sequence[torch.Tensor], relu: bool) -> None:
     _autotune.count_copy(y.numel() * outs[0].element_size())
 
 
+def _prologue(x: torch.Tensor, in_scale: Optional[torch.Tensor], in_shift: Optional[torch.Tensor],
+              in_relu: bool) -> torch.Tensor:
+    """relu?(x * in_scale + in_shift) per channel: one pass (``addcmul``), and the ReLU in place.
+    PyTorch computes 16-bit elementwise ops in float32 and rounds once, so a bfloat16 x gets one
+    rounding, of the conv's operand, as a fused kernel's load would."""
+    scale = None if in_scale is None else in_scale.view(1, -1, 1, 1)
+    shift = None if in_shift is None else in_shift.view(1, -1, 1, 1)
+    if scale is not None and shift is not None:
+        x = torch.addcmul(shift, x, scale)
+    elif scale is not None:
+        x = x * scale
+    elif shift is not None:
+        x = x + shift
+    else:
+        return torch.relu(x) if in_relu else x
+    return x.relu_() if in_relu else x
+
+
 def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
          stride: List[int], padding: List[int], dilation: List[int], groups: int, relu: bool,
          outs: Sequence[torch.Tensor], in_scale: Optional[torch.Tensor] = None,
@@ -90,10 +178,18 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
     # padding (0,2), dilation (1,2). The same conv with that dilation at 1 is computed.
     dilation = [d if weight.shape[2 + i] > 1 else 1 for i, d in enumerate(dilation)]
     onednn = _use_onednn(x)
-    cacheable = weight.dtype == torch.float32  # not the per-call float32 copy of a 16-bit weight
-    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+    # torch 2.11's oneDNN cannot build the binary post-op's memory descriptor ("could not create a
+    # memory") for one output channel, nor (2.6 to 2.11) for a 1x1 output with a prepacked weight or a
+    # channels_last input (ResNet's layer4 on a 32x32 input): the residual is added after the conv
+    residual_after = residual is not None and (
+        weight.shape[0] == 1 or _output_is_one_pixel(x, weight, padding, stride, dilation))
+    # ... and there a bfloat16 conv would be rounded before the residual is added: float32 instead
+    native_bf16 = onednn and x.dtype == torch.bfloat16 and NATIVE_BF16 and not residual_after
+    # not the per-call float32 copy of a 16-bit weight
+    cacheable = weight.dtype == torch.float32 or native_bf16
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16) and not native_bf16:
         # computed in float32 and rounded once, as the reference does. Eager's own 16-bit CPU conv
-        # is 3-7x faster on an AMX CPU but not safe: it shares oneDNN's one-input-channel bug
+        # is not safe where oneDNN's op is not used: it shares oneDNN's one-input-channel bug
         # (_use_onednn) on 2.14, and on 2.6 it computed 1-wide outputs with a width stride wrong
         # (bf16, 2 and 4 input channels too) and segfaulted (fp16, 1-wide kernels with padding)
         x, weight = x.float(), weight.float()
@@ -104,11 +200,7 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
     if in_scale is not None or in_shift is not None or in_relu:
         if stride != [1, 1] and tuple(weight.shape[2:]) == (1, 1) and padding == [0, 0, 0, 0]:
             x, stride = x[:, :, ::stride[0], ::stride[1]], [1, 1]  # a 1x1 conv: subsample first
-        x = x * in_scale.view(1, -1, 1, 1) if in_scale is not None else x.clone()
-        if in_shift is not None:
-            x.add_(in_shift.view(1, -1, 1, 1))
-        if in_relu:
-            x.relu_()
+        x = _prologue(x, in_scale, in_shift, in_relu)
     if not onednn and x.device.type == "cpu":
         # F.conv2d on a row-major copy: eager's channels_last CPU path goes wrong where oneDNN's op
         # does. One input channel (see _use_onednn; an input with strides [HW, 1, W, 1], or a view
@@ -116,6 +208,8 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         # w [2,3,3,1], stride 2, padding 1; x [2,3,8,1], w [2,3,4,2], stride 3, padding (1,2)).
         # Its NCHW path computed every probed conv right.
         x = _plain_strides(x.contiguous())
+    if native_bf16:
+        x, padding, stride = _steer_bf16(x, weight, padding, stride, dilation)
     top, bottom, left, right = padding
     if top == bottom and left == right:
         pad = [top, left]
@@ -124,17 +218,12 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         pad = [0, 0]
     if onednn:
         x, residual = _plain_strides(x), _plain_strides(residual)
-        one_out = weight.shape[0] == 1
         packed = _weight_cache.onednn_blocked(weight, pad, stride, dilation, groups, x.shape) if cacheable else None
-        one_pixel = residual is not None and _output_is_one_pixel(x, weight, pad, stride, dilation)
         weight = weight if packed is None else packed
-        # bias and residual are oneDNN post-ops; its "relu" post-op is not used because it maps NaN
-        # to 0 (fastconv's ReLU, like torch.relu, propagates NaN): the ReLU rides on the copy into out
-        if residual is None or one_out or one_pixel:
-            # torch 2.11's oneDNN cannot build the binary post-op's memory descriptor ("could not
-            # create a memory") for one output channel, nor (2.6 to 2.11) for a 1x1 output with a
-            # prepacked weight or a channels_last input (ResNet's layer4 on a 32x32 input): the
-            # residual is added after the conv instead
+        # bias and residual are oneDNN post-ops (the residual added in float32 before the one
+        # rounding, bfloat16 too); its "relu" post-op is not used because it maps NaN to 0
+        # (fastconv's ReLU, like torch.relu, propagates NaN): the ReLU rides on the copy into out
+        if residual is None or residual_after:
             y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, stride, dilation, groups,
                                                        "none", [], "")
             if residual is not None:

@@ -78,9 +78,10 @@ def onednn_prepack_enabled() -> bool:
 
 def onednn_blocked(weight: torch.Tensor, padding: List[int], stride: List[int], dilation: List[int], groups: int,
                    x_shape) -> Optional[torch.Tensor]:
-    """A float32 CPU ``weight`` in oneDNN's blocked layout for a conv on an input of ``x_shape``, or
-    None (then pass the plain weight: oneDNN reorders it itself)."""
-    if weight.dtype != torch.float32 or weight.device.type != "cpu" or not onednn_prepack_enabled():
+    """A float32 or bfloat16 CPU ``weight`` in oneDNN's blocked layout for a conv on an input of
+    ``x_shape`` (and the weight's dtype), or None (then pass the plain weight: oneDNN reorders it itself)."""
+    if (weight.dtype not in (torch.float32, torch.bfloat16) or weight.device.type != "cpu"
+            or not onednn_prepack_enabled()):
         return None
     geometry = (tuple(padding), tuple(stride), tuple(dilation), groups, tuple(x_shape))
     return derived(weight, ("onednn",) + geometry, lambda: torch.ops.mkldnn._reorder_convolution_weight(

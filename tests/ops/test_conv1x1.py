@@ -51,9 +51,11 @@ def ref64(x, w, bias, residual, scale, shift, in_relu, stride, relu):
     return reference.conv1x1(d(x), d(w), d(bias), d(residual), d(scale), d(shift), in_relu, list(stride), relu)
 
 
-def random_case(seed):
+def random_case(seed, dtype=None):
+    """A random 1x1 call; ``dtype`` replaces the drawn dtype (every other draw stays the same)."""
     rng = random.Random(seed)
-    dtype = rng.choices([torch.float32, torch.float16, torch.bfloat16, torch.float64], [6, 1, 1, 1])[0]
+    drawn = rng.choices([torch.float32, torch.float16, torch.bfloat16, torch.float64], [6, 1, 1, 1])[0]
+    dtype = drawn if dtype is None else dtype
     n = 0 if rng.random() < 0.04 else rng.randint(1, 3)
     ci, co = rng.randint(1, 48), rng.randint(1, 48)
     h, w = rng.randint(1, 11), rng.randint(1, 11)

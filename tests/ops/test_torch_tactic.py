@@ -12,6 +12,8 @@ import fastconv
 from tests.ops import test_conv1x1 as c1
 from tests.ops import test_conv2d_relu_cpu as c3
 from tests.ops import test_max_pool2d as mp
+from fastconv.ops import _torch_tactic
+from tests import utils as tests_utils
 from tests.utils import to_layout
 
 
@@ -189,3 +191,182 @@ def test_older_torch_takes_f_conv2d(monkeypatch):
     for case in ONEDNN_FUZZ_CASES:
         test_onednn_fuzz_cases(case, "1", monkeypatch)
     assert not calls
+
+
+# ---------------------------------------------------------------------------------------------
+# bfloat16 on oneDNN's own bfloat16 kernel (NATIVE_BF16: a CPU with AVX512-BF16 or AMX)
+
+needs_onednn_bf16 = pytest.mark.skipif(
+    not (_torch_tactic.ONEDNN_POINTWISE and torch.backends.mkldnn.is_available()
+         and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    reason="oneDNN's bfloat16 conv needs torch >= 2.7 with oneDNN on an AVX-512 (or newer) CPU")
+
+
+def _spy_onednn_dtypes(monkeypatch):
+    """Record the input dtype of every oneDNN conv call (both forms), still calling the real op."""
+    seen = []
+    plain, binary = torch.ops.mkldnn._convolution_pointwise, torch.ops.mkldnn._convolution_pointwise.binary
+
+    class Spy:
+        def __call__(self, x, *args):
+            seen.append(x.dtype)
+            return plain(x, *args)
+
+        def binary(self, x, *args):
+            seen.append(x.dtype)
+            return binary(x, *args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", Spy())
+    return seen
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("i", range(0, c3.N_CASES, 2))
+def test_bf16_conv2d_relu_random_configs(i, native, monkeypatch):
+    """Every other random conv2d_relu config in bfloat16 (slices, strides, groups, residuals,
+    out= slices of poisoned buffers), on oneDNN's bfloat16 kernel and computed in float32, against
+    the float64 reference of the rounded inputs; the spy shows which path ran."""
+    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", native)
+    seen = _spy_onednn_dtypes(monkeypatch)
+    case = dict(c3.make_case(i), dtype=torch.bfloat16)
+    c3.run_case("torch", case, monkeypatch)
+    # a residual added after the conv (one output channel, a 1x1 output) needs it in float32
+    out_hw = c3.out_hw(case["h"], case["w"], case["kernel"], case["stride"], case["dilation"], case["p4"])
+    residual_after = case["residual"] and (case["co"] == 1 or tuple(out_hw) == (1, 1))
+    if seen:
+        assert set(seen) == {torch.bfloat16 if native and not residual_after else torch.float32}, seen
+    if native and case["n"] > 0 and case["c"] > 1:
+        assert seen, "oneDNN's bfloat16 conv was not called"
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("seed", range(0, 120, 2))
+def test_bf16_conv1x1_random_configurations(seed, monkeypatch):
+    """The 1x1 path (prologue computed in float32, rounded once to the conv's bfloat16 operand)."""
+    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+    c1.check_case(c1.random_case(seed, torch.bfloat16), "torch")
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("layout,out_layout", [("nchw", "nchw"), ("nhwc", "nhwc"), ("prefix_nhwc", "nchw")])
+@pytest.mark.parametrize("prologue", ["both_relu", "none"])
+def test_bf16_conv1x1_multi(layout, out_layout, prologue, monkeypatch):
+    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+    seen = _spy_onednn_dtypes(monkeypatch)
+    c1.check_multi("torch", torch.bfloat16, layout, out_layout, prologue=prologue)
+    assert seen and set(seen) == {torch.bfloat16}, seen
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("prepack", ["1", "0"])
+@pytest.mark.parametrize("case", list(ONEDNN_EDGE_CASES))
+def test_bf16_onednn_edge_cases(case, prepack, monkeypatch):
+    """The steered-around oneDNN edge cases, on its bfloat16 kernel."""
+    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+    monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", prepack)
+    x_shape, x_kind, w_shape, padding, stride, r_kind = ONEDNN_EDGE_CASES[case]
+    g = torch.Generator().manual_seed(3)
+    x = _strided(torch.randn(x_shape, generator=g).bfloat16(), x_kind)
+    w, b = torch.randn(w_shape, generator=g).bfloat16(), torch.randn(w_shape[0], generator=g).bfloat16()
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride, padding)
+    r = _strided(torch.randn(ref.shape, generator=g).bfloat16(), x_kind if r_kind is None else r_kind)
+    with fastconv.use_backend("torch"):
+        y = fastconv.conv2d_relu(x, w, b, stride, padding, residual=r)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), torch.relu(ref + r.double()), rtol=1e-2, atol=1e-2)
+
+
+@needs_onednn_bf16
+def test_bf16_relu_propagates_nan(monkeypatch):
+    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+    x = torch.randn(1, 2, 5, 5, dtype=torch.bfloat16)
+    x[0, 0, 2, 2] = float("nan")
+    with fastconv.use_backend("torch"):
+        y = fastconv.conv2d_relu(x, torch.randn(3, 2, 3, 3, dtype=torch.bfloat16), padding=1)
+    assert torch.isnan(y[0, :, 1:4, 1:4]).all()
+
+
+# oneDNN's bfloat16 conv goes wrong on these (torch 2.14.1; eager F.conv2d as well, any layout, with or
+# without a prepacked weight): (x shape, channels_last x, weight shape, stride, padding, dilation, groups)
+BF16_ONEDNN_CASES = {
+    # wrong values: a one-wide output with a width stride >= 2
+    "one_wide_output_width_stride": ((1, 8, 10, 3), True, (4, 2, 3, 3), (1, 3), (1, 1), (1, 1), 4),
+    "one_wide_output_dilated": ((3, 3, 10, 6), True, (48, 3, 4, 4), (2, 2), (1, 1), (1, 2), 1),
+    # wrong values: more padding than a "same" conv has
+    "over_padded": ((3, 96, 11, 10), False, (24, 96, 1, 2), (2, 1), (0, 2), (1, 2), 1),
+    "over_padded_strided": ((1, 24, 16, 7), True, (64, 24, 1, 2), (3, 2), (0, 2), (2, 2), 1),
+    # SIGSEGV: outputs that read only padding (rows -1 and 1 of a one-row input)
+    "output_reads_only_padding": ((2, 3, 1, 7), False, (16, 3, 2, 2), (2, 1), (1, 2), (2, 2), 1),
+}
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("prepack", ["1", "0"])
+@pytest.mark.parametrize("case", list(BF16_ONEDNN_CASES))
+def test_bf16_onednn_bug_cases(case, prepack, monkeypatch):
+    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+    monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", prepack)
+    seen = _spy_onednn_dtypes(monkeypatch)
+    x_shape, cl, w_shape, stride, padding, dilation, groups = BF16_ONEDNN_CASES[case]
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(x_shape, generator=g).bfloat16()
+    x = x.contiguous(memory_format=torch.channels_last) if cl else x
+    w = torch.randn(w_shape, generator=g).bfloat16()
+    ref = F.conv2d(x.double(), w.double(), None, stride, padding, dilation, groups)
+    with fastconv.use_backend("torch"):
+        y = fastconv.conv2d_relu(x, w, None, stride, padding, dilation, groups, relu=False)
+    assert seen == [torch.bfloat16]
+    tests_utils.assert_close_rel(y, ref, torch.bfloat16, case)
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("cout", [1, 4])
+def test_bf16_residual_after_the_conv_rounds_once(cout, monkeypatch):
+    """Where the residual cannot be a oneDNN post-op (one output channel, a 1x1 output) the sum is
+    still rounded once: the residual cancels most of the conv, so rounding the conv to bfloat16
+    first would leave an error of the conv's size (found by a probe: 2.4e-2 relative)."""
+    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 16, 3, 3, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+    w = torch.randn(cout, 16, 3, 3, generator=g).bfloat16()
+    conv = F.conv2d(x.double(), w.double())
+    r = (-conv + torch.randn(conv.shape, generator=g, dtype=torch.float64) * 0.01).bfloat16()
+    with fastconv.use_backend("torch"):
+        y = fastconv.conv2d_relu(x, w, None, relu=False, residual=r)
+    exact = conv + r.double()
+    assert (y.double() - exact).abs().max() <= exact.abs().max() * 2 ** -8
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_steer_bf16_computes_the_same_conv(seed):
+    """_steer_bf16's rewrite (explicit padding, a one-wide output cut to its window at stride 1)
+    is the same conv: checked in float64 with F.conv2d, and _has_dead_window against the definition."""
+    rng = random.Random(seed)
+    for _ in range(50):
+        kh, kw = rng.randint(1, 4), rng.randint(1, 4)
+        stride, dilation = [rng.randint(1, 3), rng.randint(1, 3)], [rng.randint(1, 2), rng.randint(1, 2)]
+        pad4 = [rng.randint(0, 3) for _ in range(4)]
+        h = rng.randint(max(1, dilation[0] * (kh - 1) + 1 - pad4[0] - pad4[1]), 9)
+        w = rng.randint(max(1, dilation[1] * (kw - 1) + 1 - pad4[2] - pad4[3]), 9)
+        x = torch.randn(1, 2, h, w, dtype=torch.float64)
+        wt = torch.randn(3, 2, kh, kw, dtype=torch.float64)
+        ref = F.conv2d(F.pad(x, [pad4[2], pad4[3], pad4[0], pad4[1]]), wt, None, stride, 0, dilation)
+        x2, p2, s2 = _torch_tactic._steer_bf16(x, wt, pad4, stride, dilation)
+        y = F.conv2d(F.pad(x2, [p2[2], p2[3], p2[0], p2[1]]), wt, None, s2, 0, dilation)
+        torch.testing.assert_close(y, ref, rtol=0, atol=0)
+        oh, ow = ref.shape[2:]
+        for size, taps, st, lo, hi, dil, outs in ((h, kh, stride[0], pad4[0], pad4[1], dilation[0], oh),
+                                                  (w, kw, stride[1], pad4[2], pad4[3], dilation[1], ow)):
+            live = [any(0 <= o * st - lo + t * dil < size for t in range(taps)) for o in range(outs)]
+            assert _torch_tactic._has_dead_window(size, taps, st, lo, hi, dil) == (not all(live))
+
+
+def test_native_bf16_follows_the_cpu_and_the_switch(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not _torch_tactic._native_bf16_default()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert _torch_tactic._native_bf16_default()
+    monkeypatch.setenv("FASTCONV_ONEDNN_BF16", "0")
+    assert not _torch_tactic._native_bf16_default()

@@ -98,9 +98,12 @@ def test_not_cached_for_inference_tensors_other_dtypes_or_when_off(monkeypatch):
     with torch.inference_mode():
         w_inf = torch.randn(16, 16, 3, 3)
     _conv(x, w_inf, torch.zeros(16))
-    w16 = torch.randn(16, 16, 3, 3, dtype=torch.bfloat16)
-    y16 = _conv(x.bfloat16(), w16, torch.zeros(16, dtype=torch.bfloat16))
-    assert_close_rel(y16, _ref(x.bfloat16(), w16, torch.zeros(16)), torch.bfloat16, "bf16", tol=REL_TOL[torch.bfloat16])
+    # float16, and bfloat16 computed in float32, read a per-call float32 copy of the weight
+    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", False)
+    for dtype in (torch.float16, torch.bfloat16):
+        w16 = torch.randn(16, 16, 3, 3, dtype=dtype)
+        y16 = _conv(x.to(dtype), w16, torch.zeros(16, dtype=dtype))
+        assert_close_rel(y16, _ref(x.to(dtype), w16, torch.zeros(16)), dtype, str(dtype), tol=REL_TOL[dtype])
     assert _weight_cache.cached_count() == 0
     monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", "0")
     _conv(x, torch.randn(16, 16, 3, 3), torch.zeros(16))
@@ -119,3 +122,20 @@ def test_converted_model_reloaded_weights_take_effect():
                                     torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU()).eval()
         fast.load_state_dict(other.state_dict())
         torch.testing.assert_close(fast(x), other(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                    reason="oneDNN's bfloat16 conv needs an AVX-512 (or newer) CPU")
+def test_bf16_weight_cached_for_onednn_bf16(monkeypatch):
+    if not _torch_tactic.ONEDNN_POINTWISE:
+        pytest.skip("torch < 2.7: the tactic does not call oneDNN's op")
+    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+    x = torch.randn(2, 16, 7, 7, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(16, 16, 3, 3, dtype=torch.bfloat16) / 12
+    b = torch.randn(16, dtype=torch.bfloat16)
+    for _ in range(2):
+        assert_close_rel(_conv(x, w, b), _ref(x, w, b), torch.bfloat16, "bf16")
+    assert _weight_cache.cached_count() == 1
+    with torch.no_grad():
+        w.mul_(-1)  # the version counter moves: the prepacked form is remade
+    assert_close_rel(_conv(x, w, b), _ref(x, w, b), torch.bfloat16, "bf16 after an in-place update")
