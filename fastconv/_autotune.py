@@ -148,7 +148,8 @@ def device_key(device: torch.device) -> str:
     parts = [device_name(device), f"torch {torch.__version__}", f"fastconv {__version__}"]
     if device.type == "cpu":
         parts.append(f"threads {torch.get_num_threads()}")
-        for var in ("FASTCONV_CPU_WINOGRAD", "FASTCONV_ONEDNN_PREPACK", "FASTCONV_ONEDNN_BF16"):  # kernels switched off or forced
+        # kernels switched off or forced
+        for var in ("FASTCONV_CPU_WINOGRAD", "FASTCONV_ONEDNN_PREPACK", "FASTCONV_ONEDNN_BF16"):
             value = os.environ.get(var) or "1"
             if value != "1":
                 parts.append(f"{var}={value}")

@@ -378,7 +378,7 @@ def test_cuda_device_key_follows_the_cutlass_switches(monkeypatch, var, default,
 
 def test_cpu_device_key_follows_the_kernel_switches(monkeypatch):
     cpu = torch.device("cpu")
-    for var in ("FASTCONV_CPU_WINOGRAD", "FASTCONV_ONEDNN_PREPACK"):
+    for var in ("FASTCONV_CPU_WINOGRAD", "FASTCONV_ONEDNN_PREPACK", "FASTCONV_ONEDNN_BF16"):
         monkeypatch.delenv(var, raising=False)
     on = _autotune.device_key(cpu)
     monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "1")
@@ -387,3 +387,5 @@ def test_cpu_device_key_follows_the_kernel_switches(monkeypatch):
     assert "FASTCONV_CPU_WINOGRAD=0" in _autotune.device_key(cpu)
     monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", "0")
     assert "FASTCONV_ONEDNN_PREPACK=0" in _autotune.device_key(cpu)
+    monkeypatch.setenv("FASTCONV_ONEDNN_BF16", "0")
+    assert "FASTCONV_ONEDNN_BF16=0" in _autotune.device_key(cpu)

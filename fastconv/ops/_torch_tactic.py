@@ -51,16 +51,16 @@ def _use_onednn(x: torch.Tensor) -> bool:
             and x.shape[1] > 1)
 
 
-def _native_bf16_default() -> bool:
-    """oneDNN's bfloat16 conv, where the CPU executes bfloat16 (AVX512-BF16 or AMX; elsewhere oneDNN
-    emulates it, slower than float32). FASTCONV_ONEDNN_BF16=0 computes bfloat16 in float32 instead."""
-    if os.environ.get("FASTCONV_ONEDNN_BF16", "1") == "0":
-        return False
+def _cpu_executes_bf16() -> bool:
+    """Whether the CPU has bfloat16 instructions (AVX512-BF16 or AMX): elsewhere oneDNN emulates
+    bfloat16, slower than float32."""
     has = lambda name: bool(getattr(torch.cpu, name, lambda: False)())  # noqa: E731
     return has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported")
 
 
-NATIVE_BF16 = _native_bf16_default()
+# bfloat16 convs on oneDNN's bfloat16 kernel: where the CPU executes bfloat16, unless
+# FASTCONV_ONEDNN_BF16=0 (read on every call, like FASTCONV_ONEDNN_PREPACK; auto's cache key has it)
+NATIVE_BF16 = _cpu_executes_bf16()
 
 
 def _has_dead_window(size: int, taps: int, stride: int, lo: int, hi: int, dilation: int) -> bool:
@@ -184,7 +184,8 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
     residual_after = residual is not None and (
         weight.shape[0] == 1 or _output_is_one_pixel(x, weight, padding, stride, dilation))
     # ... and there a bfloat16 conv would be rounded before the residual is added: float32 instead
-    native_bf16 = onednn and x.dtype == torch.bfloat16 and NATIVE_BF16 and not residual_after
+    native_bf16 = (onednn and x.dtype == torch.bfloat16 and NATIVE_BF16 and not residual_after
+                   and os.environ.get("FASTCONV_ONEDNN_BF16", "1") != "0")
     # not the per-call float32 copy of a 16-bit weight
     cacheable = weight.dtype == torch.float32 or native_bf16
     if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16) and not native_bf16:

@@ -362,11 +362,23 @@ def test_steer_bf16_computes_the_same_conv(seed):
             assert _torch_tactic._has_dead_window(size, taps, st, lo, hi, dil) == (not all(live))
 
 
-def test_native_bf16_follows_the_cpu_and_the_switch(monkeypatch):
+def test_native_bf16_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert not _torch_tactic._native_bf16_default()
+    assert not _torch_tactic._cpu_executes_bf16()
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert _torch_tactic._native_bf16_default()
-    monkeypatch.setenv("FASTCONV_ONEDNN_BF16", "0")
-    assert not _torch_tactic._native_bf16_default()
+    assert _torch_tactic._cpu_executes_bf16()
+
+
+@needs_onednn_bf16
+def test_fastconv_onednn_bf16_0_computes_in_float32(monkeypatch):
+    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+    seen = _spy_onednn_dtypes(monkeypatch)
+    x = torch.randn(2, 8, 6, 6).bfloat16()
+    w = torch.randn(4, 8, 3, 3).bfloat16()
+    ref = torch.relu(F.conv2d(x.double(), w.double(), padding=1))
+    with fastconv.use_backend("torch"):
+        tests_utils.assert_close_rel(fastconv.conv2d_relu(x, w, padding=1), ref, torch.bfloat16, "bf16 kernel")
+        monkeypatch.setenv("FASTCONV_ONEDNN_BF16", "0")
+        tests_utils.assert_close_rel(fastconv.conv2d_relu(x, w, padding=1), ref, torch.bfloat16, "in float32")
+    assert seen == [torch.bfloat16, torch.float32]
