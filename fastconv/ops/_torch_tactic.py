@@ -193,7 +193,9 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         # is not safe where oneDNN's op is not used: it shares oneDNN's one-input-channel bug
         # (_use_onednn) on 2.14, and on 2.6 it computed 1-wide outputs with a width stride wrong
         # (bf16, 2 and 4 input channels too) and segfaulted (fp16, 1-wide kernels with padding)
-        x, weight = x.float(), weight.float()
+        # (the F.conv2d path wants a row-major x below: one copy makes it float32 and row-major)
+        x = x.to(torch.float32, memory_format=torch.preserve_format if onednn else torch.contiguous_format)
+        weight = weight.float()
         bias = None if bias is None else bias.float()
         residual = None if residual is None else residual.float()
         in_scale = None if in_scale is None else in_scale.float()
