@@ -140,6 +140,30 @@ def test_convert_dtype_and_channels_last():
         assert rel_err(y, ref.double()(x.double())) <= 1e-10
 
 
+@pytest.mark.parametrize("dtype,backend", [(torch.bfloat16, "torch"), (torch.bfloat16, "auto"),
+                                           (torch.float16, "auto")])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_convert_16_bit_channels_last_on_the_cpu(name, dtype, backend):
+    """A user's 16-bit CPU inference: convert(dtype=..., channels_last=True) against the float32
+    model, no less accurate than the same model cast to that dtype in eager PyTorch (1.5x its error,
+    or 1e-2), every logit written (no NaN), argmax agreeing where the float32 logits are not nearly
+    tied. On an AVX512-BF16/AMX CPU bf16 convs run on oneDNN's bf16 kernel (the ``torch`` tactic)."""
+    ref = tv_model(name)
+    x = image(n=2, size=64, seed=16)
+    converted = fastconv.convert(ref, dtype=dtype, channels_last=True)
+    eager16 = copy.deepcopy(ref).to(dtype=dtype, memory_format=torch.channels_last)
+    x16 = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), fastconv.use_backend(backend):
+        y32, y = ref(x), converted(x16)
+        eager_err = rel_err(eager16(x16), y32)
+    assert y.dtype == dtype and not y.isnan().any()
+    err = rel_err(y, y32)
+    assert err <= max(1.5 * eager_err, 1e-2), (err, eager_err)
+    top2 = y32.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 4 * err * y32.abs().max(dim=1).values
+    assert (y.float().argmax(1) == y32.argmax(1))[clear].all()
+
+
 def test_convert_rejects_non_modules():
     with pytest.raises(TypeError, match="nn.Module"):
         fastconv.convert(lambda x: x)
