@@ -70,7 +70,7 @@ def _has_dead_window(size: int, taps: int, stride: int, lo: int, hi: int, dilati
 
 
 @functools.lru_cache(maxsize=4096)
-def _bf16_rewrite(size: tuple, taps: tuple, padding: tuple, stride: tuple, dilation: tuple):
+def _onednn_rewrite(size: tuple, taps: tuple, padding: tuple, stride: tuple, dilation: tuple):
     """None where oneDNN's bfloat16 conv can take the call as it is, else the window to cut each
     dimension's padded input to (None: the whole padded input). Cached: it runs on every call."""
     dims = [(size[d], taps[d], stride[d], padding[2 * d], padding[2 * d + 1], dilation[d]) for d in range(2)]
@@ -83,7 +83,17 @@ def _bf16_rewrite(size: tuple, taps: tuple, padding: tuple, stride: tuple, dilat
     return tuple(spans[d] if one_strided[d] else None for d in range(2))
 
 
-def _steer_bf16(x: torch.Tensor, weight: torch.Tensor, padding: List[int], stride: List[int],
+def _one_output_strided(x: torch.Tensor, weight: torch.Tensor, padding: List[int], stride: List[int],
+                        dilation: List[int]) -> bool:
+    """Whether the output is one wide (or one tall) with a stride >= 2 there; padding [top, bottom, left, right]."""
+    for d in range(2):
+        span = dilation[d] * (weight.shape[2 + d] - 1) + 1
+        if stride[d] > 1 and (x.shape[2 + d] + padding[2 * d] + padding[2 * d + 1] - span) // stride[d] == 0:
+            return True
+    return False
+
+
+def _steer_onednn(x: torch.Tensor, weight: torch.Tensor, padding: List[int], stride: List[int],
                 dilation: List[int]):
     """(x, padding, stride) for oneDNN's bfloat16 conv, steering around its bugs (torch 2.7 to 2.15,
     eager F.conv2d too, any layout, with or without a prepacked weight; benchmarks/RESULTS.md, "The
@@ -92,13 +102,13 @@ def _steer_bf16(x: torch.Tensor, weight: torch.Tensor, padding: List[int], strid
     - wrong values, silently, for a one-wide output with a width stride >= 2 (about 1 in 7 such
       convs): x [1,8,10,3], w [4,2,3,3], groups 4, stride (1,3), padding 1. A one-wide (or one-tall)
       output reads one window, so the stride there is irrelevant: the input is padded and cut to
-      that window and the stride set to 1.
+      that window and the stride set to 1. (float32 has this bug too, rarely: see conv.)
     - wrong values with more padding than a "same" conv has (x [3,96,11,10], w [24,96,1,2],
       stride (2,1), padding (0,2), dilation (1,2)), and SIGSEGV when some output reads only padding
       (x [2,3,1,7], w [16,3,2,2], stride (2,1), padding (1,2), dilation 2: rows -1 and 1 of a
       one-row input). The padding is made explicit (F.pad); none of the five networks pads so.
     """
-    windows = _bf16_rewrite(tuple(x.shape[2:]), tuple(weight.shape[2:]), tuple(padding), tuple(stride),
+    windows = _onednn_rewrite(tuple(x.shape[2:]), tuple(weight.shape[2:]), tuple(padding), tuple(stride),
                             tuple(dilation))
     if windows is None:
         return x, padding, stride
@@ -186,6 +196,16 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
     # ... and there a bfloat16 conv would be rounded before the residual is added: float32 instead
     native_bf16 = (onednn and x.dtype == torch.bfloat16 and NATIVE_BF16 and not residual_after
                    and os.environ.get("FASTCONV_ONEDNN_BF16", "1") != "0")
+    if onednn and not native_bf16 and (
+            _one_output_strided(x, weight, padding, stride, dilation)
+            or (weight.shape[0] == 1 and _output_is_one_pixel(x, weight, padding, stride, dilation))):
+        # float32 (torch 2.14.1), wrong values, silently, with a prepacked weight or a channels_last
+        # input: some one-wide outputs with a width stride >= 2 (x [2,128,19,2], w [5,128,1,2],
+        # stride 2; about 1 in 1000 such convs with many channels), as for one input channel; and one
+        # output channel with the kernel covering the input (x [2,4,9,9], w [1,4,9,9]: 1 in 4 such
+        # convs). Rewriting the first kind as _steer_onednn does for bfloat16 can make the second.
+        # F.conv2d's NCHW path computes both.
+        onednn = False
     # not the per-call float32 copy of a 16-bit weight
     cacheable = weight.dtype == torch.float32 or native_bf16
     if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16) and not native_bf16:
@@ -212,7 +232,7 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         # Its NCHW path computed every probed conv right.
         x = _plain_strides(x.contiguous())
     if native_bf16:
-        x, padding, stride = _steer_bf16(x, weight, padding, stride, dilation)
+        x, padding, stride = _steer_onednn(x, weight, padding, stride, dilation)
     top, bottom, left, right = padding
     if top == bottom and left == right:
         pad = [top, left]

@@ -287,37 +287,52 @@ def test_bf16_relu_propagates_nan(monkeypatch):
     assert torch.isnan(y[0, :, 1:4, 1:4]).all()
 
 
-# oneDNN's bfloat16 conv goes wrong on these (torch 2.14.1; eager F.conv2d as well, any layout, with or
-# without a prepacked weight): (x shape, channels_last x, weight shape, stride, padding, dilation, groups)
-BF16_ONEDNN_CASES = {
-    # wrong values: a one-wide output with a width stride >= 2
-    "one_wide_output_width_stride": ((1, 8, 10, 3), True, (4, 2, 3, 3), (1, 3), (1, 1), (1, 1), 4),
-    "one_wide_output_dilated": ((3, 3, 10, 6), True, (48, 3, 4, 4), (2, 2), (1, 1), (1, 2), 1),
-    # wrong values: more padding than a "same" conv has
-    "over_padded": ((3, 96, 11, 10), False, (24, 96, 1, 2), (2, 1), (0, 2), (1, 2), 1),
-    "over_padded_strided": ((1, 24, 16, 7), True, (64, 24, 1, 2), (3, 2), (0, 2), (2, 2), 1),
-    # SIGSEGV: outputs that read only padding (rows -1 and 1 of a one-row input)
-    "output_reads_only_padding": ((2, 3, 1, 7), False, (16, 3, 2, 2), (2, 1), (1, 2), (2, 2), 1),
+# oneDNN's conv goes wrong on these (torch 2.7 to 2.15; eager F.conv2d as well): (dtype, x shape,
+# channels_last x, weight shape, stride, padding, dilation, groups). The tactic rewrites the bfloat16
+# ones (_steer_onednn) and sends the float32 ones to F.conv2d's NCHW path; each fails without that.
+ONEDNN_STEERED_CASES = {
+    # bfloat16, wrong values (any layout, prepacked or not): a one-wide output with a width stride >= 2
+    "bf16_one_wide_output_width_stride": (torch.bfloat16, (1, 8, 10, 3), True, (4, 2, 3, 3), (1, 3), (1, 1), (1, 1), 4),
+    "bf16_one_wide_output_dilated": (torch.bfloat16, (3, 3, 10, 6), True, (48, 3, 4, 4), (2, 2), (1, 1), (1, 2), 1),
+    # bfloat16, wrong values: more padding than a "same" conv has
+    "bf16_over_padded": (torch.bfloat16, (3, 96, 11, 10), False, (24, 96, 1, 2), (2, 1), (0, 2), (1, 2), 1),
+    "bf16_over_padded_strided": (torch.bfloat16, (1, 24, 16, 7), True, (64, 24, 1, 2), (3, 2), (0, 2), (2, 2), 1),
+    # bfloat16, SIGSEGV: outputs that read only padding (rows -1 and 1 of a one-row input)
+    "bf16_output_reads_only_padding": (torch.bfloat16, (2, 3, 1, 7), False, (16, 3, 2, 2), (2, 1), (1, 2), (2, 2), 1),
+    # float32, wrong values: a one-wide output with a width stride >= 2, many input channels (about 1
+    # in 1000 such convs), with a channels_last input (prepacked or not) or a prepacked weight
+    "fp32_one_wide_output_channels_last": (torch.float32, (2, 160, 19, 2), True, (10, 160, 1, 2), (3, 2), (0, 0),
+                                           (1, 1), 1),
+    "fp32_one_wide_output_nchw": (torch.float32, (2, 128, 19, 2), False, (5, 128, 1, 2), (2, 2), (0, 0), (1, 1), 1),
+    # float32, wrong values: one output channel, the kernel covering the input (1 in 4 such convs)
+    "fp32_one_output_channel_whole_input_kernel": (torch.float32, (2, 4, 9, 9), False, (1, 4, 9, 9), (1, 1),
+                                                   (0, 0), (1, 1), 1),
+    "fp32_one_output_channel_whole_input_kernel_cl": (torch.float32, (2, 3, 11, 11), True, (1, 3, 11, 11), (1, 1),
+                                                      (0, 0), (1, 1), 1),
 }
 
 
-@needs_onednn_bf16
 @pytest.mark.parametrize("prepack", ["1", "0"])
-@pytest.mark.parametrize("case", list(BF16_ONEDNN_CASES))
-def test_bf16_onednn_bug_cases(case, prepack, monkeypatch):
-    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+@pytest.mark.parametrize("case", list(ONEDNN_STEERED_CASES))
+def test_onednn_steered_cases(case, prepack, monkeypatch):
+    dtype, x_shape, cl, w_shape, stride, padding, dilation, groups = ONEDNN_STEERED_CASES[case]
+    if not _torch_tactic.ONEDNN_POINTWISE:
+        pytest.skip("torch < 2.7: the tactic does not call oneDNN's op")
+    if dtype == torch.bfloat16:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            pytest.skip("oneDNN's bfloat16 conv needs an AVX-512 (or newer) CPU")
+        monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
     monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", prepack)
     seen = _spy_onednn_dtypes(monkeypatch)
-    x_shape, cl, w_shape, stride, padding, dilation, groups = BF16_ONEDNN_CASES[case]
     g = torch.Generator().manual_seed(7)
-    x = torch.randn(x_shape, generator=g).bfloat16()
+    x = torch.randn(x_shape, generator=g).to(dtype)
     x = x.contiguous(memory_format=torch.channels_last) if cl else x
-    w = torch.randn(w_shape, generator=g).bfloat16()
+    w = torch.randn(w_shape, generator=g).to(dtype)
     ref = F.conv2d(x.double(), w.double(), None, stride, padding, dilation, groups)
     with fastconv.use_backend("torch"):
         y = fastconv.conv2d_relu(x, w, None, stride, padding, dilation, groups, relu=False)
-    assert seen == [torch.bfloat16]
-    tests_utils.assert_close_rel(y, ref, torch.bfloat16, case)
+    assert seen == ([dtype] if dtype == torch.bfloat16 else [])
+    tests_utils.assert_close_rel(y, ref, dtype, case)
 
 
 @needs_onednn_bf16
@@ -339,8 +354,8 @@ def test_bf16_residual_after_the_conv_rounds_once(cout, monkeypatch):
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_steer_bf16_computes_the_same_conv(seed):
-    """_steer_bf16's rewrite (explicit padding, a one-wide output cut to its window at stride 1)
+def test_steer_onednn_computes_the_same_conv(seed):
+    """_steer_onednn's rewrite (explicit padding, a one-wide output cut to its window at stride 1)
     is the same conv: checked in float64 with F.conv2d, and _has_dead_window against the definition."""
     rng = random.Random(seed)
     for _ in range(50):
@@ -352,7 +367,7 @@ def test_steer_bf16_computes_the_same_conv(seed):
         x = torch.randn(1, 2, h, w, dtype=torch.float64)
         wt = torch.randn(3, 2, kh, kw, dtype=torch.float64)
         ref = F.conv2d(F.pad(x, [pad4[2], pad4[3], pad4[0], pad4[1]]), wt, None, stride, 0, dilation)
-        x2, p2, s2 = _torch_tactic._steer_bf16(x, wt, pad4, stride, dilation)
+        x2, p2, s2 = _torch_tactic._steer_onednn(x, wt, pad4, stride, dilation)
         y = F.conv2d(F.pad(x2, [p2[2], p2[3], p2[0], p2[1]]), wt, None, s2, 0, dilation)
         torch.testing.assert_close(y, ref, rtol=0, atol=0)
         oh, ow = ref.shape[2:]
