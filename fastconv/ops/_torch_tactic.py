@@ -94,7 +94,7 @@ def _one_output_strided(x: torch.Tensor, weight: torch.Tensor, padding: List[int
 
 
 def _steer_onednn(x: torch.Tensor, weight: torch.Tensor, padding: List[int], stride: List[int],
-                dilation: List[int]):
+                  dilation: List[int]):
     """(x, padding, stride) for oneDNN's bfloat16 conv, steering around its bugs (torch 2.7 to 2.15,
     eager F.conv2d too, any layout, with or without a prepacked weight; benchmarks/RESULTS.md, "The
     torch tactic in bfloat16"):
@@ -109,7 +109,7 @@ def _steer_onednn(x: torch.Tensor, weight: torch.Tensor, padding: List[int], str
       one-row input). The padding is made explicit (F.pad); none of the five networks pads so.
     """
     windows = _onednn_rewrite(tuple(x.shape[2:]), tuple(weight.shape[2:]), tuple(padding), tuple(stride),
-                            tuple(dilation))
+                              tuple(dilation))
     if windows is None:
         return x, padding, stride
     top, bottom, left, right = padding
@@ -199,11 +199,11 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
     if onednn and not native_bf16 and (
             _one_output_strided(x, weight, padding, stride, dilation)
             or (weight.shape[0] == 1 and _output_is_one_pixel(x, weight, padding, stride, dilation))):
-        # float32 (torch 2.14.1), wrong values, silently, with a prepacked weight or a channels_last
-        # input: some one-wide outputs with a width stride >= 2 (x [2,128,19,2], w [5,128,1,2],
-        # stride 2; about 1 in 1000 such convs with many channels), as for one input channel; and one
+        # float32, wrong values, silently, with a prepacked weight or a channels_last input: some
+        # one-wide outputs with a width stride >= 2 (x [2,128,19,2], w [5,128,1,2], stride 2; about 1
+        # in 1000 such convs with many channels; torch 2.7 to 2.14), as for one input channel; and one
         # output channel with the kernel covering the input (x [2,4,9,9], w [1,4,9,9]: 1 in 4 such
-        # convs). Rewriting the first kind as _steer_onednn does for bfloat16 can make the second.
+        # convs; 2.14 and 2.15). Rewriting the first kind as _steer_onednn does for bfloat16 can make the second.
         # F.conv2d's NCHW path computes both.
         onednn = False
     # not the per-call float32 copy of a 16-bit weight
