@@ -63,6 +63,12 @@ def _cpu_executes_bf16() -> bool:
 NATIVE_BF16 = _cpu_executes_bf16()
 
 
+def _out_size(size, taps, padding, stride, dilation) -> List[int]:
+    """The conv's output height and width; size and taps (height, width), padding [top, bottom, left, right]."""
+    return [(size[d] + padding[2 * d] + padding[2 * d + 1] - dilation[d] * (taps[d] - 1) - 1) // stride[d] + 1
+            for d in range(2)]
+
+
 def _has_dead_window(size: int, taps: int, stride: int, lo: int, hi: int, dilation: int) -> bool:
     """Whether some output position along one dimension reads only padding (every tap outside the input)."""
     out = (size + lo + hi - dilation * (taps - 1) - 1) // stride + 1
@@ -75,22 +81,12 @@ def _onednn_rewrite(size: tuple, taps: tuple, padding: tuple, stride: tuple, dil
     dimension's padded input to (None: the whole padded input). Cached: it runs on every call."""
     dims = [(size[d], taps[d], stride[d], padding[2 * d], padding[2 * d + 1], dilation[d]) for d in range(2)]
     spans = [dilation[d] * (taps[d] - 1) + 1 for d in range(2)]
-    outs = [(n + lo + hi - span) // st + 1 for (n, _, st, lo, hi, _), span in zip(dims, spans)]
+    outs = _out_size(size, taps, padding, stride, dilation)
     one_strided = [outs[d] == 1 and stride[d] > 1 for d in range(2)]
     over_padded = any(max(lo, hi) > (span - 1) // 2 for (_, _, _, lo, hi, _), span in zip(dims, spans))
     if not (any(one_strided) or over_padded or any(_has_dead_window(*dim) for dim in dims)):
         return None
     return tuple(spans[d] if one_strided[d] else None for d in range(2))
-
-
-def _one_output_strided(x: torch.Tensor, weight: torch.Tensor, padding: List[int], stride: List[int],
-                        dilation: List[int]) -> bool:
-    """Whether the output is one wide (or one tall) with a stride >= 2 there; padding [top, bottom, left, right]."""
-    for d in range(2):
-        span = dilation[d] * (weight.shape[2 + d] - 1) + 1
-        if stride[d] > 1 and (x.shape[2 + d] + padding[2 * d] + padding[2 * d + 1] - span) // stride[d] == 0:
-            return True
-    return False
 
 
 def _steer_onednn(x: torch.Tensor, weight: torch.Tensor, padding: List[int], stride: List[int],
@@ -119,14 +115,6 @@ def _steer_onednn(x: torch.Tensor, weight: torch.Tensor, padding: List[int], str
         if window is not None:
             x, stride[d] = x.narrow(2 + d, 0, window), 1
     return x, [0, 0, 0, 0], stride
-
-
-def _output_is_one_pixel(x: torch.Tensor, weight: torch.Tensor, padding: List[int], stride: List[int],
-                         dilation: List[int]) -> bool:
-    """Whether the conv's output is 1x1; padding [top, bottom, left, right]."""
-    size = [(x.shape[2 + d] + padding[2 * d] + padding[2 * d + 1] - dilation[d] * (weight.shape[2 + d] - 1) - 1)
-            // stride[d] + 1 for d in range(2)]
-    return size == [1, 1]
 
 
 def _plain_strides(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -191,14 +179,13 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
     # torch 2.11's oneDNN cannot build the binary post-op's memory descriptor ("could not create a
     # memory") for one output channel, nor (2.6 to 2.11) for a 1x1 output with a prepacked weight or a
     # channels_last input (ResNet's layer4 on a 32x32 input): the residual is added after the conv
-    residual_after = residual is not None and (
-        weight.shape[0] == 1 or _output_is_one_pixel(x, weight, padding, stride, dilation))
+    out_hw = _out_size(x.shape[2:], weight.shape[2:], padding, stride, dilation)
+    residual_after = residual is not None and (weight.shape[0] == 1 or out_hw == [1, 1])
     # ... and there a bfloat16 conv would be rounded before the residual is added: float32 instead
     native_bf16 = (onednn and x.dtype == torch.bfloat16 and NATIVE_BF16 and not residual_after
                    and os.environ.get("FASTCONV_ONEDNN_BF16", "1") != "0")
-    if onednn and not native_bf16 and (
-            _one_output_strided(x, weight, padding, stride, dilation)
-            or (weight.shape[0] == 1 and _output_is_one_pixel(x, weight, padding, stride, dilation))):
+    one_strided = any(out_hw[d] == 1 and stride[d] > 1 for d in range(2))  # one wide or tall, strided there
+    if onednn and not native_bf16 and (one_strided or (weight.shape[0] == 1 and out_hw == [1, 1])):
         # float32, wrong values, silently, with a prepacked weight or a channels_last input: some
         # one-wide outputs with a width stride >= 2 (x [2,128,19,2], w [5,128,1,2], stride 2; about 1
         # in 1000 such convs with many channels; torch 2.7 to 2.14), as for one input channel; and one

@@ -77,11 +77,22 @@ def test_dense_concat_copy(seed):
     assert buf[:, :2].isnan().all() and buf[:, 2 + total:].isnan().all()
 
 
-def test_relu_propagates_nan():
-    x = torch.randn(1, 2, 5, 5)
+def _bf16_kernel_on(monkeypatch):
+    """Run bfloat16 convs on oneDNN's bfloat16 kernel (skip where torch/the CPU has none)."""
+    if not (_torch_tactic.ONEDNN_POINTWISE and torch.backends.mkldnn.is_available()
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        pytest.skip("oneDNN's bfloat16 conv needs torch >= 2.7 with oneDNN on an AVX-512 (or newer) CPU")
+    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_propagates_nan(dtype, monkeypatch):
+    if dtype == torch.bfloat16:
+        _bf16_kernel_on(monkeypatch)
+    x = torch.randn(1, 2, 5, 5).to(dtype)
     x[0, 0, 2, 2] = float("nan")
     with fastconv.use_backend("torch"):
-        y = fastconv.conv2d_relu(x, torch.randn(3, 2, 3, 3), padding=1)
+        y = fastconv.conv2d_relu(x, torch.randn(3, 2, 3, 3).to(dtype), padding=1)
     assert torch.isnan(y[0, :, 1:4, 1:4]).all()
 
 
@@ -105,21 +116,26 @@ def _strided(t: torch.Tensor, kind) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last if kind is True else torch.contiguous_format)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("prepack", ["1", "0"])
 @pytest.mark.parametrize("case", list(ONEDNN_EDGE_CASES))
-def test_onednn_edge_cases(case, prepack, monkeypatch):
+def test_onednn_edge_cases(case, prepack, dtype, monkeypatch):
     """The tactic steers around them (the residual added after the conv, restrided inputs, F.conv2d
-    on older torch); on every torch the results match the float64 conv."""
+    on older torch); on every torch the results match the float64 conv; bfloat16 on its kernel."""
+    if dtype == torch.bfloat16:
+        _bf16_kernel_on(monkeypatch)
     monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", prepack)
     x_shape, x_kind, w_shape, padding, stride, r_kind = ONEDNN_EDGE_CASES[case]
     g = torch.Generator().manual_seed(3)
-    x = _strided(torch.randn(x_shape, generator=g), x_kind)
-    w, b = torch.randn(w_shape, generator=g), torch.randn(w_shape[0], generator=g)
+    x = _strided(torch.randn(x_shape, generator=g).to(dtype), x_kind)
+    w, b = torch.randn(w_shape, generator=g).to(dtype), torch.randn(w_shape[0], generator=g).to(dtype)
     ref = F.conv2d(x.double(), w.double(), b.double(), stride, padding)
-    r = _strided(torch.randn(ref.shape, generator=g), x_kind if r_kind is None else r_kind)
+    r = _strided(torch.randn(ref.shape, generator=g).to(dtype), x_kind if r_kind is None else r_kind)
     with fastconv.use_backend("torch"):
         y = fastconv.conv2d_relu(x, w, b, stride, padding, residual=r)
-    torch.testing.assert_close(y.double(), torch.relu(ref + r.double()), rtol=1e-5, atol=1e-5)
+    assert y.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(y.double(), torch.relu(ref + r.double()), rtol=tol, atol=tol)
 
 
 def _one_channel_input(kind, shape, gen, dtype):
@@ -187,7 +203,7 @@ def test_older_torch_takes_f_conv2d(monkeypatch):
     for i in range(0, c3.N_CASES, 7):
         c3.run_case("torch", c3.make_case(i), monkeypatch)
     for case in ONEDNN_EDGE_CASES:
-        test_onednn_edge_cases(case, "1", monkeypatch)
+        test_onednn_edge_cases(case, "1", torch.float32, monkeypatch)
     for case in ONEDNN_FUZZ_CASES:
         test_onednn_fuzz_cases(case, "1", monkeypatch)
     assert not calls
@@ -195,12 +211,6 @@ def test_older_torch_takes_f_conv2d(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------
 # bfloat16 on oneDNN's own bfloat16 kernel (NATIVE_BF16: a CPU with AVX512-BF16 or AMX)
-
-needs_onednn_bf16 = pytest.mark.skipif(
-    not (_torch_tactic.ONEDNN_POINTWISE and torch.backends.mkldnn.is_available()
-         and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-    reason="oneDNN's bfloat16 conv needs torch >= 2.7 with oneDNN on an AVX-512 (or newer) CPU")
-
 
 def _spy_onednn_dtypes(monkeypatch):
     """Record the input dtype of every oneDNN conv call (both forms), still calling the real op."""
@@ -220,13 +230,13 @@ def _spy_onednn_dtypes(monkeypatch):
     return seen
 
 
-@needs_onednn_bf16
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("i", range(0, c3.N_CASES, 2))
 def test_bf16_conv2d_relu_random_configs(i, native, monkeypatch):
     """Every other random conv2d_relu config in bfloat16 (slices, strides, groups, residuals,
     out= slices of poisoned buffers), on oneDNN's bfloat16 kernel and computed in float32, against
     the float64 reference of the rounded inputs; the spy shows which path ran."""
+    _bf16_kernel_on(monkeypatch)
     monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", native)
     seen = _spy_onednn_dtypes(monkeypatch)
     case = dict(c3.make_case(i), dtype=torch.bfloat16)
@@ -240,51 +250,20 @@ def test_bf16_conv2d_relu_random_configs(i, native, monkeypatch):
         assert seen, "oneDNN's bfloat16 conv was not called"
 
 
-@needs_onednn_bf16
 @pytest.mark.parametrize("seed", range(0, 120, 2))
 def test_bf16_conv1x1_random_configurations(seed, monkeypatch):
     """The 1x1 path (prologue computed in float32, rounded once to the conv's bfloat16 operand)."""
-    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+    _bf16_kernel_on(monkeypatch)
     c1.check_case(c1.random_case(seed, torch.bfloat16), "torch")
 
 
-@needs_onednn_bf16
 @pytest.mark.parametrize("layout,out_layout", [("nchw", "nchw"), ("nhwc", "nhwc"), ("prefix_nhwc", "nchw")])
 @pytest.mark.parametrize("prologue", ["both_relu", "none"])
 def test_bf16_conv1x1_multi(layout, out_layout, prologue, monkeypatch):
-    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+    _bf16_kernel_on(monkeypatch)
     seen = _spy_onednn_dtypes(monkeypatch)
     c1.check_multi("torch", torch.bfloat16, layout, out_layout, prologue=prologue)
     assert seen and set(seen) == {torch.bfloat16}, seen
-
-
-@needs_onednn_bf16
-@pytest.mark.parametrize("prepack", ["1", "0"])
-@pytest.mark.parametrize("case", list(ONEDNN_EDGE_CASES))
-def test_bf16_onednn_edge_cases(case, prepack, monkeypatch):
-    """The steered-around oneDNN edge cases, on its bfloat16 kernel."""
-    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
-    monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", prepack)
-    x_shape, x_kind, w_shape, padding, stride, r_kind = ONEDNN_EDGE_CASES[case]
-    g = torch.Generator().manual_seed(3)
-    x = _strided(torch.randn(x_shape, generator=g).bfloat16(), x_kind)
-    w, b = torch.randn(w_shape, generator=g).bfloat16(), torch.randn(w_shape[0], generator=g).bfloat16()
-    ref = F.conv2d(x.double(), w.double(), b.double(), stride, padding)
-    r = _strided(torch.randn(ref.shape, generator=g).bfloat16(), x_kind if r_kind is None else r_kind)
-    with fastconv.use_backend("torch"):
-        y = fastconv.conv2d_relu(x, w, b, stride, padding, residual=r)
-    assert y.dtype == torch.bfloat16
-    torch.testing.assert_close(y.double(), torch.relu(ref + r.double()), rtol=1e-2, atol=1e-2)
-
-
-@needs_onednn_bf16
-def test_bf16_relu_propagates_nan(monkeypatch):
-    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
-    x = torch.randn(1, 2, 5, 5, dtype=torch.bfloat16)
-    x[0, 0, 2, 2] = float("nan")
-    with fastconv.use_backend("torch"):
-        y = fastconv.conv2d_relu(x, torch.randn(3, 2, 3, 3, dtype=torch.bfloat16), padding=1)
-    assert torch.isnan(y[0, :, 1:4, 1:4]).all()
 
 
 # oneDNN's conv goes wrong on these (torch 2.7 to 2.15; eager F.conv2d as well): (dtype, x shape,
@@ -319,9 +298,7 @@ def test_onednn_steered_cases(case, prepack, monkeypatch):
     if not _torch_tactic.ONEDNN_POINTWISE:
         pytest.skip("torch < 2.7: the tactic does not call oneDNN's op")
     if dtype == torch.bfloat16:
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            pytest.skip("oneDNN's bfloat16 conv needs an AVX-512 (or newer) CPU")
-        monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+        _bf16_kernel_on(monkeypatch)
     monkeypatch.setenv("FASTCONV_ONEDNN_PREPACK", prepack)
     seen = _spy_onednn_dtypes(monkeypatch)
     g = torch.Generator().manual_seed(7)
@@ -335,13 +312,12 @@ def test_onednn_steered_cases(case, prepack, monkeypatch):
     tests_utils.assert_close_rel(y, ref, dtype, case)
 
 
-@needs_onednn_bf16
 @pytest.mark.parametrize("cout", [1, 4])
 def test_bf16_residual_after_the_conv_rounds_once(cout, monkeypatch):
     """Where the residual cannot be a oneDNN post-op (one output channel, a 1x1 output) the sum is
     still rounded once: the residual cancels most of the conv, so rounding the conv to bfloat16
     first would leave an error of the conv's size (found by a probe: 2.4e-2 relative)."""
-    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+    _bf16_kernel_on(monkeypatch)
     g = torch.Generator().manual_seed(11)
     x = torch.randn(2, 16, 3, 3, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
     w = torch.randn(cout, 16, 3, 3, generator=g).bfloat16()
@@ -385,9 +361,8 @@ def test_native_bf16_follows_the_cpu(monkeypatch):
     assert _torch_tactic._cpu_executes_bf16()
 
 
-@needs_onednn_bf16
 def test_fastconv_onednn_bf16_0_computes_in_float32(monkeypatch):
-    monkeypatch.setattr(_torch_tactic, "NATIVE_BF16", True)
+    _bf16_kernel_on(monkeypatch)
     seen = _spy_onednn_dtypes(monkeypatch)
     x = torch.randn(2, 8, 6, 6).bfloat16()
     w = torch.randn(4, 8, 3, 3).bfloat16()
