@@ -19,7 +19,7 @@ storing or clearing any tuned choice (``_autotune.generation``) invalidates ever
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 
@@ -76,8 +76,11 @@ def call(module: torch.nn.Module, key_tensors: Sequence[Optional[torch.Tensor]],
     table = module.__dict__.get("_fastpath_plans")
     if table is None:
         table = module.__dict__["_fastpath_plans"] = _Plans()
-    settings = _hashable(settings)
-    entry = table.get((state(), settings, *map(meta, key_tensors)))
+    try:
+        entry = table.get((state(), settings, *map(meta, key_tensors)))
+    except TypeError:  # a list among the settings (an attribute a user set by hand): its tuple form
+        settings = _hashable(settings)
+        entry = table.get((state(), settings, *map(meta, key_tensors)))
     if entry is not None:
         return run(entry)
     result = full()
@@ -90,11 +93,12 @@ def call(module: torch.nn.Module, key_tensors: Sequence[Optional[torch.Tensor]],
     return result
 
 
-def destination(out: Optional[torch.Tensor], shape, x: torch.Tensor, memory_format, op: str,
-                inputs: Sequence[Tuple[str, Optional[torch.Tensor]]]) -> torch.Tensor:
-    """A replayed call's output: a fresh tensor of the remembered shape and layout, or the given
-    ``out`` checked again for overlap with ``inputs`` (that depends on pointers, not on the key)."""
+def destination(out: Optional[torch.Tensor], shape, strides, x: torch.Tensor, op: str,
+                inputs: Iterable[Tuple[str, Optional[torch.Tensor]]]) -> torch.Tensor:
+    """A replayed call's output: a fresh tensor of the remembered shape and strides (those of the
+    full call's result; x's dtype and device), or the given ``out`` checked again for overlap with
+    ``inputs`` (that depends on pointers, not on the key)."""
     if out is None:
-        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+        return x.new_empty_strided(shape, strides)  # half the cost of torch.empty(..., memory_format=)
     _checks.check_no_overlap(op, out, inputs)
     return out

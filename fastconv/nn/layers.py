@@ -13,7 +13,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import _fastpath, ops
-from ..ops import _checks
 from ..ops.max_pool2d import normalize as _pool_normalize
 from ..ops.max_pool2d import planned_kernel as _pool_planned_kernel
 
@@ -97,10 +96,10 @@ class MaxPool2d(nn.MaxPool2d):
             return None
         window = _pool_normalize(self.kernel_size, self.stride, self.padding, self.dilation)
         kernel = _pool_planned_kernel(x, *window, self.ceil_mode, y)
-        return None if kernel is None else (kernel, window, y.shape, _checks.output_layout(x))
+        return None if kernel is None else (kernel, window, y.shape, y.stride())
 
     def _replay(self, plan, x, out):
-        kernel, window, shape, fmt = plan
-        out = _fastpath.destination(out, shape, x, fmt, "max_pool2d", (("x", x),))
+        kernel, window, shape, strides = plan
+        out = _fastpath.destination(out, shape, strides, x, "max_pool2d", (("x", x),))
         kernel(x, *window, self.ceil_mode, out)
         return out

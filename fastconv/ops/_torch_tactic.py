@@ -40,15 +40,22 @@ from . import _weight_cache
 ONEDNN_POINTWISE = tuple(int(v) for v in _torch_series(torch.__version__).split(".")) >= (2, 7)
 
 
+# whether torch was built with oneDNN (fixed); whether it is enabled (torch.backends.mkldnn.flags) is read per call
+_MKLDNN_BUILT = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+# the two overloads, resolved once: calling the packet (torch.ops.mkldnn._convolution_pointwise)
+# matches the arguments against each overload's schema on every call
+_POINTWISE = torch.ops.mkldnn._convolution_pointwise.default if _MKLDNN_BUILT else None
+_POINTWISE_BINARY = torch.ops.mkldnn._convolution_pointwise.binary if _MKLDNN_BUILT else None
+
+
 def _use_onednn(x: torch.Tensor) -> bool:
     # Not for one input channel: there oneDNN computes wrong values, silently, when the output is
     # one column wide and the width stride >= 2 (x [2,1,3,2], w [1,1,2,4], stride (1,2), padding
     # (0,1): every output row after the first), on 2.7 to 2.11 with any weight and on 2.14/2.15
     # with a prepacked one (about 1 in 10 such convs in a random probe; grouped convs with one
     # channel per group are right). Eager F.conv2d on an NCHW input computes them (see conv).
-    return (ONEDNN_POINTWISE and x.device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            and x.shape[1] > 1)
+    return (ONEDNN_POINTWISE and _MKLDNN_BUILT and x.device.type == "cpu" and torch.backends.mkldnn.enabled
+            and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and x.shape[1] > 1)
 
 
 def _cpu_executes_bf16() -> bool:
@@ -137,7 +144,7 @@ def _write(y: torch.Tensor, outs: Sequence[torch.Tensor], relu: bool) -> None:
     This is one pass over the output that a fused kernel would not need: counted as a copy."""
     c0 = 0
     for o in outs:
-        part = y.narrow(1, c0, o.shape[1])
+        part = y if len(outs) == 1 else y.narrow(1, c0, o.shape[1])
         if relu and part.dtype != o.dtype:  # computed in float32: round once (relu commutes with it)
             part = part.to(o.dtype)
         if relu:
@@ -234,13 +241,12 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         # rounding, bfloat16 too); its "relu" post-op is not used because it maps NaN to 0
         # (fastconv's ReLU, like torch.relu, propagates NaN): the ReLU rides on the copy into out
         if residual is None or residual_after:
-            y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, stride, dilation, groups,
-                                                       "none", [], "")
+            y = _POINTWISE(x, weight, bias, pad, stride, dilation, groups, "none", [], "")
             if residual is not None:
                 y.add_(residual)
         else:
-            y = torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, pad, stride, dilation,
-                                                              groups, "add", None, None, [], None)
+            y = _POINTWISE_BINARY(x, residual, weight, bias, pad, stride, dilation, groups, "add", None, None, [],
+                                  None)
     else:
         y = F.conv2d(x, weight, bias, stride, pad, dilation, groups)
         if residual is not None:

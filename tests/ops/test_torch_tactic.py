@@ -199,7 +199,8 @@ def test_older_torch_takes_f_conv2d(monkeypatch):
 
     monkeypatch.setattr(_torch_tactic, "ONEDNN_POINTWISE", False)
     calls = []
-    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", lambda *a: calls.append(a))
+    monkeypatch.setattr(_torch_tactic, "_POINTWISE", lambda *a: calls.append(a))
+    monkeypatch.setattr(_torch_tactic, "_POINTWISE_BINARY", lambda *a: calls.append(a))
     for i in range(0, c3.N_CASES, 7):
         c3.run_case("torch", c3.make_case(i), monkeypatch)
     for case in ONEDNN_EDGE_CASES:
@@ -215,18 +216,12 @@ def test_older_torch_takes_f_conv2d(monkeypatch):
 def _spy_onednn_dtypes(monkeypatch):
     """Record the input dtype of every oneDNN conv call (both forms), still calling the real op."""
     seen = []
-    plain, binary = torch.ops.mkldnn._convolution_pointwise, torch.ops.mkldnn._convolution_pointwise.binary
-
-    class Spy:
-        def __call__(self, x, *args):
+    for name in ("_POINTWISE", "_POINTWISE_BINARY"):
+        def spy(x, *args, op=getattr(_torch_tactic, name)):
             seen.append(x.dtype)
-            return plain(x, *args)
+            return op(x, *args)
 
-        def binary(self, x, *args):
-            seen.append(x.dtype)
-            return binary(x, *args)
-
-    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", Spy())
+        monkeypatch.setattr(_torch_tactic, name, spy)
     return seen
 
 
