@@ -31,7 +31,7 @@ if ROOT not in sys.path:
 import fastconv  # noqa: E402
 
 
-def _per_call_us(fn, calls: int, device: str, rounds: int = 5) -> float:
+def _per_call_us(fn, calls: int, device: str, label: str = "", rounds: int = 5) -> float:
     for _ in range(20):
         fn()
     samples = []
@@ -47,7 +47,8 @@ def _per_call_us(fn, calls: int, device: str, rounds: int = 5) -> float:
     return statistics.median(samples)
 
 
-def measure(device: str, calls: int, dtype: torch.dtype) -> list:
+def measure(device: str, calls: int, dtype: torch.dtype, per_call=_per_call_us, unit: str = "us") -> list:
+    """One row per path: ``per_call(fn, calls, device, label)`` (default: wall µs per call) under ``unit``."""
     rows = []
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 8, 8, generator=gen).to(device, dtype).contiguous(memory_format=torch.channels_last)
@@ -58,7 +59,8 @@ def measure(device: str, calls: int, dtype: torch.dtype) -> list:
         layer = nn.Sequential(conv, nn.ReLU()).eval()
         with torch.inference_mode():
             rows.append({"path": "torch conv+relu", "kernel": f"{k}x{k}",
-                         "us": _per_call_us(lambda: torch.relu(F.conv2d(x, w, b, 1, k // 2)), calls, device)})
+                         unit: per_call(lambda: torch.relu(F.conv2d(x, w, b, 1, k // 2)), calls, device,
+                                        f"torch-{k}")})
             converted = fastconv.convert(layer)
             for backend in backends:
                 with fastconv.use_backend(backend):
@@ -69,9 +71,10 @@ def measure(device: str, calls: int, dtype: torch.dtype) -> list:
                                      "error": f"{type(exc).__name__}: {exc}"[:100]})
                         continue
                     rows.append({"path": f"fastconv.conv2d_relu [{backend}]", "kernel": f"{k}x{k}",
-                                 "us": _per_call_us(lambda: fastconv.conv2d_relu(x, w, b, 1, k // 2), calls, device)})
+                                 unit: per_call(lambda: fastconv.conv2d_relu(x, w, b, 1, k // 2), calls, device,
+                                                f"functional-{backend}-{k}")})
                     rows.append({"path": f"converted layer [{backend}]", "kernel": f"{k}x{k}",
-                                 "us": _per_call_us(lambda: converted(x), calls, device)})
+                                 unit: per_call(lambda: converted(x), calls, device, f"converted-{backend}-{k}")})
     return rows
 
 

@@ -3,7 +3,8 @@ replayed straight on the kernel it resolved to.
 
 The full path of one fused conv is the public functional (argument normalization and checks),
 the torch.library custom op, and under ``auto`` a signature string and a cache lookup: about
-40–70 µs of Python per call measured on the CPU, where PyTorch's own conv+ReLU costs ~16 µs. On a
+40–70 µs of Python per call measured on the CPU, where PyTorch's own conv+ReLU costs ~16 µs
+(``benchmarks/host_instructions.py`` counts it in instructions, which do not drift with the VM). On a
 GPU that made converted models host-bound (NVIDIA H200, ResNet-50, bf16, batch 32: 11.4 ms
 converted against 5.4 ms eager; benchmarks/RESULTS_gpu_h200.md). So each fused module remembers, per
 call layout — the shapes, strides, dtypes and device of every tensor, the module's own settings

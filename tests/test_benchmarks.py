@@ -226,6 +226,31 @@ def test_host_overhead_rows_on_cpu():
     assert "| torch conv+relu | 3x3 |" in md and "| converted layer [auto] | 1x1 |" in md
 
 
+def test_host_instructions_labels_every_path_and_reads_callgrind_dumps(tmp_path):
+    """The instruction counter's two halves without valgrind: the child's per-path labels (one per
+    timed path, all distinct) and the parent's reading of callgrind's dump files."""
+    from benchmarks import host_instructions, host_overhead
+
+    labels = []
+
+    def count(fn, calls, device, label):  # what host_instructions' child does, minus callgrind
+        fn()
+        labels.append(label)
+        return label
+
+    rows = host_overhead.measure("cpu", 1, torch.float32, per_call=count, unit="label")
+    assert [r["label"] for r in rows if "label" in r] == labels and len(set(labels)) == len(labels) >= 6
+    for i, (label, total) in enumerate([("converted-cpu-3", 5000), ("torch-1", 700)], start=1):
+        (tmp_path / f"callgrind.out.{i}").write_text(
+            f"# callgrind format\nversion: 1\ndesc: Trigger: dump {label}\n\nevents: Ir\nsummary: 0\n"
+            f"fn=(1) f\n0 {total}\ntotals: {total}\n")
+    (tmp_path / "callgrind.out").write_text("desc: Trigger: Program termination\ntotals: 99\n")
+    assert host_instructions._dump_totals(str(tmp_path / "callgrind.out")) == {"converted-cpu-3": 5000, "torch-1": 700}
+    md = host_instructions.markdown([{"path": "converted layer [cpu]", "kernel": "3x3", "instructions": 4321.4}],
+                                    {"dtype": "fp32", "calls": 50, "versions": {"torch": "x"}})
+    assert "| converted layer [cpu] | 3x3 | 4,321 |" in md
+
+
 def test_gpu_ops_kernel_switch_providers_only_for_convs_and_restore_env(monkeypatch):
     monkeypatch.delenv("FASTCONV_CUTLASS_SM80", raising=False)
     monkeypatch.delenv("FASTCONV_CUTLASS_SM90_TF32", raising=False)
