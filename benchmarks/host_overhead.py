@@ -57,6 +57,7 @@ def measure(device: str, calls: int, dtype: torch.dtype, per_call=_per_call_us, 
         conv = nn.Conv2d(16, 16, k, padding=k // 2).to(device, dtype).eval()
         w, b = conv.weight.detach(), conv.bias.detach()
         layer = nn.Sequential(conv, nn.ReLU()).eval()
+        drop_in = fastconv.nn.Conv2dReLU(16, 16, k, padding=k // 2).to(device, dtype)  # trainable parameters
         with torch.inference_mode():
             rows.append({"path": "torch conv+relu", "kernel": f"{k}x{k}",
                          unit: per_call(lambda: torch.relu(F.conv2d(x, w, b, 1, k // 2)), calls, device,
@@ -75,6 +76,8 @@ def measure(device: str, calls: int, dtype: torch.dtype, per_call=_per_call_us, 
                                                 f"functional-{backend}-{k}")})
                     rows.append({"path": f"converted layer [{backend}]", "kernel": f"{k}x{k}",
                                  unit: per_call(lambda: converted(x), calls, device, f"converted-{backend}-{k}")})
+                    rows.append({"path": f"fastconv.nn.Conv2dReLU [{backend}]", "kernel": f"{k}x{k}",
+                                 unit: per_call(lambda: drop_in(x), calls, device, f"drop-in-{backend}-{k}")})
     return rows
 
 

@@ -26,6 +26,12 @@ import torch
 
 from . import _autotune, _backend
 from .ops import _checks
+from .ops.conv1x1 import planned_kernel as conv1x1_planned_kernel
+from .ops.conv2d_relu import _mark_grad_free, _marks, normalize_padding
+from .ops.conv2d_relu import planned_kernel as conv2d_planned_kernel
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def meta(t: Optional[torch.Tensor]):
@@ -41,8 +47,8 @@ def usable(x: torch.Tensor, *others: Optional[torch.Tensor]) -> bool:
     grad = torch.is_grad_enabled()
     if grad and x.requires_grad:
         return False
-    for t in others:
-        if t is not None and (type(t) is not torch.Tensor or (grad and t.requires_grad)):
+    for t in others:  # (an nn.Parameter is a plain tensor here: a drop-in layer's weight)
+        if t is not None and (type(t) not in _PLAIN or (grad and t.requires_grad)):
             return False
     return not torch.is_autocast_enabled(x.device.type)
 
@@ -102,4 +108,60 @@ def destination(out: Optional[torch.Tensor], shape, strides, x: torch.Tensor, op
     if out is None:
         return x.new_empty_strided(shape, strides)  # half the cost of torch.empty(..., memory_format=)
     _checks.check_no_overlap(op, out, inputs)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# conv2d_relu / conv1x1 through the fast path: fastconv.fused's conv modules and fastconv.nn's
+# Conv2dReLU and Conv1x1
+
+_CONV_INPUTS = ("x", "weight", "bias", "residual", "in_scale", "in_shift")
+
+
+def conv(module: torch.nn.Module, full: Callable[[], torch.Tensor], x: torch.Tensor, weight: torch.Tensor,
+         bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], out: Optional[torch.Tensor], stride,
+         padding, dilation, groups: int, relu: bool, pointwise: bool, in_scale: Optional[torch.Tensor] = None,
+         in_shift: Optional[torch.Tensor] = None, in_relu: bool = False) -> torch.Tensor:
+    """``full()`` (the public op the module calls: conv1x1 where ``pointwise``, else conv2d_relu, with
+    these arguments) on the first call of a layout, its planned kernel afterwards. A weight that
+    requires grad, in a call with autograd off, is marked grad-free around both, as the public
+    functional marks it (it decides whether the cpu tactic may run Winograd, and keys auto's choice)."""
+    tensors = (x, weight, bias, residual, in_scale, in_shift)
+    if not usable(x, weight, bias, residual, out, in_scale, in_shift):
+        return full()
+    marked = _mark_grad_free(weight)
+    try:
+        settings = (stride, padding, dilation, groups, relu, pointwise, in_relu)
+        return call(module, (*tensors, out), settings, full,
+                    lambda y: _conv_plan(tensors, in_relu, stride, padding, dilation, groups, relu, pointwise, y),
+                    lambda plan: _conv_replay(plan, tensors, in_relu, relu, pointwise, out))
+    finally:
+        if marked:
+            _marks.ids.pop()
+
+
+def _conv_plan(tensors, in_relu, stride, padding, dilation, groups, relu, pointwise, y):
+    x, w, b, residual, in_scale, in_shift = tensors
+    if y.numel() == 0:
+        return None
+    if pointwise:
+        scalars = list(_checks.pair("conv1x1", stride, "stride"))
+        kernel = conv1x1_planned_kernel(x, w.reshape(w.shape[0], w.shape[1]), b, residual, in_scale, in_shift,
+                                           in_relu, scalars, relu, [y])
+    else:
+        stride = _checks.pair("conv2d_relu", stride, "stride")
+        dilation = _checks.pair("conv2d_relu", dilation, "dilation")
+        scalars = (stride, normalize_padding(padding, w.shape[2:], stride, dilation), dilation, groups)
+        kernel = conv2d_planned_kernel(x, w, b, residual, *scalars, relu, y)
+    return None if kernel is None else (kernel, scalars, y.shape, y.stride())
+
+
+def _conv_replay(plan, tensors, in_relu, relu, pointwise, out):
+    kernel, scalars, shape, strides = plan
+    x, w, b, residual, in_scale, in_shift = tensors
+    out = destination(out, shape, strides, x, "conv1x1" if pointwise else "conv2d_relu", zip(_CONV_INPUTS, tensors))
+    if pointwise:
+        kernel(x, w.reshape(w.shape[0], w.shape[1]), b, residual, in_scale, in_shift, in_relu, scalars, relu, [out])
+    else:
+        kernel(x, w, b, residual, *scalars, relu, out)
     return out

@@ -12,10 +12,7 @@ import torch
 import torch.nn as nn
 
 from . import _fastpath, ops
-from .ops import _checks
 from .ops.conv1x1 import planned_kernel as conv1x1_planned_kernel
-from .ops.conv2d_relu import normalize_padding
-from .ops.conv2d_relu import planned_kernel as conv2d_planned_kernel
 from .nn.layers import MaxPool2d
 
 
@@ -88,49 +85,17 @@ class FusedConv(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if _fastpath.usable(x, residual, out):
-            return self._fast(x, residual, out)
-        return self._full(x, residual, out)
+        # the full op path once per call layout, then its kernel directly (fastconv/_fastpath.py); the
+        # buffers straight from their dict: self.weight goes through nn.Module.__getattr__
+        w, b = self._buffers["weight"], self._buffers["bias"]
+        return _fastpath.conv(self, lambda: self._full(x, residual, out), x, w, b, residual, out, self.stride,
+                              self.padding, self.dilation, self.groups, self.relu, self.pointwise)
 
     def _full(self, x, residual, out):
         if self.pointwise:
             return ops.conv1x1(x, self.weight, self.bias, self.stride, relu=self.relu, residual=residual, out=out)
         return ops.conv2d_relu(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                                relu=self.relu, residual=residual, out=out)
-
-    def _fast(self, x, residual, out):
-        """The full path once per call layout, then its kernel directly (fastconv/_fastpath.py)."""
-        # the buffers straight from their dict: self.weight goes through nn.Module.__getattr__
-        w, b = self._buffers["weight"], self._buffers["bias"]
-        settings = (self.stride, self.padding, self.dilation, self.groups, self.relu, self.pointwise)
-        return _fastpath.call(self, (x, residual, out, w, b), settings,
-                              lambda: self._full(x, residual, out), lambda y: self._plan(x, w, b, residual, y),
-                              lambda p: self._replay(p, x, w, b, residual, out))
-
-    def _plan(self, x, w, b, residual, y):
-        if y.numel() == 0:
-            return None
-        if self.pointwise:
-            stride = list(_checks.pair("conv1x1", self.stride, "stride"))
-            kernel = conv1x1_planned_kernel(x, w.reshape(w.shape[0], w.shape[1]), b, residual, None, None, False,
-                                            stride, self.relu, [y])
-            return None if kernel is None else (kernel, stride, y.shape, y.stride())
-        stride = _checks.pair("conv2d_relu", self.stride, "stride")
-        dilation = _checks.pair("conv2d_relu", self.dilation, "dilation")
-        padding = normalize_padding(self.padding, w.shape[2:], stride, dilation)
-        scalars = (stride, padding, dilation, self.groups)
-        kernel = conv2d_planned_kernel(x, w, b, residual, *scalars, self.relu, y)
-        return None if kernel is None else (kernel, scalars, y.shape, y.stride())
-
-    def _replay(self, plan, x, w, b, residual, out):
-        kernel, scalars, shape, strides = plan
-        out = _fastpath.destination(out, shape, strides, x, "conv2d_relu",
-                                    (("x", x), ("weight", w), ("bias", b), ("residual", residual)))
-        if self.pointwise:
-            kernel(x, w.reshape(w.shape[0], w.shape[1]), b, residual, None, None, False, scalars, self.relu, [out])
-        else:
-            kernel(x, w, b, residual, *scalars, self.relu, out)
-        return out
 
 
 def _is_zero(padding) -> bool:
@@ -160,34 +125,13 @@ class FusedPreActConv1x1(nn.Module):
         self.stride, self.relu = conv.stride, relu
 
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if _fastpath.usable(x, out):
-            bufs = self._buffers  # not through nn.Module.__getattr__ four times per call
-            params = (bufs["weight"], bufs["bias"], bufs["in_scale"], bufs["in_shift"])
-            return _fastpath.call(self, (x, out, *params), (self.stride, self.relu), lambda: self._full(x, out),
-                                  lambda y: self._plan(x, params, y), lambda p: self._replay(p, x, params, out))
-        return self._full(x, out)
+        bufs = self._buffers  # not through nn.Module.__getattr__ four times per call
+        return _fastpath.conv(self, lambda: self._full(x, out), x, bufs["weight"], bufs["bias"], None, out,
+                              self.stride, 0, 1, 1, self.relu, True, bufs["in_scale"], bufs["in_shift"], True)
 
     def _full(self, x, out):
         return ops.conv1x1(x, self.weight, self.bias, self.stride, relu=self.relu, in_scale=self.in_scale,
                            in_shift=self.in_shift, in_relu=True, out=out)
-
-    def _args(self, x, params, stride, outs):
-        w, b, scale, shift = params
-        return x, w.reshape(w.shape[0], w.shape[1]), b, None, scale, shift, True, stride, self.relu, outs
-
-    def _plan(self, x, params, y):
-        if y.numel() == 0:
-            return None
-        stride = list(_checks.pair("conv1x1", self.stride, "stride"))
-        kernel = conv1x1_planned_kernel(*self._args(x, params, stride, [y]))
-        return None if kernel is None else (kernel, stride, y.shape, y.stride())
-
-    def _replay(self, plan, x, params, out):
-        kernel, stride, shape, strides = plan
-        inputs = zip(("x", "weight", "bias", "in_scale", "in_shift"), (x, *params))
-        out = _fastpath.destination(out, shape, strides, x, "conv1x1", inputs)
-        kernel(*self._args(x, params, stride, [out]))
-        return out
 
 
 class FusedResidualBlock(nn.Module):

@@ -93,7 +93,7 @@ def test_retuning_invalidates_plans(monkeypatch):
         assert fastconv._autotune.generation != before
         seen = []
         real = conv2d_mod.planned_kernel
-        monkeypatch.setattr(fused, "conv2d_planned_kernel", lambda *a: (seen.append(1), real(*a))[1])
+        monkeypatch.setattr(_fastpath, "conv2d_planned_kernel", lambda *a: (seen.append(1), real(*a))[1])
         fast(x)  # plans keyed by the old generation are not used: planned again
         fast(x)
     assert seen
@@ -164,3 +164,88 @@ def test_changed_module_settings_are_followed():
         y = conv(x)
     ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias)
     assert_close_rel(y, ref, torch.float32, "changed padding/relu", tol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# fastconv.nn's drop-in conv layers: trainable parameters, the same fast path in inference
+
+def _reference_conv(layer, x, residual=None, in_scale=None, in_shift=None, in_relu=False):
+    """relu?(conv(prologue(x)) + residual) in float64, from the layer's own settings and parameters."""
+    x = x.double()
+    if in_scale is not None:
+        x = x * in_scale.double().view(1, -1, 1, 1) + in_shift.double().view(1, -1, 1, 1)
+    if in_relu:
+        x = x.relu()
+    w, b = layer.weight.detach().double(), None if layer.bias is None else layer.bias.detach().double()
+    padding, dilation, groups = getattr(layer, "padding", 0), getattr(layer, "dilation", 1), getattr(layer, "groups", 1)
+    y = torch.nn.functional.conv2d(x, w, b, layer.stride, padding, dilation, groups)
+    if residual is not None:
+        y = y + residual.double()
+    return y.relu() if layer.relu else y
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "auto"])
+@pytest.mark.parametrize("grad_off", [torch.no_grad, torch.inference_mode])
+def test_drop_in_conv2d_relu_replays_in_inference(backend, grad_off, monkeypatch):
+    """A trainable Conv2dReLU called with autograd off remembers its kernel like a converted layer:
+    the replay computes what the functional computes, bit for bit (the cpu tactic's Winograd kernel
+    included: the replay marks the trainable weight grad-free as the functional does), on fresh
+    inputs into a channel slice of a poisoned buffer, and follows an in-place update of the weight."""
+    if backend not in fastconv.available_backends():
+        pytest.skip(fastconv.backend_status()[backend])
+    torch.manual_seed(0)
+    layer = fastconv.nn.Conv2dReLU(16, 16, 3, padding=1)
+    cl = torch.channels_last
+
+    def run(seed):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(2, 16, 9, 9, generator=gen).contiguous(memory_format=cl)
+        res = torch.randn(2, 16, 9, 9, generator=gen).contiguous(memory_format=cl)
+        buf = torch.full((2, 24, 9, 9), float("nan")).contiguous(memory_format=cl)
+        y = layer(x, residual=res, out=buf[:, 4:20])
+        assert y.data_ptr() == buf[:, 4:20].data_ptr() and buf[:, :4].isnan().all() and buf[:, 20:].isnan().all()
+        assert_close_rel(y, _reference_conv(layer, x, res), torch.float32, f"seed {seed}", tol=1e-5)
+        return x, res, y
+
+    with grad_off(), fastconv.use_backend(backend):
+        run(0)  # the full path (tunes under auto) ...
+        run(1)  # ... and after tuning: the plan is final
+        assert layer.__dict__["_fastpath_plans"], "no plan remembered"
+        x, res, y = run(2)
+        # the same call signature (a slice of the same buffer shape), so auto has nothing new to tune
+        buf = torch.empty(2, 24, 9, 9).contiguous(memory_format=cl)
+        functional = fastconv.conv2d_relu(x, layer.weight, layer.bias, padding=1, residual=res, out=buf[:, 4:20])
+        torch.testing.assert_close(y, functional, rtol=0, atol=0)
+        _full_path_forbidden(monkeypatch)
+        run(3)
+    with torch.no_grad():
+        layer.weight.mul_(-0.5)  # an optimizer step, say: derived weight forms are remade
+    with grad_off(), fastconv.use_backend(backend):
+        run(4)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_drop_in_conv1x1_with_prologue_replays_in_inference(backend, monkeypatch):
+    if backend not in fastconv.available_backends():
+        pytest.skip(fastconv.backend_status()[backend])
+    torch.manual_seed(0)
+    layer = fastconv.nn.Conv1x1(16, 8, stride=2)
+    scale, shift = torch.rand(16) + 0.5, torch.randn(16)
+    with torch.inference_mode(), fastconv.use_backend(backend):
+        for seed in range(4):
+            if seed == 2:
+                _full_path_forbidden(monkeypatch)
+            x = torch.randn(2, 16, 9, 9, generator=torch.Generator().manual_seed(seed))
+            y = layer(x, in_scale=scale, in_shift=shift, in_relu=True)
+            ref = _reference_conv(layer, x, in_scale=scale, in_shift=shift, in_relu=True)
+            assert_close_rel(y, ref, torch.float32, f"seed {seed}", tol=1e-5)
+
+
+def test_drop_in_layers_in_training_take_the_full_path():
+    layer = fastconv.nn.Conv2dReLU(4, 8, 3, padding=1)
+    x = torch.randn(1, 4, 6, 6)
+    with fastconv.use_backend("cpu"):
+        layer(x).sum().backward()
+        layer(x).sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert not layer.__dict__.get("_fastpath_plans")

@@ -37,8 +37,16 @@ class Conv2dReLU(nn.Conv2d):
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
-        return ops.conv2d_relu(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
-                               relu=self.relu, residual=residual, out=out)
+        w, b = self._parameters["weight"], self._parameters["bias"]
+
+        def full():
+            return ops.conv2d_relu(x, w, b, self.stride, padding, self.dilation, self.groups, relu=self.relu,
+                                   residual=residual, out=out)
+
+        # inference (autograd off, or nothing requiring grad): the full path once per call layout, then
+        # its kernel directly (fastconv/_fastpath.py); training takes the full path every call
+        return _fastpath.conv(self, full, x, w, b, residual, out, self.stride, padding, self.dilation, self.groups,
+                              self.relu, False)
 
 
 class Conv1x1(nn.Module):
@@ -69,8 +77,14 @@ class Conv1x1(nn.Module):
                 f"relu={self.relu}")
 
     def forward(self, x, residual=None, out=None, in_scale=None, in_shift=None, in_relu=False):
-        return ops.conv1x1(x, self.weight, self.bias, self.stride, relu=self.relu, residual=residual,
-                           in_scale=in_scale, in_shift=in_shift, in_relu=in_relu, out=out)
+        w, b = self._parameters["weight"], self._parameters["bias"]
+
+        def full():
+            return ops.conv1x1(x, w, b, self.stride, relu=self.relu, residual=residual, in_scale=in_scale,
+                               in_shift=in_shift, in_relu=in_relu, out=out)
+
+        return _fastpath.conv(self, full, x, w, b, residual, out, self.stride, 0, 1, 1, self.relu, True, in_scale,
+                              in_shift, in_relu)  # as Conv2dReLU
 
 
 class MaxPool2d(nn.MaxPool2d):
