@@ -97,14 +97,11 @@ def measure(calls: int, dtype_name: str) -> list:
 
 
 def markdown(rows: list, env: dict) -> str:
-    lines = [f"Host cost per conv call in instructions (callgrind; CPU, {env['dtype']}, batch 1, 16→16 channels, "
-             f"8×8, one thread; {env['calls']} counted calls per path); "
-             + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), "",
-             "| path | kernel | instructions per call |", "|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['path']} | {r['kernel']} | {r['instructions']:,.0f} |" if "instructions" in r else
-                     f"| {r['path']} | {r['kernel']} | {r['error']} |")
-    return "\n".join(lines) + "\n"
+    from benchmarks import host_overhead
+
+    title = (f"Host cost per conv call in instructions (callgrind; CPU, {env['dtype']}, batch 1, 16→16 channels, "
+             f"8×8, one thread; {env['calls']} counted calls per path)")
+    return host_overhead.table(rows, title, env["versions"], "instructions", "instructions per call", ",.0f")
 
 
 def main(argv=None) -> int:
@@ -120,14 +117,11 @@ def main(argv=None) -> int:
         return 0
     from fastconv import _devices
 
+    from benchmarks import host_overhead
+
     rows = measure(args.calls, args.dtype)
     env = {"dtype": args.dtype, "calls": args.calls, "versions": _devices.versions()}
-    text = markdown(rows, env)
-    print(text)
-    if args.markdown:
-        open(args.markdown, "w").write(text)
-    if args.json:
-        json.dump({"env": env, "rows": rows}, open(args.json, "w"), indent=1)
+    host_overhead.emit(markdown(rows, env), env, rows, args)
     return 0
 
 

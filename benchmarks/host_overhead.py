@@ -81,15 +81,29 @@ def measure(device: str, calls: int, dtype: torch.dtype, per_call=_per_call_us, 
     return rows
 
 
-def markdown(rows: list, env: dict) -> str:
-    lines = [f"Host cost per conv call on {env['device']} ({env['dtype']}, batch 1, 16→16 channels, 8×8; "
-             f"{env['calls']} back-to-back calls, one sync, median of 5 rounds); "
-             + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), "",
-             "| path | kernel | µs per call |", "|---|---|---|"]
+def table(rows: list, title: str, versions: dict, unit: str, column: str, fmt: str) -> str:
+    """A markdown table of ``rows``: path, kernel and ``row[unit]`` formatted by ``fmt`` (or the error)."""
+    lines = [title + "; " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
+             f"| path | kernel | {column} |", "|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['path']} | {r['kernel']} | {r['us']:.1f} |" if "us" in r else
-                     f"| {r['path']} | {r['kernel']} | {r['error']} |")
+        value = format(r[unit], fmt) if unit in r else r["error"]
+        lines.append(f"| {r['path']} | {r['kernel']} | {value} |")
     return "\n".join(lines) + "\n"
+
+
+def markdown(rows: list, env: dict) -> str:
+    title = (f"Host cost per conv call on {env['device']} ({env['dtype']}, batch 1, 16→16 channels, 8×8; "
+             f"{env['calls']} back-to-back calls, one sync, median of 5 rounds)")
+    return table(rows, title, env["versions"], "us", "µs per call", ".1f")
+
+
+def emit(text: str, env: dict, rows: list, args) -> None:
+    """Print the table; write it to ``--markdown`` and the rows to ``--json`` where asked."""
+    print(text)
+    if args.markdown:
+        open(args.markdown, "w").write(text)
+    if args.json:
+        json.dump({"env": env, "rows": rows}, open(args.json, "w"), indent=1)
 
 
 def main(argv=None) -> int:
@@ -107,12 +121,7 @@ def main(argv=None) -> int:
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     env = {"device": device_name, "dtype": dtype_name, "calls": args.calls, "versions": _devices.versions()}
     rows = measure(args.device, args.calls, dtype)
-    text = markdown(rows, env)
-    print(text)
-    if args.markdown:
-        open(args.markdown, "w").write(text)
-    if args.json:
-        json.dump({"env": env, "rows": rows}, open(args.json, "w"), indent=1)
+    emit(markdown(rows, env), env, rows, args)
     return 0
 
 
