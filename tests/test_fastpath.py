@@ -249,3 +249,16 @@ def test_drop_in_layers_in_training_take_the_full_path():
         layer(x).sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
     assert not layer.__dict__.get("_fastpath_plans")
+
+
+def test_drop_in_conv2d_relu_with_a_parametrized_weight():
+    """weight_norm turns the layer's weight into a property computed per call: still read as the
+    layer's weight, on the full path and the replay alike."""
+    torch.manual_seed(0)
+    layer = torch.nn.utils.parametrizations.weight_norm(fastconv.nn.Conv2dReLU(4, 8, 3, padding=1))
+    with torch.no_grad():
+        layer.parametrizations.weight.original0.mul_(3.0)  # the norms: the weight is not what it was
+    with torch.inference_mode(), fastconv.use_backend("cpu"):
+        for seed in range(3):
+            x = torch.randn(2, 4, 7, 7, generator=torch.Generator().manual_seed(seed))
+            assert_close_rel(layer(x), _reference_conv(layer, x), torch.float32, f"seed {seed}", tol=1e-5)

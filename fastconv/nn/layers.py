@@ -37,7 +37,7 @@ class Conv2dReLU(nn.Conv2d):
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
-        w, b = self._parameters["weight"], self._parameters["bias"]
+        w, b = self.weight, self.bias  # (not _parameters: a parametrization makes weight a property)
 
         def full():
             return ops.conv2d_relu(x, w, b, self.stride, padding, self.dilation, self.groups, relu=self.relu,
@@ -77,7 +77,7 @@ class Conv1x1(nn.Module):
                 f"relu={self.relu}")
 
     def forward(self, x, residual=None, out=None, in_scale=None, in_shift=None, in_relu=False):
-        w, b = self._parameters["weight"], self._parameters["bias"]
+        w, b = self.weight, self.bias  # (not _parameters: a parametrization makes weight a property)
 
         def full():
             return ops.conv1x1(x, w, b, self.stride, relu=self.relu, residual=residual, in_scale=in_scale,
