@@ -28,6 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks import host_overhead  # noqa: E402
+
 DTYPES = ("fp32", "bf16")
 
 
@@ -51,8 +53,6 @@ def _counted(fn, calls: int, device: str, label: str) -> str:
 
 def _child(calls: int, dtype_name: str) -> None:
     import torch
-
-    from benchmarks import host_overhead
 
     torch.set_num_threads(1)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
@@ -97,8 +97,6 @@ def measure(calls: int, dtype_name: str) -> list:
 
 
 def markdown(rows: list, env: dict) -> str:
-    from benchmarks import host_overhead
-
     title = (f"Host cost per conv call in instructions (callgrind; CPU, {env['dtype']}, batch 1, 16→16 channels, "
              f"8×8, one thread; {env['calls']} counted calls per path)")
     return host_overhead.table(rows, title, env["versions"], "instructions", "instructions per call", ",.0f")
@@ -116,8 +114,6 @@ def main(argv=None) -> int:
         _child(args.calls, args.dtype)
         return 0
     from fastconv import _devices
-
-    from benchmarks import host_overhead
 
     rows = measure(args.calls, args.dtype)
     env = {"dtype": args.dtype, "calls": args.calls, "versions": _devices.versions()}
