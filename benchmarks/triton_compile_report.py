@@ -64,7 +64,8 @@ def main() -> int:
     print(f"triton {triton.__version__}, Python {platform.python_version()}; targets sm_80 (A100, shared limit "
           f"{ARCH_LIMIT['sm_80']} B) and sm_90a (H100, {ARCH_LIMIT['sm_90']} B); {len(rows)} variants compiled in "
           f"{elapsed:.0f} s on {os.cpu_count()} cores. Registers and spills from `ptxas -v`; flags: bias + residual + "
-          "ReLU, NHWC activations and OHWI weights (unit channel strides, 16-divisible strides), fp32 as tf32.\n")
+          "ReLU, NHWC activations and OHWI weights (unit channel strides, 16-divisible strides; a 3-channel "
+          "stem's unaligned strides for conv2d_relu's `_flatk` configs), fp32 as tf32.\n")
     print(table(rows))
     print(f"\n{len(bad)} variant(s) with problems." if bad else "\nNo variant spills, every one fits shared memory, "
           "and every fp16/bf16 variant uses tensor cores (wgmma on sm_90 for tiles of ≥ 64 rows and 4k warps).")

@@ -232,3 +232,58 @@ def test_gpu_against_cudnn(case, dtype):
     ref = _oracle(case, x, weight, bias, residual)
     # no worse than cuDNN in the same dtype, beyond the dtype's tolerance
     assert rel_err(y, ref) <= max(tol, 2 * rel_err(cudnn, ref)), case.name
+
+
+FLAT_CONFIGS = [i for i, c in enumerate(triton_conv.CONFIGS) if c.kwargs["FLAT_K"]]
+
+
+@cpu_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_interpreted_flat_k(case, dtype, monkeypatch):
+    """The flattened-K loop (the few-channel configs) on every case: its (kh, kw, c) split, the
+    2-D padding mask, groups, dilation, strides and every layout."""
+    monkeypatch.setenv("FASTCONV_TRITON_CONFIG", str(FLAT_CONFIGS[0]))
+    _check_case(case, dtype, "cpu")
+
+
+def test_flat_k_configs_timed_only_for_few_channels():
+    """The autotuner's pruning: FLAT_K configs join the timed set below FLAT_K_BELOW input
+    channels per group (where the channel-block loop pads K the most) and never replace the rest."""
+    flat = {id(c) for c in triton_conv.CONFIGS if c.kwargs["FLAT_K"]}
+    assert flat and len(flat) < len(triton_conv.CONFIGS)
+    for cin_g, want_flat in [(1, True), (3, True), (triton_conv.FLAT_K_BELOW - 1, True),
+                             (triton_conv.FLAT_K_BELOW, False), (64, False)]:
+        kept = triton_conv._prune(triton_conv.CONFIGS, {"CIN_G": cin_g})
+        assert any(id(c) in flat for c in kept) == want_flat, cin_g
+        assert [c for c in kept if id(c) not in flat] == [c for c in triton_conv.CONFIGS if id(c) not in flat]
+
+
+
+FLAT_PINNED_CASES = ["7x7s2_stem", "11x11s4_alexnet", "asym_stride_pad", "depthwise", "residual_other_layout"]
+
+
+def _pair(v):
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("index", FLAT_CONFIGS, ids=[triton_conv.config_name(triton_conv.CONFIGS[i]) for i in FLAT_CONFIGS])
+def test_flat_k_config_pinned(index, dtype):
+    """Each FLAT_K config launched directly through the launcher's ``config=`` (on a GPU the
+    autotuner would pick one only where it is fastest) on the few-channel cases, into a
+    NaN-poisoned out, against the fp64 oracle. Interpreted without a GPU."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not INTERPRETED:
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    cfg = triton_conv.CONFIGS[index]
+    tf32 = device == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    for name in FLAT_PINNED_CASES:
+        case = next(c for c in CASES if c.name == name)
+        x, weight, bias, residual = _inputs(case, dtype, device)
+        ref = _oracle(case, x, weight, bias, residual)
+        ph, pw = _pair(case.padding)
+        out = torch.full(ref.shape, float("nan"), dtype=dtype, device=device)
+        triton_conv.conv2d_relu(x, weight, bias, residual, _pair(case.stride), [ph, ph, pw, pw],
+                                _pair(case.dilation), case.groups, case.relu, out, config=cfg)
+        assert_close_rel(out, ref, dtype, f"{name} {triton_conv.config_name(cfg)}", tol=REL_TOL_TF32 if tf32 else None)
