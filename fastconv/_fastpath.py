@@ -12,8 +12,8 @@ call layout — the shapes, strides, dtypes and device of every tensor, the modu
 output layout the full path settled on, and calls that kernel directly from then on. Everything validated on the first call depends only on that key, except
 whether an ``out`` overlaps an input, which is checked again on every call.
 
-It applies only where it cannot change what a call means: plain tensors (not the fake,
-functional or proxy tensors of tracing), eager mode (not torch.compile or torch.jit tracing), no
+It applies only where it cannot change what a call means: plain CPU or CUDA tensors (not the fake,
+functional or proxy tensors of tracing, nor meta tensors), eager mode (not torch.compile or torch.jit tracing), no
 input requiring grad under grad mode, no autocast, and no ``kernel_stats`` collection. A choice
 ``auto`` has not finalized yet (untuned signature, CUDA-graph capture) is not remembered;
 storing or clearing any tuned choice (``_autotune.generation``) invalidates every plan.
@@ -38,9 +38,14 @@ def meta(t: Optional[torch.Tensor]):
     return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
 
 
+# where fastconv has kernels to replay; elsewhere (the meta device of shape inference and
+# deferred initialization, above all) every call takes the full op path, which handles it
+_DEVICES = ("cpu", "cuda")
+
+
 def usable(x: torch.Tensor, *others: Optional[torch.Tensor]) -> bool:
     """Whether a call on these tensors may take the fast path (see the module docstring)."""
-    if type(x) is not torch.Tensor or x.dim() != 4:
+    if type(x) is not torch.Tensor or x.dim() != 4 or x.device.type not in _DEVICES:
         return False
     if _autotune._collectors or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False

@@ -262,3 +262,18 @@ def test_drop_in_conv2d_relu_with_a_parametrized_weight():
         for seed in range(3):
             x = torch.randn(2, 4, 7, 7, generator=torch.Generator().manual_seed(seed))
             assert_close_rel(layer(x), _reference_conv(layer, x), torch.float32, f"seed {seed}", tol=1e-5)
+
+
+def test_meta_device_forward_takes_the_full_path():
+    """Shape inference on the meta device (deferred initialization, FLOP counting): converted models
+    and drop-in layers compute output shapes there as the full op path does (the fast path has no
+    kernels to replay on meta; it used to fail asking autocast about the meta device)."""
+    fast = fastconv.convert(_net()).to("meta")
+    drop_in = fastconv.nn.Conv2dReLU(4, 8, 3, padding=1).to("meta")
+    pointwise = fastconv.nn.Conv1x1(4, 8).to("meta")
+    x = torch.empty(2, 4, 12, 12, device="meta")
+    with torch.no_grad():
+        for _ in range(2):
+            assert fast(x).shape == (2, 8, 3, 3) and fast(x).device.type == "meta"
+            assert drop_in(x).shape == (2, 8, 12, 12)
+            assert pointwise(x).shape == (2, 8, 12, 12)
