@@ -1,5 +1,5 @@
-"""The fused modules' eager fast path: a call that once went through the full op path is
-replayed straight on the kernel it resolved to.
+"""The eager fast path of fused modules, drop-in layers and the conv functionals: a call that
+once went through the full op path is replayed straight on the kernel it resolved to.
 
 The full path of one fused conv is the public functional (argument normalization and checks),
 the torch.library custom op, and under ``auto`` a signature string and a cache lookup: about
@@ -10,7 +10,9 @@ converted against 5.4 ms eager; benchmarks/RESULTS_gpu_h200.md). So each fused m
 call layout — the shapes, strides, dtypes and device of every tensor, the module's own settings
 (stride, padding, ... as they are now), the selected backend and the tuning state — the kernel and
 output layout the full path settled on, and calls that kernel directly from then on. Everything validated on the first call depends only on that key, except
-whether an ``out`` overlaps an input, which is checked again on every call.
+whether an ``out`` overlaps an input, which is checked again on every call. The public
+functionals ``fastconv.conv2d_relu`` and ``fastconv.conv1x1`` called directly do the same through
+one process-wide table (``FUNCTIONAL``), their scalar arguments in the key (``plain_settings``).
 
 It applies only where it cannot change what a call means: plain CPU or CUDA tensors (not the fake,
 functional or proxy tensors of tracing, nor meta tensors), eager mode (not torch.compile or torch.jit tracing), no
@@ -45,7 +47,10 @@ _DEVICES = ("cpu", "cuda")
 
 def usable(x: torch.Tensor, *others: Optional[torch.Tensor]) -> bool:
     """Whether a call on these tensors may take the fast path (see the module docstring)."""
-    if type(x) is not torch.Tensor or x.dim() != 4 or x.device.type not in _DEVICES:
+    if type(x) is not torch.Tensor or x.dim() != 4:
+        return False
+    device = x.device.type
+    if device not in _DEVICES:
         return False
     if _autotune._collectors or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
@@ -55,7 +60,7 @@ def usable(x: torch.Tensor, *others: Optional[torch.Tensor]) -> bool:
     for t in others:  # (an nn.Parameter is a plain tensor here: a drop-in layer's weight)
         if t is not None and (type(t) not in _PLAIN or (grad and t.requires_grad)):
             return False
-    return not torch.is_autocast_enabled(x.device.type)
+    return not torch.is_autocast_enabled(device)
 
 
 def state() -> Tuple:
@@ -75,8 +80,41 @@ class _Plans(dict):
     """A module's remembered plans. A cache: pickling or deep-copying the module gives it an empty
     one (plans hold torch.memory_format objects, which do not pickle; the next call rebuilds them)."""
 
+    limit = MAX_PLANS
+
     def __reduce__(self):
         return (_Plans, ())
+
+
+class _FunctionalPlans:
+    """The plan table of the public functionals called directly (``fastconv.conv2d_relu``,
+    ``fastconv.conv1x1``): one per process, shared by every call site and thread (a plan is an
+    immutable tuple; the key holds the thread's backend), so it holds more layouts than a module's."""
+
+    def __init__(self) -> None:
+        self._fastpath_plans = _Plans()
+        self._fastpath_plans.limit = 1024
+
+    def clear(self) -> None:
+        self._fastpath_plans.clear()
+
+
+FUNCTIONAL = _FunctionalPlans()
+
+
+def plain_settings(*values) -> bool:
+    """Whether a functional's scalar arguments may key a plan: ints (not bools), sequences of ints,
+    or a padding string. Anything else (floats, SymInts, bools where ints go) takes the full path,
+    whose checks reject or normalize it: 1.0 and True hash like 1, so a plan made for 1 would
+    otherwise answer for them."""
+    for v in values:
+        t = type(v)
+        if t is int or t is str:
+            continue
+        if (t is tuple or t is list) and all(type(e) is int for e in v):
+            continue
+        return False
+    return True
 
 
 def call(module: torch.nn.Module, key_tensors: Sequence[Optional[torch.Tensor]], settings: tuple,
@@ -98,7 +136,7 @@ def call(module: torch.nn.Module, key_tensors: Sequence[Optional[torch.Tensor]],
     result = full()
     remembered = plan(result)
     if remembered is not None:
-        if len(table) >= MAX_PLANS:
+        if len(table) >= table.limit:
             table.clear()
         # keyed by the state after the call: tuning during it may have bumped the generation
         table[(state(), settings, *map(meta, key_tensors))] = remembered

@@ -33,3 +33,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_functional_plans():
+    """The public functionals remember their resolved kernels process-wide (fastconv/_fastpath.py):
+    a test that patches a kernel table must not meet a plan an earlier test made."""
+    fastconv._fastpath.FUNCTIONAL.clear()
+    yield

@@ -16,7 +16,7 @@ FAMILIES = ["alexnet", "vgg11_bn", "googlenet", "resnet50", "densenet121"]
 # aten ops allowed to remain in a converted model's eval forward: pooling heads, flatten, linear,
 # elementwise, and the bookkeeping (allocation, views, copies into buffers) around fastconv ops.
 ALLOWED_ATEN = {
-    "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::zeros", "aten::resize_",
+    "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty_strided", "aten::zeros", "aten::resize_",
     "aten::slice", "aten::narrow", "aten::as_strided", "aten::as_strided_", "aten::view", "aten::reshape", "aten::_reshape_alias",
     "aten::flatten", "aten::_unsafe_view", "aten::squeeze", "aten::unsqueeze", "aten::expand", "aten::t", "aten::transpose",
     "aten::permute", "aten::contiguous", "aten::clone", "aten::copy_", "aten::to", "aten::_to_copy",

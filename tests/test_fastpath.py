@@ -277,3 +277,92 @@ def test_meta_device_forward_takes_the_full_path():
             assert fast(x).shape == (2, 8, 3, 3) and fast(x).device.type == "meta"
             assert drop_in(x).shape == (2, 8, 12, 12)
             assert pointwise(x).shape == (2, 8, 12, 12)
+
+
+# ---------------------------------------------------------------------------------------------
+# the public functionals called directly (fastconv.conv2d_relu / conv1x1): one process-wide table
+
+conv1x1_mod = sys.modules["fastconv.ops.conv1x1"]
+
+
+def _functional_full_forbidden(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("the functional's full path ran")
+
+    monkeypatch.setattr(conv2d_mod, "_conv2d_relu", boom)
+    monkeypatch.setattr(conv1x1_mod, "_conv1x1", boom)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "auto", "reference"])
+def test_functional_replays_bit_exact(backend, monkeypatch):
+    """Repeated inference calls of the functionals replay the kernel the first call resolved to:
+    the same values bit for bit as the full path, on fresh inputs (grad mode on with nothing
+    requiring grad counts as inference), into a channel slice of a poisoned buffer."""
+    if backend not in fastconv.available_backends():
+        pytest.skip(fastconv.backend_status()[backend])
+    cl = torch.channels_last
+    gen = torch.Generator().manual_seed(0)
+    w3, b3 = torch.randn(16, 8, 3, 3, generator=gen) / 8, torch.randn(16, generator=gen)
+    w1, scale, shift = torch.randn(12, 8, generator=gen) / 3, torch.rand(8, generator=gen) + 0.5, torch.randn(8, generator=gen)
+
+    def calls(seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(2, 8, 9, 9, generator=g).contiguous(memory_format=cl)
+        res = torch.randn(2, 16, 9, 9, generator=g).contiguous(memory_format=cl)
+        buf = torch.full((2, 20, 9, 9), float("nan")).contiguous(memory_format=cl)
+        y3 = fastconv.conv2d_relu(x, w3, b3, 1, 1, residual=res, out=buf[:, 2:18])
+        assert buf[:, :2].isnan().all() and buf[:, 18:].isnan().all()
+        y1 = fastconv.conv1x1(x, w1, None, 2, in_scale=scale, in_shift=shift, in_relu=True, relu=False)
+        return x, res, y3.clone(), y1
+
+    with fastconv.use_backend(backend):
+        calls(0)  # full path (tunes under auto) ...
+        calls(1)  # ... the plans are final
+        assert _fastpath.FUNCTIONAL._fastpath_plans  # (auto's tuning leaves stale-generation plans too)
+        with monkeypatch.context() as m:
+            _functional_full_forbidden(m)
+            x, res, y3, y1 = calls(2)
+        buf = torch.empty(2, 20, 9, 9).contiguous(memory_format=cl)
+        full3 = conv2d_mod._conv2d_relu(x, w3, b3, 1, 1, 1, 1, True, res, buf[:, 2:18])
+        full1 = conv1x1_mod._conv1x1(x, w1, None, 2, False, None, scale, shift, True, None)
+    torch.testing.assert_close(y3, full3, rtol=0, atol=0)
+    torch.testing.assert_close(y1, full1, rtol=0, atol=0)
+    ref = torch.nn.functional.conv2d(x.double(), w3.double(), b3.double(), 1, 1) + res.double()
+    assert_close_rel(y3, ref.relu(), torch.float32, "conv2d_relu replay", tol=1e-5)
+
+
+def test_functional_replay_keeps_the_checks_that_depend_on_values():
+    """What a plan cannot vouch for is checked on the full path: an out overlapping an input, an
+    input requiring grad under grad mode, and argument values that hash like valid ones (1.0, True)."""
+    x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 4, 3, 3)
+    buf = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        for _ in range(2):
+            fastconv.conv2d_relu(buf[:, :4], w, None, 1, 1, out=buf[:, 4:])  # the DenseNet pattern: allowed
+        with pytest.raises(RuntimeError, match="overlap"):
+            fastconv.conv2d_relu(buf[:, :4], w, None, 1, 1, out=buf[:, 2:6])
+        for _ in range(2):
+            fastconv.conv2d_relu(x, w, None, 1, 1, 1, 1)
+        with pytest.raises(TypeError, match="groups"):
+            fastconv.conv2d_relu(x, w, None, 1, 1, 1, True)
+        with pytest.raises(TypeError, match="stride"):
+            fastconv.conv2d_relu(x, w, None, 1.0, 1, 1, 1)
+        with pytest.raises(TypeError, match="relu"):
+            fastconv.conv2d_relu(x, w, None, 1, 1, 1, 1, relu=1)
+        with pytest.raises(TypeError, match="in_relu"):
+            fastconv.conv1x1(x, w[:, :, 0, 0], in_relu=0)
+    wg = w.clone().requires_grad_()
+    y = fastconv.conv2d_relu(x, wg, None, 1, 1)  # the full path: autograd records it
+    y.sum().backward()
+    assert wg.grad is not None and wg.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="automatic differentiation"):
+        fastconv.conv2d_relu(x, wg, None, 1, 1, out=torch.empty(1, 4, 6, 6))
+
+
+def test_functional_plan_table_is_bounded():
+    table = _fastpath.FUNCTIONAL._fastpath_plans
+    w = torch.randn(2, 1, 1, 1)
+    with torch.no_grad(), fastconv.use_backend("reference"):
+        for width in range(1, table.limit + 3):
+            fastconv.conv2d_relu(torch.randn(1, 1, 1, width), w)
+    assert 0 < len(table) <= table.limit

@@ -267,8 +267,20 @@ def conv1x1(
     channel (either may be None), then ReLU if ``in_relu``: a BatchNorm-ReLU pre-activation applied as
     x is loaded. ``out`` (a tensor or a channel-slice view of a larger buffer, sharing no memory with
     the inputs) receives the result in place; x may itself be a channel slice of that buffer.
-    3-D (unbatched) input is accepted as F.conv2d accepts it.
+    3-D (unbatched) input is accepted as F.conv2d accepts it. Repeated inference calls replay
+    their kernel as ``conv2d_relu``'s do (fastconv/_fastpath.py).
     """
+    def full():
+        return _conv1x1(x, weight, bias, stride, relu, residual, in_scale, in_shift, in_relu, out)
+
+    if type(relu) is bool and type(in_relu) is bool and _fastpath.plain_settings(stride):
+        return _fastpath.conv(_fastpath.FUNCTIONAL, full, x, weight, bias, residual, out, stride, 0, 1, 1, relu, True,
+                              in_scale, in_shift, in_relu)
+    return full()
+
+
+def _conv1x1(x, weight, bias, stride, relu, residual, in_scale, in_shift, in_relu, out):
+    """The full path of ``conv1x1``: argument checks, then the public torch.library op."""
     _checks.check_tensor(OP, x, "x", ndims=(3, 4))
     stride_ = _checks.pair(OP, stride, "stride")
     _checks.check_flag(OP, relu, "relu")
@@ -375,3 +387,8 @@ def conv1x1_multi(
         _checks.check_out_call(OP_MULTI, o, x, (weight, bias, in_scale, in_shift), f"outs[{j}]")
     torch.ops.fastconv.conv1x1_multi_out(x, weight, bias, in_scale, in_shift, in_relu, stride_, relu, result)
     return result
+
+
+# imported last: fastconv._fastpath imports this module's planning helpers (a cycle that resolves
+# once both are loaded; conv1x1() only reads _fastpath at call time)
+from .. import _fastpath  # noqa: E402

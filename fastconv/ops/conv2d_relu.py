@@ -340,7 +340,23 @@ def conv2d_relu(
     (the output's shape) is added before it, and ``out`` (a tensor or a channel-slice view of a
     larger buffer, sharing no memory with the inputs) receives the result in place. 3-D
     (unbatched) input is accepted as F.conv2d accepts it.
+
+    In inference (autograd off, or nothing requiring grad) a call whose tensors' shapes, strides,
+    dtypes and devices and whose other arguments match an earlier call's replays the kernel that
+    call resolved to, skipping the checks it passed (fastconv/_fastpath.py); ``out`` is still
+    checked for overlap with the inputs.
     """
+    def full():
+        return _conv2d_relu(x, weight, bias, stride, padding, dilation, groups, relu, residual, out)
+
+    if type(groups) is int and type(relu) is bool and _fastpath.plain_settings(stride, padding, dilation):
+        return _fastpath.conv(_fastpath.FUNCTIONAL, full, x, weight, bias, residual, out, stride, padding, dilation,
+                              groups, relu, False)
+    return full()
+
+
+def _conv2d_relu(x, weight, bias, stride, padding, dilation, groups, relu, residual, out):
+    """The full path of ``conv2d_relu``: argument checks, then the public torch.library op."""
     _checks.check_tensor(OP, x, "x", ndims=(3, 4))
     _checks.check_tensor(OP, weight, "weight", ndims=(4,))
     stride_ = _checks.pair(OP, stride, "stride")
@@ -370,3 +386,8 @@ def conv2d_relu(
         if marked:
             _marks.ids.pop()
     return out
+
+
+# imported last: fastconv._fastpath imports this module's planning helpers (a cycle that resolves
+# once both are loaded; conv2d_relu() only reads _fastpath at call time)
+from .. import _fastpath  # noqa: E402
