@@ -31,6 +31,8 @@ from .ops import _checks
 from .ops.conv1x1 import planned_kernel as conv1x1_planned_kernel
 from .ops.conv2d_relu import _mark_grad_free, _marks, normalize_padding
 from .ops.conv2d_relu import planned_kernel as conv2d_planned_kernel
+from .ops.max_pool2d import normalize as pool_normalize
+from .ops.max_pool2d import planned_kernel as pool_planned_kernel
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -207,4 +209,34 @@ def _conv_replay(plan, tensors, in_relu, relu, pointwise, out):
         kernel(x, w.reshape(w.shape[0], w.shape[1]), b, residual, in_scale, in_shift, in_relu, scalars, relu, [out])
     else:
         kernel(x, w, b, residual, *scalars, relu, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# max_pool2d through the fast path: fastconv.nn.MaxPool2d (what convert() puts in) and the functional
+
+def pool(holder, full: Callable[[], torch.Tensor], x: torch.Tensor, out: Optional[torch.Tensor], kernel_size,
+         stride, padding, dilation, ceil_mode: bool) -> torch.Tensor:
+    """``full()`` (fastconv.max_pool2d with these arguments) on the first call of a layout, its
+    planned kernel afterwards (``holder``: the module, or ``FUNCTIONAL``)."""
+    if not usable(x, out):
+        return full()
+    settings = (kernel_size, stride, padding, dilation, ceil_mode)
+    return call(holder, (x, out), settings, full, lambda y: _pool_plan(x, y, settings),
+                lambda plan: _pool_replay(plan, x, out, ceil_mode))
+
+
+def _pool_plan(x, y, settings):
+    if y.numel() == 0:
+        return None
+    kernel_size, stride, padding, dilation, ceil_mode = settings
+    window = pool_normalize(kernel_size, stride, padding, dilation)
+    kernel = pool_planned_kernel(x, *window, ceil_mode, y)
+    return None if kernel is None else (kernel, window, y.shape, y.stride())
+
+
+def _pool_replay(plan, x, out, ceil_mode):
+    kernel, window, shape, strides = plan
+    out = destination(out, shape, strides, x, "max_pool2d", (("x", x),))
+    kernel(x, *window, ceil_mode, out)
     return out

@@ -366,3 +366,26 @@ def test_functional_plan_table_is_bounded():
         for width in range(1, table.limit + 3):
             fastconv.conv2d_relu(torch.randn(1, 1, 1, width), w)
     assert 0 < len(table) <= table.limit
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "auto", "reference"])
+def test_functional_max_pool2d_replays_exactly(backend, monkeypatch):
+    """fastconv.max_pool2d called directly replays its kernel too: PyTorch's values bit for bit on
+    fresh inputs, into a channel slice of a poisoned NHWC buffer; ceil_mode=1 still raises."""
+    if backend not in fastconv.available_backends():
+        pytest.skip(fastconv.backend_status()[backend])
+    cl = torch.channels_last
+    with fastconv.use_backend(backend), torch.inference_mode():
+        for seed in range(4):
+            if seed == 2:
+                monkeypatch.setattr(pool_mod, "_max_pool2d", lambda *a: pytest.fail("the full path ran"))
+            x = torch.randn(2, 6, 11, 11, generator=torch.Generator().manual_seed(seed)).contiguous(memory_format=cl)
+            buf = torch.full((2, 9, 6, 6), float("nan")).contiguous(memory_format=cl)
+            y = fastconv.max_pool2d(x, 3, 2, 1, out=buf[:, 1:7])
+            assert buf[:, :1].isnan().all() and buf[:, 7:].isnan().all()
+            torch.testing.assert_close(y, torch.nn.functional.max_pool2d(x, 3, 2, 1), rtol=0, atol=0)
+            z = fastconv.max_pool2d(x, (2, 3), None, ceil_mode=True)
+            torch.testing.assert_close(z, torch.nn.functional.max_pool2d(x, (2, 3), None, ceil_mode=True), rtol=0, atol=0)
+        monkeypatch.undo()
+        with pytest.raises(TypeError, match="ceil_mode"):
+            fastconv.max_pool2d(x, (2, 3), None, ceil_mode=1)

@@ -13,8 +13,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import _fastpath, ops
-from ..ops.max_pool2d import normalize as _pool_normalize
-from ..ops.max_pool2d import planned_kernel as _pool_planned_kernel
 
 
 class Conv2dReLU(nn.Conv2d):
@@ -96,24 +94,10 @@ class MaxPool2d(nn.MaxPool2d):
             raise ValueError("fastconv.nn.MaxPool2d: return_indices=True is not supported; use torch.nn.MaxPool2d")
 
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if _fastpath.usable(x, out):  # the kernel the first call resolved to, directly (fastconv/_fastpath.py)
-            settings = (self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
-            return _fastpath.call(self, (x, out), settings, lambda: self._full(x, out), lambda y: self._plan(x, y),
-                                  lambda p: self._replay(p, x, out))
-        return self._full(x, out)
+        # the kernel the first call resolved to, directly, from the second call of a layout on
+        # (fastconv/_fastpath.py)
+        return _fastpath.pool(self, lambda: self._full(x, out), x, out, self.kernel_size, self.stride, self.padding,
+                              self.dilation, self.ceil_mode)
 
     def _full(self, x, out):
         return ops.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, out=out)
-
-    def _plan(self, x, y):
-        if y.numel() == 0:
-            return None
-        window = _pool_normalize(self.kernel_size, self.stride, self.padding, self.dilation)
-        kernel = _pool_planned_kernel(x, *window, self.ceil_mode, y)
-        return None if kernel is None else (kernel, window, y.shape, y.stride())
-
-    def _replay(self, plan, x, out):
-        kernel, window, shape, strides = plan
-        out = _fastpath.destination(out, shape, strides, x, "max_pool2d", (("x", x),))
-        kernel(x, *window, self.ceil_mode, out)
-        return out

@@ -220,7 +220,19 @@ def max_pool2d(
     ``stride`` defaults to ``kernel_size`` (None or an empty sequence, as PyTorch accepts);
     ``out`` (a tensor or a channel-slice view of a larger buffer, sharing no memory with ``x``)
     receives the result in place. 3-D (unbatched) input is accepted as F.max_pool2d accepts it.
+    Repeated inference calls replay their kernel as ``conv2d_relu``'s do (fastconv/_fastpath.py).
     """
+    def full():
+        return _max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, out)
+
+    if type(ceil_mode) is bool and (stride is None or _fastpath.plain_settings(stride)) and _fastpath.plain_settings(
+            kernel_size, padding, dilation):
+        return _fastpath.pool(_fastpath.FUNCTIONAL, full, x, out, kernel_size, stride, padding, dilation, ceil_mode)
+    return full()
+
+
+def _max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, out):
+    """The full path of ``max_pool2d``: argument checks, then the public torch.library op."""
     _checks.check_tensor(OP, x, "x", ndims=(3, 4))
     kernel_, stride_, padding_, dilation_ = normalize(kernel_size, stride, padding, dilation)
     _checks.check_flag(OP, ceil_mode, "ceil_mode")
@@ -240,3 +252,8 @@ def max_pool2d(
         return y.squeeze(0) if unbatched else y
     torch.ops.fastconv.max_pool2d_out(x, kernel_, stride_, padding_, dilation_, ceil_mode, out_view)
     return out
+
+
+# imported last: fastconv._fastpath imports this module's planning helpers (a cycle that resolves
+# once both are loaded; max_pool2d() only reads _fastpath at call time)
+from .. import _fastpath  # noqa: E402
