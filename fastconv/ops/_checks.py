@@ -6,6 +6,8 @@ shape, RuntimeError for device mismatches and memory overlap (as torch does).
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -100,27 +102,59 @@ def _byte_range(t: torch.Tensor) -> Tuple[int, int]:
     return start, start + (span + 1) * t.element_size()
 
 
-def _disjoint_boxes(a: torch.Tensor, b: torch.Tensor) -> Optional[bool]:
-    """For two views with equal strides into one buffer: are their index boxes disjoint?
+# Budget of the search below: layouts that need more steps than this (strides that interleave two
+# views in ways no slicing of one tensor produces) are treated as overlapping, never assumed apart.
+_SHARE_SEARCH_STEPS = 10_000
 
-    The storage-offset difference is decomposed over the strides (largest first); that is exact
-    for slices of one larger tensor, the case DenseNet's ``buf[:, c:c+g]`` writes produce.
-    Returns None when the decomposition does not apply.
-    """
-    if a.stride() != b.stride():
-        return None
-    delta = (b.data_ptr() - a.data_ptr()) // a.element_size()
-    order = sorted(range(a.dim()), key=lambda d: -a.stride(d))
-    offsets = [0] * a.dim()
-    rest = abs(delta)
-    for d in order:
-        st = a.stride(d)
-        if st > 0:
-            offsets[d], rest = divmod(rest, st)
-    if rest != 0:
-        return None
-    first = a if delta >= 0 else b  # the view that starts at the lower address
-    return any(off >= first.shape[d] for d, off in enumerate(offsets))
+
+@functools.lru_cache(maxsize=4096)
+def _may_share(terms: Tuple[Tuple[int, int, int], ...], lo: int, hi: int) -> bool:
+    """Whether some sum of c·v over ``terms`` (c, v_min, v_max), c > 0, largest c first, v integer,
+    lies in [lo, hi]: a bounded search that places the largest stride first and keeps only the
+    values the smaller strides can still reach. Cached: a model writes the same slices every call."""
+    rest_min, rest_max = [0] * (len(terms) + 1), [0] * (len(terms) + 1)
+    for i in range(len(terms) - 1, -1, -1):
+        c, a, b = terms[i]
+        rest_min[i], rest_max[i] = rest_min[i + 1] + c * a, rest_max[i + 1] + c * b
+    steps = [0]
+
+    def search(i: int, lo: int, hi: int) -> bool:
+        if lo > rest_max[i] or hi < rest_min[i]:
+            return False
+        if i == len(terms):
+            return True
+        c, a, b = terms[i]
+        v_lo = max(a, -((rest_max[i + 1] - lo) // c))  # ceil((lo - rest_max) / c)
+        v_hi = min(b, (hi - rest_min[i + 1]) // c)
+        for v in range(v_lo, v_hi + 1):
+            steps[0] += 1
+            if steps[0] > _SHARE_SEARCH_STEPS or search(i + 1, lo - c * v, hi - c * v):
+                return True
+        return False
+
+    return search(0, lo, hi)
+
+
+def _share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two strided views of one storage have a byte in common.
+
+    Element i of ``a`` starts at byte A = a0 + sum(i_k·sa_k), element j of ``b`` at
+    B = b0 + sum(j_k·sb_k); they share a byte when -size_b < A - B < size_a, i.e. when
+    sum(j_k·sb_k) - sum(i_k·sa_k) lies in [a0 - b0 - size_b + 1, a0 - b0 + size_a - 1]. Terms of
+    equal stride merge (i and j along one stride give every offset in between), so slices of one
+    tensor, DenseNet's ``buf[:, :c]`` read and ``buf[:, c:c+g]`` written in either layout, take a
+    handful of steps."""
+    ea, eb = a.element_size(), b.element_size()
+    merged = {}
+    for t, sign, e in ((a, -1, ea), (b, 1, eb)):
+        for size, stride in zip(t.shape, t.stride()):
+            if size > 1 and stride != 0:
+                lo, hi = (0, size - 1) if sign * stride > 0 else (-(size - 1), 0)
+                old = merged.get(abs(stride) * e, (0, 0))
+                merged[abs(stride) * e] = (old[0] + lo, old[1] + hi)
+    terms = tuple(sorted(((c, lo, hi) for c, (lo, hi) in merged.items()), reverse=True))
+    delta = a.data_ptr() - b.data_ptr()
+    return _may_share(terms, delta - eb + 1, delta + ea - 1)
 
 
 def check_no_overlap(op: str, out: torch.Tensor, inputs: Iterable[Tuple[str, Optional[torch.Tensor]]],
@@ -128,9 +162,9 @@ def check_no_overlap(op: str, out: torch.Tensor, inputs: Iterable[Tuple[str, Opt
     """Reject ``out`` sharing memory with an input.
 
     Follows at::assert_no_overlap (same storage and intersecting byte ranges of dense tensors),
-    and for non-dense views, where ATen gives up ("too hard"), also rejects equal-stride views
-    whose index boxes intersect, so writing ``buf[:, c:c+g]`` while reading ``buf[:, :c]``
-    stays allowed and writing into the channels being read does not.
+    and for non-dense views, where ATen gives up ("too hard"), decides whether the two views
+    have an element in common (``_share_memory``), so writing ``buf[:, c:c+g]`` while reading
+    ``buf[:, :c]`` stays allowed and writing into anything being read does not.
     """
     if out.numel() == 0 or out.device.type == "meta":
         return
@@ -143,13 +177,9 @@ def check_no_overlap(op: str, out: torch.Tensor, inputs: Iterable[Tuple[str, Opt
         b0, b1 = _byte_range(t)
         if not (a0 < b1 and b0 < a1):
             continue
-        message = (f"fastconv.{op}: {out_name} overlaps the memory of {name}; pass an {out_name} that shares no "
-                   "memory with the inputs")
-        if _non_overlapping_and_dense(out) and _non_overlapping_and_dense(t):
-            raise RuntimeError(message)
-        disjoint = _disjoint_boxes(out, t)
-        if disjoint is False:
-            raise RuntimeError(message)
+        if (_non_overlapping_and_dense(out) and _non_overlapping_and_dense(t)) or _share_memory(out, t):
+            raise RuntimeError(f"fastconv.{op}: {out_name} overlaps the memory of {name}; pass an {out_name} that "
+                               "shares no memory with the inputs")
 
 
 def check_out_call(op: str, out, x: torch.Tensor, inputs: Iterable[Optional[torch.Tensor]] = (),
