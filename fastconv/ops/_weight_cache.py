@@ -11,14 +11,22 @@ Two kernels read a transformed weight:
 - fastconv's Winograd kernel (the ``cpu`` tactic's 3×3 stride-1 path) reads ``G g Gᵀ``.
 
 Each costs one extra copy of the weight in memory (e.g. ~94 MB for ResNet-50's convs in oneDNN's
-layout) for as long as the weight lives. Entries are keyed by the identity of the weight's base
-tensor (the weight itself, or what it is a view of, e.g. conv1x1's 2-D weight seen as
-[C_out, C_in, 1, 1]; a weak reference: the entries go when the tensor does), checked against its
-version counter (an in-place update, such as ``load_state_dict`` or an optimizer step, remakes
-them) and a key naming the form and the call geometry (oneDNN picks its layout for the input
-size); at most ``MAX_PER_WEIGHT`` per weight, least recently used first out. Inference tensors
-(made under ``torch.inference_mode``) have no version counter and are never cached: oneDNN then
-gets the plain weight (and reorders it itself), and 3×3 convs take the im2col kernel instead of
+layout) for as long as the weight lives. The entries live on the weight's base tensor itself (the
+weight, or what it is a view of, e.g. conv1x1's 2-D weight seen as [C_out, C_in, 1, 1]) in a
+``_fastconv_forms`` attribute, so they go when the tensor does, with no weak reference to the
+tensor (a weak reference makes ``torch.utils.swap_tensors`` refuse it, and with
+``torch.__future__.set_swap_module_params_on_conversion(True)`` every ``module.to()`` and
+``load_state_dict`` swaps parameters). They are checked against the tensor's version counter (an
+in-place update, such as ``load_state_dict`` or an optimizer step, remakes them) and its data
+pointer (``param.data = new`` and ``module.half().float()`` round trips give the tensor other
+memory without bumping the counter; the entry holds the storage it was made from, so that memory
+cannot come back at the same address while the entry exists), and a key naming the form and the
+call geometry (oneDNN picks its layout for the input size); at most ``MAX_PER_WEIGHT`` per
+weight, least recently used first out. Not seen: an in-place write through ``weight.data``
+(``w.data.mul_(2)``), which PyTorch does not count on ``w``'s version counter either; update
+weights in place under ``torch.no_grad()`` instead, or call ``clear()``. Inference tensors (made
+under ``torch.inference_mode``) have no version counter and are never cached: oneDNN then gets
+the plain weight (and reorders it itself), and 3×3 convs take the im2col kernel instead of
 Winograd.
 """
 from __future__ import annotations
@@ -33,16 +41,28 @@ import torch
 
 MAX_PER_WEIGHT = 3  # e.g. two input sizes in oneDNN's layout and the Winograd form
 
-# Reentrant: a weak reference's callback (_forget) may run inside a locked region of this thread
-# when a garbage collection there frees some other weight.
-_lock = threading.RLock()
-# id(owner) -> (weak reference to owner, owner's version when made, {key: derived tensor})
-_entries: Dict[int, Tuple[weakref.ref, int, "OrderedDict[tuple, torch.Tensor]"]] = {}
+_ATTR = "_fastconv_forms"
+_lock = threading.Lock()
+_all_forms: "weakref.WeakSet[_Forms]" = weakref.WeakSet()  # for clear() and cached_count()
 
 
-def _forget(ident: int) -> None:
-    with _lock:
-        _entries.pop(ident, None)
+class _Forms:
+    """One tensor's cached forms: valid while its data pointer and version are what they were
+    when made. A cache: deep-copying the tensor gives an empty dict, pickling it an empty
+    OrderedDict (which torch.load(weights_only=True) accepts), never the derived tensors."""
+
+    __slots__ = ("storage", "data_ptr", "version", "values", "__weakref__")
+
+    def __init__(self, owner: torch.Tensor) -> None:
+        self.storage = owner.untyped_storage()  # pins the memory the forms were made from
+        self.data_ptr, self.version = owner.data_ptr(), owner._version
+        self.values: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+
+    def __deepcopy__(self, memo):
+        return {}
+
+    def __reduce__(self):
+        return (OrderedDict, ())
 
 
 def derived(weight: torch.Tensor, key: tuple, make: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
@@ -51,23 +71,24 @@ def derived(weight: torch.Tensor, key: tuple, make: Callable[[], torch.Tensor]) 
     owner = weight if weight._base is None else weight._base  # views share their base's version counter
     if owner.is_inference() or type(owner) not in (torch.Tensor, torch.nn.Parameter):
         return None
-    ident, version = id(owner), owner._version
     key = (tuple(weight.shape), weight.stride(), weight.storage_offset(), weight.dtype) + key
+    forms = owner.__dict__.get(_ATTR)
     with _lock:
-        entry = _entries.get(ident)
-        if entry is not None and entry[0]() is owner and entry[1] == version:
-            value = entry[2].get(key)
+        if type(forms) is _Forms and forms.data_ptr == owner.data_ptr() and forms.version == owner._version:
+            value = forms.values.get(key)
             if value is not None:
-                entry[2].move_to_end(key)
+                forms.values.move_to_end(key)
                 return value
     value = make()
     with _lock:
-        entry = _entries.get(ident)
-        if entry is None or entry[0]() is not owner or entry[1] != version:
-            entry = _entries[ident] = (weakref.ref(owner, lambda _ref, i=ident: _forget(i)), version, OrderedDict())
-        entry[2][key] = value
-        while len(entry[2]) > MAX_PER_WEIGHT:
-            entry[2].popitem(last=False)
+        forms = owner.__dict__.get(_ATTR)
+        if type(forms) is not _Forms or forms.data_ptr != owner.data_ptr() or forms.version != owner._version:
+            forms = _Forms(owner)
+            setattr(owner, _ATTR, forms)
+            _all_forms.add(forms)
+        forms.values[key] = value
+        while len(forms.values) > MAX_PER_WEIGHT:
+            forms.values.popitem(last=False)
     return value
 
 
@@ -91,9 +112,10 @@ def onednn_blocked(weight: torch.Tensor, padding: List[int], stride: List[int], 
 def clear() -> None:
     """Drop every cached form."""
     with _lock:
-        _entries.clear()
+        for forms in list(_all_forms):
+            forms.values.clear()
 
 
 def cached_count() -> int:
     with _lock:
-        return sum(len(e[2]) for e in _entries.values())
+        return sum(len(forms.values) for forms in list(_all_forms))

@@ -139,3 +139,68 @@ def test_bf16_weight_cached_for_onednn_bf16(monkeypatch):
     with torch.no_grad():
         w.mul_(-1)  # the version counter moves: the prepacked form is remade
     assert_close_rel(_conv(x, w, b), _ref(x, w, b), torch.bfloat16, "bf16 after an in-place update")
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])  # oneDNN's blocked weight; the Winograd form
+def test_new_memory_behind_a_weight_remakes_its_forms(backend):
+    """``param.data = new`` (torch.nn.utils.vector_to_parameters does that) and a
+    ``.half().float()`` round trip give a weight other memory without bumping its version
+    counter: the cached forms must not outlive that (they did: results 36 off)."""
+    if backend not in fastconv.available_backends():
+        pytest.skip(fastconv.backend_status()[backend])
+    torch.manual_seed(0)
+    layer = fastconv.nn.Conv2dReLU(16, 16, 3, padding=1).eval()
+    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=CL)
+
+    def check(what):
+        ref = reference.conv2d_relu(x.double(), layer.weight.double(), layer.bias.double(), None, [1, 1], [1] * 4,
+                                    [1, 1], 1, True)
+        assert_close_rel(layer(x), ref, torch.float32, what, tol=1e-5)
+
+    with torch.no_grad(), fastconv.use_backend(backend):
+        check("first")
+        assert _weight_cache.cached_count() >= 1
+        torch.nn.utils.vector_to_parameters(torch.randn(sum(p.numel() for p in layer.parameters())) / 12,
+                                            layer.parameters())
+        check("after vector_to_parameters")
+        layer.half().float()
+        check("after half().float()")
+        layer.weight.data = layer.weight.data.flip(0).contiguous()
+        check("after weight.data = ...")
+
+
+def test_swapped_parameters_with_cached_forms():
+    """With swap_tensors conversion on, module.to() and load_state_dict swap each parameter
+    object's contents, which torch refuses for a tensor that has a weak reference: the cache
+    holds none (it failed after one forward)."""
+    prev = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        torch.manual_seed(0)
+        layer = fastconv.nn.Conv2dReLU(16, 16, 3, padding=1).eval()
+        other = fastconv.nn.Conv2dReLU(16, 16, 3, padding=1).eval()
+        x = torch.randn(1, 16, 8, 8).contiguous(memory_format=CL)
+        with torch.no_grad(), fastconv.use_backend("torch"):
+            layer(x)
+            assert _weight_cache.cached_count() == 1
+            layer.load_state_dict(other.state_dict())
+            torch.testing.assert_close(layer(x), other(x), rtol=0, atol=0)
+            layer.double()
+            y = layer(x.double())
+        ref = reference.conv2d_relu(x.double(), other.weight.double(), other.bias.double(), None, [1, 1], [1] * 4,
+                                    [1, 1], 1, True)
+        assert_close_rel(y, ref, torch.float64, "after double()")
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(prev)
+
+
+def test_copies_and_pickles_carry_no_forms(tmp_path):
+    import copy
+
+    w = torch.nn.Parameter(torch.randn(16, 16, 3, 3))
+    _conv(torch.randn(1, 16, 6, 6), w, torch.zeros(16))
+    assert _weight_cache.cached_count() == 1
+    assert not copy.deepcopy(w).__dict__.get("_fastconv_forms")
+    torch.save(w, tmp_path / "w.pt")
+    loaded = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert torch.equal(loaded, w) and not loaded.__dict__.get("_fastconv_forms")
