@@ -2,11 +2,12 @@
 
 The module tree is walked and rewritten in place of a copy:
 - the torchvision families' blocks (and fastconv.models', which share their class names and
-  attributes) become fused blocks: ResNet's BasicBlock/Bottleneck, GoogLeNet's BasicConv2d and
+  attributes; same-named classes from elsewhere are not assumed to be the same) become fused blocks: ResNet's BasicBlock/Bottleneck, GoogLeNet's BasicConv2d and
   Inception, DenseNet's dense blocks and transitions; ResNet's stem conv1/bn1/relu;
 - inside any nn.Sequential, Conv2d→BatchNorm2d→ReLU, Conv2d→BatchNorm2d, Conv2d→ReLU runs become
   one fused conv (the BN and ReLU slots become nn.Identity, so names and indices are kept);
-- every other Conv2d becomes a fused conv and every MaxPool2d fastconv's pooling;
+- every other Conv2d (and fastconv.nn.Conv2dReLU, its ReLU kept) becomes a fused conv, and every
+  MaxPool2d fastconv's pooling; Conv2d subclasses with a forward of their own are left alone;
 - modules it does not know are left as they are, and the model's own forward still drives them.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from . import _layout, fused
+from .nn.layers import Conv2dReLU
 from .nn.layers import MaxPool2d as FastMaxPool2d
 
 
@@ -35,6 +37,20 @@ def _convertible_bn(bn: nn.Module) -> bool:
     return isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
 
 
+def _own_relu(m: nn.Module) -> Optional[bool]:
+    """For a conv convert() may replace by a fused conv: whether it applies a ReLU itself (False for
+    nn.Conv2d, the ``relu`` flag for fastconv.nn.Conv2dReLU); None for any other module, a Conv2d
+    subclass with its own forward included (it may not compute what nn.Conv2d computes: left as
+    it is), and for the padding modes the fused conv does not take."""
+    if not isinstance(m, nn.Conv2d) or m.padding_mode != "zeros":
+        return None
+    if isinstance(m, Conv2dReLU) and type(m).forward is Conv2dReLU.forward:
+        return bool(m.relu)
+    if type(m).forward is nn.Conv2d.forward and type(m)._conv_forward is nn.Conv2d._conv_forward:
+        return False
+    return None
+
+
 def _convert_sequential(seq: nn.Sequential, dtype) -> nn.Sequential:
     names = list(seq._modules.keys())
     mods = list(seq._modules.values())
@@ -42,7 +58,7 @@ def _convert_sequential(seq: nn.Sequential, dtype) -> nn.Sequential:
     i = 0
     while i < len(mods):
         m = mods[i]
-        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros":
+        if _own_relu(m) is False:  # (a conv with its own ReLU cannot take a BatchNorm after it)
             bn = mods[i + 1] if i + 1 < len(mods) and _convertible_bn(mods[i + 1]) else None
             j = i + 1 + (bn is not None)
             relu = j < len(mods) and _is_relu(mods[j])
@@ -63,6 +79,18 @@ def _convert_resnet_stem(m: nn.Module, dtype) -> None:
     m.relu = nn.Identity()
 
 
+# The blocks convert() rewrites whole, known by class: torchvision's and fastconv.models' (which
+# keep torchvision's attribute names). A class of the same name defined elsewhere (a CIFAR
+# BasicBlock with a ``shortcut``, or another forward) is not assumed to compute the same: its
+# convs and pools are converted one by one and its own forward drives them.
+_KNOWN_MODULES = frozenset(f"{pkg}.models.{family}" for pkg in ("torchvision", "fastconv")
+                           for family in ("resnet", "googlenet", "densenet"))
+
+
+def _known(m: nn.Module, name: str) -> bool:
+    return type(m).__name__ == name and type(m).__module__ in _KNOWN_MODULES
+
+
 _BLOCKS = {
     "BasicBlock": fused.FusedResidualBlock,
     "Bottleneck": fused.FusedResidualBlock,
@@ -77,20 +105,23 @@ _BLOCKS = {
 
 def _convert(m: nn.Module, dtype) -> nn.Module:
     name = type(m).__name__
-    if name in _BLOCKS:
+    if name in _BLOCKS and _known(m, name):
         try:
             return _BLOCKS[name](m, dtype)
         except fused.NotFusable:
             pass  # e.g. another norm layer: convert the block's convs and pools one by one below
     if isinstance(m, nn.Sequential):
         return _convert_sequential(m, dtype)
+    relu = _own_relu(m)
+    if relu is not None:
+        return fused.FusedConv.from_conv(m, None, relu=relu, dtype=dtype)
     if isinstance(m, nn.Conv2d):
-        return fused.FusedConv.from_conv(m, None, relu=False, dtype=dtype) if m.padding_mode == "zeros" else m
+        return m  # its own forward or padding mode: left to compute what it computes
     if isinstance(m, nn.MaxPool2d):
         return _pool(m)
     if type(m).__module__ == fused.__name__:
         return m  # already converted
-    if name == "ResNet" and _convertible_bn(getattr(m, "bn1", None)):
+    if _known(m, "ResNet") and _convertible_bn(getattr(m, "bn1", None)):
         _convert_resnet_stem(m, dtype)
     for child_name, child in list(m._modules.items()):
         if child is None:

@@ -160,6 +160,13 @@ class FusedResidualBlock(nn.Module):
         return self.convs[-1](y, residual=identity)
 
 
+def _input_grad_wanted(x: torch.Tensor) -> bool:
+    """A forward recording autograd for its input (a saliency map, an adversarial example): the
+    blocks that write into one preallocated buffer through out= (which is not differentiable) take
+    their differentiable form instead. The folded weights are buffers, so no weight gradient."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
 def _basic_conv(m: nn.Module, dtype) -> FusedConv:
     """GoogLeNet's BasicConv2d (conv, bn, then ReLU in its forward) as one fused conv."""
     return FusedConv.from_conv(m.conv, m.bn, relu=True, dtype=dtype)
@@ -185,6 +192,8 @@ class FusedInception(nn.Module):
                              self.branch4.weight.shape[0]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _input_grad_wanted(x):
+            return self._differentiable(x)
         n, _, h, w = x.shape
         fmt = ops._checks.output_layout(x)
         out = torch.empty(n, sum(self.out_channels), h, w, dtype=x.dtype, device=x.device, memory_format=fmt)
@@ -197,6 +206,12 @@ class FusedInception(nn.Module):
         pooled = self.pool(x)
         self.branch4(pooled, out=out[:, c1 + c2 + c3:])
         return out
+
+    def _differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        """The same values through the differentiable functionals (no out= buffers) and one cat."""
+        weights, biases = self.reduce_weight.split(self.splits), self.reduce_bias.split(self.splits)
+        b1, red2, red3 = (ops.conv1x1(x, w_, b_) for w_, b_ in zip(weights, biases))
+        return torch.cat([b1, self.branch2(red2), self.branch3(red3), self.branch4(self.pool(x))], 1)
 
     def _reduce(self, x, outs):
         """The three 1×1s as one GEMM; outs are this module's fresh buffers (no overlap to check)."""
@@ -227,6 +242,11 @@ class FusedDenseBlock(nn.Module):
         self.growth = [c.weight.shape[0] for c in self.convs]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _input_grad_wanted(x):  # the same values, differentiable: each layer's output concatenated
+            features = [x]
+            for bottleneck, conv in zip(self.bottlenecks, self.convs):
+                features.append(conv(bottleneck(torch.cat(features, 1))))
+            return torch.cat(features, 1)
         n, c, h, w = x.shape
         buf = torch.empty(n, c + sum(self.growth), h, w, dtype=x.dtype, device=x.device,
                           memory_format=ops._checks.output_layout(x))

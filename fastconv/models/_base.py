@@ -1,6 +1,7 @@
 """What every fastconv model shares: train mode (and eval mode while a parameter's gradient is
-wanted) runs the torchvision-equivalent forward on fastconv layers; eval mode without gradients
-(torch.no_grad, torch.inference_mode, or frozen parameters) runs a fused copy of the model
+wanted, the input's included) runs the torchvision-equivalent forward on fastconv layers; eval
+mode without gradients (torch.no_grad, torch.inference_mode, or frozen parameters and an input
+that does not require grad) runs a fused copy of the model
 (BatchNorm folded, conv+ReLU fused, concat-free, with convert()'s default layout policy: k x k conv
 weights channels_last, and on the CPU activations channels_last inside), built on the first such
 call and rebuilt whenever a parameter or buffer changed (load_state_dict, an optimizer step,
@@ -39,15 +40,17 @@ class FusedEvalModel(nn.Module):
         if self._fastconv_fused:
             return self._forward_impl(x)
         self._check_input(x)  # in train mode too: the same clear error whatever the mode
-        if self.training or self._needs_weight_grads():
+        if self.training or self._needs_grads(x):
             # the model's own layers: differentiable in its parameters (fine-tuning with BatchNorm
             # frozen by eval() trains the weights as torchvision's model would; the fused copy's
-            # folded weights are new tensors that gradients would never reach)
+            # folded weights are new tensors that gradients would never reach) and in its input
+            # (a frozen model's saliency map: the fused DenseNet and Inception blocks write into
+            # one buffer through out=, which autograd cannot follow)
             return self._forward_impl(x)
         return self._fused_model()(x)
 
-    def _needs_weight_grads(self) -> bool:
-        return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+    def _needs_grads(self, x: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):
