@@ -6,6 +6,7 @@ state-dict keys and the attribute tree stay the model's; module-level functions,
 model still pickles (fastconv.convert, the function, shadows the module of that name)."""
 from __future__ import annotations
 
+import copy
 import threading
 
 import torch
@@ -34,9 +35,51 @@ def _cpu_channels_last_hook(module: nn.Module, args, output):
         return None
     stack = getattr(_cpu_layout, "restore", None)
     restore = stack.pop() if stack else False
-    if restore and isinstance(output, torch.Tensor) and output.dim() == 4:
-        return output.contiguous()
-    return None
+    if not restore:
+        return None
+    if isinstance(output, torch.Tensor):  # the common case, on every forward: no container walk
+        return output.contiguous() if output.dim() == 4 else None
+    # Backbones (torchvision's IntermediateLayerGetter, detection bodies) return dicts of feature
+    # maps and classifiers return (logits, features): their 4-D tensors go back too.
+    restored = _restore_nchw(output)
+    return None if restored is output else restored
+
+
+def _restore_nchw(obj):
+    """``obj`` with every 4-D tensor in its (nested) dicts, lists and tuples made contiguous NCHW;
+    ``obj`` itself, the same object, when none changes, so the caller can tell. Containers are
+    rebuilt, never changed in place: the model may keep a reference to what it returned."""
+    if isinstance(obj, torch.Tensor):
+        return obj.contiguous() if obj.dim() == 4 else obj  # contiguous() returns obj when it already is
+    if isinstance(obj, dict):
+        changed = {}
+        for k, v in obj.items():
+            r = _restore_nchw(v)
+            if r is not v:
+                changed[k] = r
+        if not changed:
+            return obj
+        # copy.copy keeps a subclass's type and state (OrderedDict, defaultdict's factory, a
+        # ModelOutput's attributes); assigning existing keys keeps their order
+        out = dict(obj) if type(obj) is dict else copy.copy(obj)
+        for k, r in changed.items():
+            out[k] = r
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [_restore_nchw(v) for v in obj]
+        if all(r is v for r, v in zip(items, obj)):
+            return obj
+        if type(obj) is list:
+            return items
+        if type(obj) is tuple:
+            return tuple(items)
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple takes its fields positionally
+            return type(obj)(*items)
+        try:  # other sequence types (torch.return_types, list subclasses) take an iterable
+            return type(obj)(items)
+        except TypeError:  # a constructor we cannot call: hand the output back as it was
+            return obj
+    return obj
 
 
 def add_cpu_channels_last_hooks(model: nn.Module) -> None:

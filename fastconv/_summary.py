@@ -12,7 +12,9 @@ output at ``--dtype``, each read or written once: the traffic of an ideal unfuse
 """
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -65,6 +67,11 @@ class Summary:
         return sum(layer.bytes for layer in self.layers)
 
 
+class InputSizeError(ValueError):
+    """The model cannot run at this input size or batch (``python -m fastconv summary`` reports it
+    as a bad argument, not a traceback)."""
+
+
 def build_model(name: str, aux: bool = False, device: str = "meta") -> nn.Module:
     try:
         import torchvision.models as zoo
@@ -109,13 +116,47 @@ def _tensors(x) -> List[torch.Tensor]:
     return []
 
 
+def _runs(model: nn.Module, batch: int, input_size: int) -> bool:
+    try:
+        with torch.no_grad():
+            model(torch.empty(batch, 3, input_size, input_size, device="meta"))
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _smallest_input(model: nn.Module, batch: int, too_small: int, limit: int = 1 << 14) -> Optional[int]:
+    """The smallest square input ``model`` runs at, above ``too_small`` (which failed), or None if
+    none up to ``limit`` does (then the failure was not the size). Each conv and pool's output size
+    is non-decreasing in its input size, so the sizes that run are all those from some minimum on:
+    doubling then bisection, a dozen meta traces of a few ms each."""
+    lo, hi = max(too_small, 0), max(2 * too_small, 8)
+    while not _runs(model, batch, hi):
+        if hi >= limit:
+            return None
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:  # lo fails, hi runs
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _runs(model, batch, mid) else (mid, hi)
+    return hi
+
+
 def summarize(name: str, input_size: int = 224, batch: int = 1, dtype: str = "fp32", aux: bool = False) -> Summary:
-    """Trace ``name`` on the meta device and return per-layer statistics."""
+    """Trace ``name`` on the meta device and return per-layer statistics. Raises InputSizeError
+    when the model cannot run at ``input_size`` (saying the smallest size it can) or ``batch`` < 1."""
+    if batch < 1:
+        raise InputSizeError(f"the batch must be at least 1, got {batch}")
     itemsize = torch.empty((), dtype=_devices.DTYPES[dtype]).element_size()
     model = build_model(name, aux=aux)
     # GoogLeNet's auxiliary heads run only in training mode; with aux they are traced that way
     # (BatchNorm's mode changes no shape or count).
     model.train(aux and name == "googlenet")
+    # ... but BatchNorm in eval mode all the same: in training mode it needs more than one value
+    # per channel, which batch 1 at a small --input does not give (GoogLeNet's inception5 maps are
+    # 1×1 at --input 32), and the running statistics it would use instead change nothing traced.
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
     layers: List[LayerStat] = []
     seen = set()
 
@@ -137,6 +178,17 @@ def summarize(name: str, input_size: int = 224, batch: int = 1, dtype: str = "fp
     try:
         with torch.no_grad():
             model(torch.empty(batch, 3, input_size, input_size, device="meta"))
+    except (RuntimeError, ValueError) as exc:
+        for h in handles:  # the search below traces again, without recording layers
+            h.remove()
+        smallest = _smallest_input(model, batch, input_size)
+        if smallest is None:
+            raise
+        if input_size < 1:
+            raise InputSizeError(f"the input size must be positive, got {input_size}"
+                                 f" ({name} needs at least {smallest}×{smallest})") from exc
+        raise InputSizeError(f"{name} needs an input of at least {smallest}×{smallest}, got {input_size}×{input_size}"
+                             f" (its feature maps shrink to nothing before the last layer)") from exc
     finally:
         for h in handles:
             h.remove()
@@ -186,10 +238,20 @@ def render(summary: Summary, gpu: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:  # argparse would name this function in its message; say what type=int said
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_arguments(p) -> None:
     p.add_argument("model", choices=MODELS, metavar="MODEL", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--input", type=int, default=224, help="image size (default 224)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=_positive_int, default=1)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "tf32", "fp16", "bf16"],
                    help="element size for bytes moved, and the peak used for --gpu (default fp32)")
     p.add_argument("--gpu", default=None, help=f"roofline per layer on this card: {', '.join(sorted(_devices.GPUS))}")
@@ -202,5 +264,13 @@ def main(args) -> int:
             _devices.gpu_spec(args.gpu)
         except KeyError as exc:
             raise SystemExit(f"summary: {exc.args[0]}")
-    print(render(summarize(args.model, args.input, args.batch, args.dtype, args.aux), args.gpu))
+    try:
+        summary = summarize(args.model, args.input, args.batch, args.dtype, args.aux)
+    except InputSizeError as exc:
+        # a bad argument, reported as argparse reports one: a line on stderr and exit status 2
+        # (the input size that is too small depends on the model, so argparse cannot check it)
+        arg = "--batch" if args.batch < 1 else "--input"  # (argparse rejects a batch < 1 already)
+        print(f"python -m fastconv summary: error: argument {arg}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(render(summary, args.gpu))
     return 0

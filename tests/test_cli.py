@@ -57,6 +57,43 @@ def test_summary_roofline(capsys):
         main(["summary", "alexnet", "--gpu", "nosuchcard"])
 
 
+def test_summary_googlenet_aux_small_input(capsys):
+    # the auxiliary heads need training mode, but BatchNorm traces in eval mode: in training mode
+    # batch 1 on inception5's 1×1 maps (at 32×32) has one value per channel and BatchNorm refuses it
+    out = _summary(capsys, "googlenet", "--input", "32", "--aux")
+    assert "total: 13,004,888 parameters" in out
+    assert re.search(r"inception5b\.branch1\.bn\s+BatchNorm2d\s+1×384×1×1", out)
+    assert re.search(r"aux2\.fc2\s+Linear\s+1×1000", out)
+
+
+@pytest.mark.parametrize("argv, message, smallest", [
+    (["vgg16", "--input", "16"], "argument --input: vgg16 needs an input of at least 32×32, got 16×16", 32),
+    (["alexnet", "--input", "32"], "argument --input: alexnet needs an input of at least 63×63, got 32×32", 63),
+    (["densenet121", "--input", "8"], "argument --input: densenet121 needs an input of at least 29×29, got 8×8", 29),
+    (["resnet18", "--input", "0"], "argument --input: the input size must be positive, got 0 (resnet18 needs at least 1×1)", 1),
+    (["resnet18", "--batch", "-1"], "argument --batch: must be at least 1, got -1", None),
+], ids=["vgg16-16", "alexnet-32", "densenet121-8", "resnet18-0", "batch-1"])
+def test_summary_bad_arguments_are_usage_errors(capsys, argv, message, smallest):
+    """An input too small for the model, or a batch below 1: an error line on stderr and exit
+    status 2, as argparse gives for a bad argument, not a traceback; the size it names runs."""
+    with pytest.raises(SystemExit) as exc:
+        main(["summary", *argv])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.splitlines()[-1].startswith(f"python -m fastconv summary: error: {message}")
+    if smallest is not None:
+        assert f"input 1×3×{smallest}×{smallest}," in _summary(capsys, argv[0], "--input", str(smallest))
+
+
+def test_summary_input_too_small_from_the_shell():
+    proc = subprocess.run([sys.executable, "-m", "fastconv", "summary", "alexnet", "--input", "32"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == ("python -m fastconv summary: error: argument --input: alexnet needs an input of at least"
+                           " 63×63, got 32×32 (its feature maps shrink to nothing before the last layer)\n")
+
+
 def test_bench_cpu_json(tmp_path):
     path = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--models", "resnet18", "--batch", "1",
