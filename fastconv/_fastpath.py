@@ -149,9 +149,11 @@ def destination(out: Optional[torch.Tensor], shape, strides, x: torch.Tensor, op
                 inputs: Iterable[Tuple[str, Optional[torch.Tensor]]]) -> torch.Tensor:
     """A replayed call's output: a fresh tensor of the remembered shape and strides (those of the
     full call's result; x's dtype and device), or the given ``out`` checked again for overlap with
-    ``inputs`` (that depends on pointers, not on the key)."""
+    ``inputs`` (that depends on pointers, not on the key) and for being writable here (an
+    inference tensor outside inference mode)."""
     if out is None:
         return x.new_empty_strided(shape, strides)  # half the cost of torch.empty(..., memory_format=)
+    _checks.check_writable(op, out)
     _checks.check_no_overlap(op, out, inputs)
     return out
 

@@ -5,7 +5,9 @@ that does not require grad) runs a fused copy of the model
 (BatchNorm folded, conv+ReLU fused, concat-free, with convert()'s default layout policy: k x k conv
 weights channels_last, and on the CPU activations channels_last inside), built on the first such
 call and rebuilt whenever a parameter or buffer changed (load_state_dict, an optimizer step,
-``.to(dtype)``, BatchNorm statistics updated in training)."""
+``.to(dtype)``, BatchNorm statistics updated in training). Not seen: a write through ``.data``
+(``conv.weight.data.copy_(w)``), which moves neither the tensor's version counter nor its memory;
+update weights under ``torch.no_grad()`` instead."""
 from __future__ import annotations
 
 import copy

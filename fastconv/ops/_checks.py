@@ -195,10 +195,20 @@ def check_out_call(op: str, out, x: torch.Tensor, inputs: Iterable[Optional[torc
     check_tensor(op, out, name)
     if out.device != x.device:
         raise RuntimeError(f"fastconv.{op}: {name} is on {out.device} but x is on {x.device}")
+    check_writable(op, out, name)
     if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in [out, x, *inputs]):
         raise RuntimeError(
             f"fastconv.{op}: functions with {name}= arguments don't support automatic differentiation, but one of "
             f"the arguments requires grad; call it without {name}= (or under torch.no_grad())")
+
+
+def check_writable(op: str, out: torch.Tensor, name: str = "out") -> None:
+    """As ATen refuses for its own out= functions: an inference tensor (made under
+    torch.inference_mode) is not written outside inference mode. fastconv's C++ kernels write
+    through raw pointers, past the check ATen's own ops make."""
+    if out.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(f"fastconv.{op}: {name} is an inference tensor (made under torch.inference_mode); an "
+                           "in-place update to an inference tensor outside InferenceMode is not allowed")
 
 
 def check_out(op: str, out, shape: Sequence[int], like: torch.Tensor,

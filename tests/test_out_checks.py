@@ -1,4 +1,7 @@
-"""The out-overlap rule (fastconv/ops/_checks.py, ``_share_memory``) against brute force: two
+"""Checks on out= that depend on the out tensor itself, not on shapes (so the fast path's replays
+make them too): whether it shares memory with an input, and whether it may be written here.
+
+The overlap rule (fastconv/ops/_checks.py, ``_share_memory``) against brute force: two
 random views of one small buffer (slices with steps and offsets along every dimension, permuted
 dimensions, either memory format) share memory exactly when their element sets intersect.
 
@@ -79,3 +82,25 @@ def test_out_overlapping_rows_and_columns_is_rejected(backend):
         cl = torch.randn(2, 24, 6, 6).contiguous(memory_format=torch.channels_last)
         y = fastconv.conv2d_relu(cl[:, :16], torch.randn(8, 16, 3, 3), padding=1, out=cl[:, 16:])
         assert y.data_ptr() == cl[:, 16:].data_ptr()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "reference"])
+def test_inference_tensor_out_outside_inference_mode(backend):
+    """ATen refuses to write an inference tensor outside inference mode; fastconv's C++ kernels,
+    writing through raw pointers, did not: every backend refuses now, on replays too."""
+    if backend not in fastconv.available_backends():
+        pytest.skip(fastconv.backend_status()[backend])
+    x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 4, 3, 3)
+    with torch.inference_mode():
+        buf = torch.zeros(1, 4, 6, 6)
+    with fastconv.use_backend(backend):
+        with torch.inference_mode():
+            for _ in range(2):  # allowed there; the second call replays
+                fastconv.conv2d_relu(x, w, padding=1, out=buf)
+                fastconv.max_pool2d(x, 1, out=buf)
+        with torch.no_grad():
+            for call in (lambda: fastconv.conv2d_relu(x, w, padding=1, out=buf),
+                         lambda: fastconv.conv1x1(x, w[:, :, 0, 0], out=buf),
+                         lambda: fastconv.max_pool2d(x, 1, out=buf)):
+                with pytest.raises(RuntimeError, match="inference tensor"):
+                    call()
