@@ -206,6 +206,8 @@ def check_writable(op: str, out: torch.Tensor, name: str = "out") -> None:
     """As ATen refuses for its own out= functions: an inference tensor (made under
     torch.inference_mode) is not written outside inference mode. fastconv's C++ kernels write
     through raw pointers, past the check ATen's own ops make."""
+    if torch.compiler.is_compiling():  # (Dynamo cannot trace is_inference(); a graph's outs are its own)
+        return
     if out.is_inference() and not torch.is_inference_mode_enabled():
         raise RuntimeError(f"fastconv.{op}: {name} is an inference tensor (made under torch.inference_mode); an "
                            "in-place update to an inference tensor outside InferenceMode is not allowed")

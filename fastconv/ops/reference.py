@@ -29,10 +29,16 @@ def conv2d_relu(
     groups: int,
     relu: bool,
 ) -> torch.Tensor:
-    """relu?(conv2d(x, weight, padding=[top, bottom, left, right]) + bias + residual)."""
+    """relu?(conv2d(x, weight, padding=[top, bottom, left, right]) + bias + residual).
+
+    On an NCHW-contiguous copy of x, with the dilation of a 1-tap kernel dimension set to 1 (it
+    changes nothing): PyTorch's channels_last CPU conv (oneDNN) crashes the process on some convs
+    eager F.conv2d accepts (torch 2.14: x [1, 9, 3, 1] channels_last, w [3, 3, 3, 1], groups 3,
+    stride (1, 2), padding (2, 1), dilation (1, 2) is a SIGSEGV), and this is the oracle."""
     dtype = _compute_dtype(x)
     top, bottom, left, right = padding
-    xc = x.to(dtype)
+    dilation = [d if weight.shape[2 + i] > 1 else 1 for i, d in enumerate(dilation)]
+    xc = x.to(dtype).contiguous()
     if top == bottom and left == right:
         pad = [top, left]
     else:
