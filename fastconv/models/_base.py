@@ -5,7 +5,10 @@ that does not require grad) runs a fused copy of the model
 (BatchNorm folded, conv+ReLU fused, concat-free, with convert()'s default layout policy: k x k conv
 weights channels_last, and on the CPU activations channels_last inside), built on the first such
 call and rebuilt whenever a parameter or buffer changed (load_state_dict, an optimizer step,
-``.to(dtype)``, BatchNorm statistics updated in training). Not seen: a write through ``.data``
+``.to(dtype)``, BatchNorm statistics updated in training), a submodule is replaced, or the model
+is put in eval mode again (``.eval()``: after changing a layer's attributes in place). A model
+whose submodules are not all in eval mode (Monte-Carlo dropout) and forwards under torch.compile
+run the model's own layers. Not seen: a write through ``.data``
 (``conv.weight.data.copy_(w)``), which moves neither the tensor's version counter nor its memory;
 update weights under ``torch.no_grad()`` instead."""
 from __future__ import annotations
@@ -42,14 +45,26 @@ class FusedEvalModel(nn.Module):
         if self._fastconv_fused:
             return self._forward_impl(x)
         self._check_input(x)  # in train mode too: the same clear error whatever the mode
-        if self.training or self._needs_grads(x):
+        if self.training or self._needs_grads(x) or torch.compiler.is_compiling() or self._any_training():
             # the model's own layers: differentiable in its parameters (fine-tuning with BatchNorm
             # frozen by eval() trains the weights as torchvision's model would; the fused copy's
             # folded weights are new tensors that gradients would never reach) and in its input
             # (a frozen model's saliency map: the fused DenseNet and Inception blocks write into
-            # one buffer through out=, which autograd cannot follow)
+            # one buffer through out=, which autograd cannot follow); under torch.compile, which
+            # traces the layers (the fused copy is built and cached by Python it cannot trace);
+            # and with a submodule put back in train mode (Monte-Carlo dropout, BatchNorm on batch
+            # statistics), which the fused copy, folded and all in eval mode, would not honour
             return self._forward_impl(x)
         return self._fused_model()(x)
+
+    def _any_training(self) -> bool:
+        return any(m.training for m in self.modules())
+
+    def train(self, mode: bool = True):
+        # a fresh fused copy at the next eval call: .eval() after changing a layer's attributes
+        # (a stride, a padding) in place makes them seen, as the module swaps in _state_key are
+        self.__dict__.pop("_fused_cache", None)
+        return super().train(mode)
 
     def _needs_grads(self, x: torch.Tensor) -> bool:
         return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
@@ -68,8 +83,12 @@ class FusedEvalModel(nn.Module):
         raise AssertionError("model without a conv")
 
     def _state_key(self):
+        """What the fused copy was built from: every parameter and buffer (memory, version, dtype,
+        shape) and the module tree itself (a submodule replaced, ``model.avgpool = ...``, has
+        nothing of the former's in the copy)."""
         tensors = list(self.parameters()) + [b for b in self.buffers() if b is not None]
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
+        return (tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors),
+                tuple(map(id, self.modules())))
 
     def _fused_model(self) -> nn.Module:
         from ..convert import _convert

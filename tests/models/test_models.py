@@ -227,3 +227,57 @@ def test_the_fused_copy_runs_the_winograd_kernel_on_the_cpu():
     assert all(p.requires_grad for p in model.parameters())
     if hasattr(torch.ops.fastconv, "_conv2d_winograd_cpu") and os.environ.get("FASTCONV_CPU_WINOGRAD", "1") != "0":
         assert _weight_cache.cached_count() == 7  # the transformed weights of the 7 convs with C_in >= 16
+
+
+# ---------------------------------------------------------------------------------------------
+# when the fused copy may stand in for the model (eval mode, no gradient wanted)
+
+
+def _pair(name="resnet18"):
+    ref = tv_model(name, num_classes=10)
+    own = getattr(fastconv.models, name)(num_classes=10)
+    own.load_state_dict(ref.state_dict())
+    return ref, own.eval()
+
+
+def test_fused_copy_follows_a_replaced_submodule_and_eval():
+    """A parameter-free submodule replaced after the fused copy was built (its key held only
+    parameters and buffers: the old avgpool kept running, 1.44 off), and a layer attribute changed
+    in place followed by .eval()."""
+    ref, own = _pair()
+    x = image(n=2, size=64, seed=31)
+    with torch.no_grad():
+        own(x)
+        ref.avgpool = own.avgpool = torch.nn.AdaptiveMaxPool2d(1)
+        assert rel_err(own(x), ref(x)) <= TOL
+        ref.maxpool.stride = own.maxpool.stride = 1
+        own.eval()
+        assert rel_err(own(x), ref(x)) <= TOL
+
+
+def test_submodules_left_in_train_mode_are_honoured():
+    """eval() then some submodules back in train mode (Monte-Carlo dropout, BatchNorm on batch
+    statistics): the folded, all-eval fused copy computed something else, silently."""
+    ref, own = _pair("alexnet")
+    for m in own.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.train()
+    x = image(n=2, size=64, seed=32)
+    with torch.no_grad():
+        assert not torch.equal(own(x), own(x))  # two dropout samples
+    ref, own = _pair("resnet18")
+    ref.layer1.train()
+    own.layer1.train()
+    with torch.no_grad():
+        assert rel_err(own(x), ref(x)) <= TOL
+
+
+def test_compiled_eval_model_under_no_grad():
+    """torch.compile(fullgraph=True) of an eval model under no_grad traced into the lazily built
+    fused copy (a lock, data-pointer comparisons) and failed; it traces the model's layers now."""
+    ref, own = _pair()
+    x = image(n=1, size=32, seed=33)
+    compiled = torch.compile(own, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        own(x)
+        assert rel_err(compiled(x), ref(x)) <= TOL
