@@ -227,3 +227,24 @@ def test_dense_concat_copy_is_differentiable():
         y = fastconv.dense_concat([a, b])
         assert "fastconv_dense_concat" in type(y.grad_fn).__name__
         assert torch.autograd.gradcheck(lambda a, b: fastconv.dense_concat([a, b]), (a, b))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_conv1x1_double_backward(backend):
+    """Second-order gradients (gradient penalties, Hessian-vector products) through conv1x1, its
+    prologue, bias and residual: its backward detached what it recomputed, so they were lost
+    (gradgradcheck False; a penalty's weight gradient silently missed conv1x1's share)."""
+    if backend not in fastconv.available_backends():
+        pytest.skip(fastconv.backend_status()[backend])
+    gen = torch.Generator().manual_seed(3)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+    x, w, b, r = leaf(2, 3, 4, 5), leaf(4, 3), leaf(4), leaf(2, 4, 2, 3)
+    scale, shift = leaf(3), leaf(3)
+    with fastconv.use_backend(backend):
+        assert torch.autograd.gradgradcheck(
+            lambda x, w, b, r, s, t: fastconv.conv1x1(x, w, b, 2, relu=False, residual=r, in_scale=s, in_shift=t),
+            (x, w, b, r, scale, shift))
+        assert torch.autograd.gradgradcheck(lambda x, w: fastconv.conv1x1(x, w, relu=True, in_relu=True), (x, w))

@@ -230,15 +230,22 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad):
+    """The reference's gradient, recomputed. Under create_graph (grad mode on in here: a gradient
+    penalty, double backward) from the saved tensors themselves, so that the gradient returned is
+    differentiable in them and in ``grad``; otherwise from detached copies (nothing recorded)."""
     tensors = ctx.saved_tensors
     in_relu, stride, relu = ctx.flags
+    needs = ctx.needs_input_grad[:6]
+    create = torch.is_grad_enabled()
     with torch.enable_grad():
-        leaves = [None if t is None else t.detach().requires_grad_(need)
-                  for t, need in zip(tensors, ctx.needs_input_grad[:6])]
+        if create:
+            leaves = [t if t is None or need else t.detach() for t, need in zip(tensors, needs)]
+        else:
+            leaves = [None if t is None else t.detach().requires_grad_(need) for t, need in zip(tensors, needs)]
         y = reference.conv1x1(*leaves, in_relu, stride, relu)
-        wanted = [t for t in leaves if t is not None and t.requires_grad]
-        found = iter(torch.autograd.grad(y, wanted, grad, allow_unused=True) if wanted else ())
-    grads = [next(found) if t is not None and t.requires_grad else None for t in leaves]
+        wanted = [t for t, need in zip(leaves, needs) if t is not None and need]
+        found = iter(torch.autograd.grad(y, wanted, grad, allow_unused=True, create_graph=create) if wanted else ())
+    grads = [next(found) if t is not None and need else None for t, need in zip(leaves, needs)]
     return (*grads, None, None, None)
 
 
