@@ -369,7 +369,31 @@ def plot(results: Sequence[dict], path: str, title: str = "") -> None:
 
 
 def _int_list(s: str) -> List[int]:
-    return [int(v) for v in s.split(",") if v]
+    values = [_positive(v) for v in s.split(",") if v]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {s!r}")
+    return values
+
+
+def _positive(s: str) -> int:
+    """An int of at least 1 (a batch of 0, zero repeats or zero threads would measure nothing)."""
+    try:
+        value = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {s!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(s: str) -> int:
+    try:
+        value = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {s!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -387,11 +411,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="force one fastconv backend (fastconv.use_backend); cpu/cuda/triton show fastconv's "
                         "own kernels alone, auto may pick PyTorch's kernel per layer (see 'own-kernel conv FLOPs')")
     p.add_argument("--compile", action="store_true", help="add a torch.compile(converted model) column")
-    p.add_argument("--size", type=int, default=224, help="image size (default 224)")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls per variant (GPU 50, CPU 5)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant (GPU 10, CPU 1)")
+    p.add_argument("--size", type=_positive, default=224, help="image size (default 224)")
+    p.add_argument("--repeats", type=_positive, default=None, help="timed calls per variant (GPU 50, CPU 5)")
+    p.add_argument("--warmup", type=_non_negative, default=None, help="warm-up calls per variant (GPU 10, CPU 1)")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when present")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_positive, default=None,
                    help="CPU threads (torch.set_num_threads); on a loaded machine 1 avoids OpenMP threads "
                         "waiting on each other at every op, which slows eager's many small ops most")
     p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
@@ -413,12 +437,12 @@ def config_from_args(args) -> BenchConfig:
     return BenchConfig(models=tuple(models), batches=batches, dtype=args.dtype or d["dtype"],
                        channels_last=d["channels_last"] if args.channels_last is None else args.channels_last,
                        backend=args.backend, compile_batches=batches if args.compile else (), size=args.size,
-                       repeats=args.repeats or d["repeats"],
+                       repeats=d["repeats"] if args.repeats is None else args.repeats,
                        warmup=d["warmup"] if args.warmup is None else args.warmup, device=device)
 
 
 def main(args) -> int:
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     if cfg.dtype in ("fp16", "bf16") and cfg.device == "cpu":

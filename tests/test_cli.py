@@ -120,3 +120,19 @@ def test_benchmarks_collect():
     for suite in ("bench_conv2d_relu", "bench_conv1x1", "bench_max_pool2d", "bench_dense_block", "bench_models"):
         assert f"benchmarks/{suite}.py::" in proc.stdout
     assert "bench_cpu_" not in proc.stdout  # the standalone scripts are not suites
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+    (["--threads", "0"], "argument --threads: must be at least 1, got 0"),
+    (["--batch", "1,0"], "argument --batch: must be at least 1, got 0"),
+    (["--warmup", "-1"], "argument --warmup: must be at least 0, got -1"),
+    (["--size", "0"], "argument --size: must be at least 1, got 0"),
+], ids=["repeats-0", "threads-0", "batch-0", "warmup-negative", "size-0"])
+def test_bench_bad_numbers_are_usage_errors(capsys, argv, message):
+    """bench replaced --repeats 0 by its default, ignored --threads 0 and ran --batch 0 (reporting
+    'top-1 agree nan%'): each is an argument error now, before anything runs."""
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--models", "resnet18", *argv])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m fastconv bench: error: {message}"
