@@ -331,6 +331,13 @@ def conv1x1_multi(
     """
     _checks.check_tensor(OP_MULTI, x, "x", ndims=(4,))
     stride_ = _checks.pair(OP_MULTI, stride, "stride")
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (
+            x, in_scale, in_shift, *(weights if isinstance(weights, (list, tuple)) else [weights]),
+            *(biases if isinstance(biases, (list, tuple)) else [biases]))):
+        # (it writes every output through the out variant; without this the error would name an
+        # outs[0]= the caller may never have passed)
+        raise RuntimeError(f"fastconv.{OP_MULTI} is not differentiable (it writes its outputs in place); an input "
+                           "requires grad: call it under torch.no_grad(), or fastconv.conv1x1 once per weight")
     if isinstance(weights, torch.Tensor):
         weight = weights
         user_split = split_sizes is not None
@@ -339,6 +346,8 @@ def conv1x1_multi(
                 raise ValueError(f"fastconv.{OP_MULTI}: a concatenated weight needs split_sizes or a complete outs list")
             split_sizes = [o.shape[1] for o in outs]
         sizes = [int(s) for s in split_sizes]
+        if any(size < 0 for size in sizes):
+            raise ValueError(f"fastconv.{OP_MULTI}: split sizes must be non-negative, got {sizes}")
         if user_split and weight.dim() >= 1 and sum(sizes) != weight.shape[0]:
             raise ValueError(
                 f"fastconv.{OP_MULTI}: split_sizes {sizes} sum to {sum(sizes)}, but weight has {weight.shape[0]} rows"
@@ -354,7 +363,7 @@ def conv1x1_multi(
                     f"fastconv.{OP_MULTI}: weights[{j}] must be [C_out, {x.shape[1]}] or [C_out, {x.shape[1]}, 1, 1] "
                     f"for x of shape {tuple(x.shape)}, got {tuple(w.shape)}"
                 )
-            ws.append(w.reshape(w.shape[0], -1))
+            ws.append(w.reshape(w.shape[0], w.shape[1]))  # (-1 is ambiguous for a weight with 0 rows)
         weight = torch.cat(ws, 0)
         sizes = [w.shape[0] for w in ws]
     if biases is None or isinstance(biases, torch.Tensor):

@@ -411,3 +411,20 @@ def test_triton_grouped_and_prologue_on_gpu():
         outs = conv1x1_multi(x, ws, None, in_scale=sc, in_shift=sh, in_relu=True)
     for o, w in zip(outs, ws):
         assert_close_rel(o, ref64(x, w, None, None, sc, sh, True, (1, 1), True), torch.float16, "gpu grouped")
+
+
+def test_multi_clear_errors_and_empty_parts():
+    """conv1x1_multi writes its outputs in place: with an input requiring grad the error said
+    outs[0]= even when no outs were passed; negative split sizes and 0-row weights failed in
+    PyTorch's own calls (a reshape, a negative dimension)."""
+    x = torch.randn(1, 6, 3, 3)
+    with pytest.raises(RuntimeError, match="conv1x1_multi is not differentiable"):
+        fastconv.ops.conv1x1_multi(x.clone().requires_grad_(), [torch.randn(3, 6)])
+    with pytest.raises(ValueError, match="split sizes must be non-negative"):
+        fastconv.ops.conv1x1_multi(x, torch.randn(9, 6), split_sizes=[-1, 10])
+    w = torch.randn(2, 6)
+    for ys in (fastconv.ops.conv1x1_multi(x, [torch.randn(0, 6), w]),
+               fastconv.ops.conv1x1_multi(x, torch.cat([torch.randn(0, 6), w]), split_sizes=[0, 2])):
+        assert ys[0].shape == (1, 0, 3, 3)
+        assert_close_rel(ys[1], torch.relu(torch.nn.functional.conv2d(x.double(), w.double()[:, :, None, None])),
+                         torch.float32, "the non-empty part")
