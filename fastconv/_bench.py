@@ -368,32 +368,29 @@ def plot(results: Sequence[dict], path: str, title: str = "") -> None:
     fig.savefig(path, dpi=120)
 
 
+def _at_least(minimum: int):
+    """An argparse type: an int of at least ``minimum`` (a batch of 0, zero repeats or zero
+    threads would measure nothing; argparse reports the message as a bad argument)."""
+    def parse(s: str) -> int:
+        try:
+            value = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {s!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive = _at_least(1)
+
+
 def _int_list(s: str) -> List[int]:
     values = [_positive(v) for v in s.split(",") if v]
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {s!r}")
     return values
-
-
-def _positive(s: str) -> int:
-    """An int of at least 1 (a batch of 0, zero repeats or zero threads would measure nothing)."""
-    try:
-        value = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {s!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative(s: str) -> int:
-    try:
-        value = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {s!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -413,7 +410,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="add a torch.compile(converted model) column")
     p.add_argument("--size", type=_positive, default=224, help="image size (default 224)")
     p.add_argument("--repeats", type=_positive, default=None, help="timed calls per variant (GPU 50, CPU 5)")
-    p.add_argument("--warmup", type=_non_negative, default=None, help="warm-up calls per variant (GPU 10, CPU 1)")
+    p.add_argument("--warmup", type=_at_least(0), default=None, help="warm-up calls per variant (GPU 10, CPU 1)")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when present")
     p.add_argument("--threads", type=_positive, default=None,
                    help="CPU threads (torch.set_num_threads); on a loaded machine 1 avoids OpenMP threads "
