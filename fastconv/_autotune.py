@@ -542,11 +542,15 @@ def kernel_stats() -> Iterator[KernelStats]:
 # tuning a whole model, with a progress line
 
 class _Progress:
+    """Counts the signatures tune() tunes; with a stream, a progress line for each."""
+
     def __init__(self, total: int, stream) -> None:
         self.total, self.done, self.stream, self.t0 = total, 0, stream, time.perf_counter()
 
     def tuned(self, sig: str, timings: Dict[str, float], best: str) -> None:
         self.done += 1
+        if self.stream is None:
+            return
         width = 24
         filled = int(width * self.done / max(self.total, 1))
         times = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in timings.items())
@@ -572,20 +576,31 @@ def tune(model: torch.nn.Module, example_input, *, progress: bool = True, stream
     that shape find every choice cached (in memory and on disk)."""
     stream = sys.stderr if stream is None else stream
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    # tuning runs the forward twice: a model in train mode would update its BatchNorm statistics
+    # (and step counters) twice, so its buffers are put back afterwards
+    saved = ([(b, b.clone()) for b in model.buffers()] if any(m.training for m in model.modules())
+             else [])
+    try:
+        return _tune(model, inputs, progress, stream)
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+
+
+def _tune(model: torch.nn.Module, inputs: tuple, progress: bool, stream) -> Dict[str, int]:
     with torch.inference_mode(), _backend.use_backend("auto"):
         with _listing() as found:  # a first pass lists the untuned signatures (heuristic tactics, no timing)
             model(*inputs)
         total = len(found.untuned)
-        bar = _Progress(total, stream)
-        if progress:
-            _progress.append(bar)
+        bar = _Progress(total, stream if progress else None)  # counts either way ("tuned" was 0 without progress)
+        _progress.append(bar)
         try:
             model(*inputs)
         finally:
-            if progress:
-                _progress.remove(bar)
-                if total and getattr(stream, "isatty", lambda: False)():
-                    stream.write("\n")
+            _progress.remove(bar)
+            if progress and total and getattr(stream, "isatty", lambda: False)():
+                stream.write("\n")
     return {"signatures": total, "tuned": bar.done}
 
 

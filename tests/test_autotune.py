@@ -389,3 +389,17 @@ def test_cpu_device_key_follows_the_kernel_switches(monkeypatch):
     assert "FASTCONV_ONEDNN_PREPACK=0" in _autotune.device_key(cpu)
     monkeypatch.setenv("FASTCONV_ONEDNN_BF16", "0")
     assert "FASTCONV_ONEDNN_BF16=0" in _autotune.device_key(cpu)
+
+
+def test_tune_counts_without_progress_and_keeps_train_mode_buffers(cache_dir):
+    """tune(progress=False) reported tuned 0 (only the progress line counted), and tuning a model
+    in train mode ran its forward twice, moving BatchNorm's statistics and step counter."""
+    torch.manual_seed(0)
+    model = fastconv.models.resnet18(num_classes=5).train()
+    before = {k: v.clone() for k, v in model.named_buffers()}
+    x = torch.randn(2, 3, 32, 32)
+    with _autotune.use_timer(FakeTimer({"cpu": 1.0, "torch": 2.0})):
+        result = fastconv.tune(model, x, progress=False)
+    assert result["signatures"] > 0 and result["tuned"] == result["signatures"]
+    for k, v in model.named_buffers():
+        assert torch.equal(v, before[k]), k
