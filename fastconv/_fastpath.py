@@ -1,4 +1,4 @@
-"""The eager fast path of fused modules, drop-in layers and the conv functionals: a call that
+"""The eager fast path of fused modules, drop-in layers and the functionals: a call that
 once went through the full op path is replayed straight on the kernel it resolved to.
 
 The full path of one fused conv is the public functional (argument normalization and checks),
@@ -10,9 +10,10 @@ converted against 5.4 ms eager; benchmarks/RESULTS_gpu_h200.md). So each fused m
 call layout — the shapes, strides, dtypes and device of every tensor, the module's own settings
 (stride, padding, ... as they are now), the selected backend and the tuning state — the kernel and
 output layout the full path settled on, and calls that kernel directly from then on. Everything validated on the first call depends only on that key, except
-whether an ``out`` overlaps an input, which is checked again on every call. The public
-functionals ``fastconv.conv2d_relu`` and ``fastconv.conv1x1`` called directly do the same through
-one process-wide table (``FUNCTIONAL``), their scalar arguments in the key (``plain_settings``).
+whether an ``out`` overlaps an input (and whether it may be written), checked again on every call.
+The public functionals ``fastconv.conv2d_relu``, ``conv1x1`` and ``max_pool2d`` called directly
+do the same through one process-wide table (``FUNCTIONAL``), their scalar arguments in the key
+(``plain_settings``).
 
 It applies only where it cannot change what a call means: plain CPU or CUDA tensors (not the fake,
 functional or proxy tensors of tracing, nor meta tensors), eager mode (not torch.compile or torch.jit tracing), no
@@ -90,7 +91,7 @@ class _Plans(dict):
 
 class _FunctionalPlans:
     """The plan table of the public functionals called directly (``fastconv.conv2d_relu``,
-    ``fastconv.conv1x1``): one per process, shared by every call site and thread (a plan is an
+    ``conv1x1``, ``max_pool2d``): one per process, shared by every call site and thread (a plan is an
     immutable tuple; the key holds the thread's backend), so it holds more layouts than a module's."""
 
     def __init__(self) -> None:
