@@ -139,7 +139,7 @@ def _share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two strided views of one storage have a byte in common.
 
     Element i of ``a`` starts at byte A = a0 + sum(i_k·sa_k), element j of ``b`` at
-    B = b0 + sum(j_k·sb_k); they share a byte when -size_b < A - B < size_a, i.e. when
+    B = b0 + sum(j_k·sb_k); they share a byte when -size_a < A - B < size_b, i.e. when
     sum(j_k·sb_k) - sum(i_k·sa_k) lies in [a0 - b0 - size_b + 1, a0 - b0 + size_a - 1]. Terms of
     equal stride merge (i and j along one stride give every offset in between), so slices of one
     tensor, DenseNet's ``buf[:, :c]`` read and ``buf[:, c:c+g]`` written in either layout, take a
