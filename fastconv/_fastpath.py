@@ -107,12 +107,12 @@ FUNCTIONAL = _FunctionalPlans()
 
 def plain_settings(*values) -> bool:
     """Whether a functional's scalar arguments may key a plan: ints (not bools), sequences of ints,
-    or a padding string. Anything else (floats, SymInts, bools where ints go) takes the full path,
+    a padding string, or None (a default stride). Anything else (floats, SymInts, bools where ints go) takes the full path,
     whose checks reject or normalize it: 1.0 and True hash like 1, so a plan made for 1 would
     otherwise answer for them."""
     for v in values:
         t = type(v)
-        if t is int or t is str:
+        if t is int or t is str or v is None:
             continue
         if (t is tuple or t is list) and all(type(e) is int for e in v):
             continue

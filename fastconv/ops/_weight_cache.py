@@ -35,7 +35,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional
 
 import torch
 
@@ -65,6 +65,14 @@ class _Forms:
         return (OrderedDict, ())
 
 
+def _current(owner: torch.Tensor) -> Optional[_Forms]:
+    """``owner``'s forms if they were made from its present memory and version, else None."""
+    forms = owner.__dict__.get(_ATTR)
+    if type(forms) is _Forms and forms.data_ptr == owner.data_ptr() and forms.version == owner._version:
+        return forms
+    return None
+
+
 def derived(weight: torch.Tensor, key: tuple, make: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
     """``make()`` (a form of ``weight`` that depends only on its values and ``key``), cached; None
     where ``weight`` cannot be cached (an inference tensor, a tensor subclass): make it per call."""
@@ -72,17 +80,17 @@ def derived(weight: torch.Tensor, key: tuple, make: Callable[[], torch.Tensor]) 
     if owner.is_inference() or type(owner) not in (torch.Tensor, torch.nn.Parameter):
         return None
     key = (tuple(weight.shape), weight.stride(), weight.storage_offset(), weight.dtype) + key
-    forms = owner.__dict__.get(_ATTR)
     with _lock:
-        if type(forms) is _Forms and forms.data_ptr == owner.data_ptr() and forms.version == owner._version:
+        forms = _current(owner)
+        if forms is not None:
             value = forms.values.get(key)
             if value is not None:
                 forms.values.move_to_end(key)
                 return value
     value = make()
     with _lock:
-        forms = owner.__dict__.get(_ATTR)
-        if type(forms) is not _Forms or forms.data_ptr != owner.data_ptr() or forms.version != owner._version:
+        forms = _current(owner)
+        if forms is None:
             forms = _Forms(owner)
             setattr(owner, _ATTR, forms)
             _all_forms.add(forms)

@@ -344,7 +344,7 @@ def conv2d_relu(
     In inference (autograd off, or nothing requiring grad) a call whose tensors' shapes, strides,
     dtypes and devices and whose other arguments match an earlier call's replays the kernel that
     call resolved to, skipping the checks it passed (fastconv/_fastpath.py); ``out`` is still
-    checked for overlap with the inputs.
+    checked for overlap with the inputs and for being writable.
     """
     def full():
         return _conv2d_relu(x, weight, bias, stride, padding, dilation, groups, relu, residual, out)

@@ -225,8 +225,7 @@ def max_pool2d(
     def full():
         return _max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, out)
 
-    if type(ceil_mode) is bool and (stride is None or _fastpath.plain_settings(stride)) and _fastpath.plain_settings(
-            kernel_size, padding, dilation):
+    if type(ceil_mode) is bool and _fastpath.plain_settings(kernel_size, stride, padding, dilation):
         return _fastpath.pool(_fastpath.FUNCTIONAL, full, x, out, kernel_size, stride, padding, dilation, ceil_mode)
     return full()
 
