@@ -312,7 +312,7 @@ class TacticCache:
                 data = json.load(f)
         except (FileNotFoundError, NotADirectoryError):
             return {}  # no file yet (or no directory: store() warns when it cannot write one)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # (RecursionError: JSON nested too deep)
             self._warn("unreadable or corrupt, ignored", path, exc)
             return {}
         entries = data.get("entries") if isinstance(data, dict) else None
@@ -433,31 +433,42 @@ def choose(op: str, device: torch.device, sig: str, run: Callable[[str], None]) 
         hit = CACHE.lookup(dkey, sig)
         if hit is not None and hit in cands:
             return hit
-        timings: Dict[str, float] = {}
-        unsupported: set = set()
         timer = _timer
         if timer is default_timer and current_timing() == "gpu":
             timer = gpu_time_timer
         rounds = ROUNDS if timer is default_timer else 1  # other timers are asked once per tactic
-        for r in range(rounds):
-            # interleaved rounds, order reversed every other round, minimum kept: a burst of other
-            # load on the machine then hits every candidate rather than one
-            for tactic in (cands if r % 2 == 0 else cands[::-1]):
-                if tactic in unsupported:
-                    continue
-                try:
-                    t = float(timer(tactic, lambda t=tactic: run(t), device))
-                except NotImplementedError:
-                    unsupported.add(tactic)  # this tactic does not support the signature
-                    continue
-                timings[tactic] = min(t, timings.get(tactic, t))
+        _timing_state.active = True  # (kernel_stats counts the chosen tactic's run, not the candidates')
+        try:
+            timings = _time_candidates(cands, rounds, timer, run, device)
+        finally:
+            _timing_state.active = False
         if not timings:
             raise RuntimeError(f"fastconv.{op}: no tactic supports {sig} (tried {cands})")
         best = min(timings, key=timings.get)
         CACHE.store(dkey, sig, best, timings)
-        for p in list(_progress):
+        for p in list(getattr(_progress_state, "bars", ())):  # this thread's tune() calls only
             p.tuned(sig, timings, best)
         return best
+
+
+def _time_candidates(cands: Sequence[str], rounds: int, timer, run: Callable[[str], None],
+                     device: torch.device) -> Dict[str, float]:
+    """Each tactic's best time over ``rounds`` interleaved rounds, order reversed every other round
+    (a burst of other load on the machine then hits every candidate rather than one); a tactic
+    that raises NotImplementedError does not support the signature and is left out."""
+    timings: Dict[str, float] = {}
+    unsupported: set = set()
+    for r in range(rounds):
+        for tactic in (cands if r % 2 == 0 else cands[::-1]):
+            if tactic in unsupported:
+                continue
+            try:
+                t = float(timer(tactic, lambda t=tactic: run(t), device))
+            except NotImplementedError:
+                unsupported.add(tactic)
+                continue
+            timings[tactic] = min(t, timings.get(tactic, t))
+    return timings
 
 
 def final_tactic(op: str, device: torch.device, sig_tensors: Sequence, sig_flags: Sequence) -> Optional[str]:
@@ -481,8 +492,13 @@ def final_tactic(op: str, device: torch.device, sig_tensors: Sequence, sig_flags
 _collectors: List["KernelStats"] = []
 
 
+_timing_state = threading.local()  # .active: this thread is timing candidate tactics (choose)
+
+
 def count_copy(nbytes: int) -> None:
     """A ``torch`` tactic's extra copy of its result into ``out`` (reported by KernelStats)."""
+    if getattr(_timing_state, "active", False):
+        return
     for c in _collectors:
         c.copied_bytes += nbytes
 
@@ -561,7 +577,7 @@ class _Progress:
         self.stream.flush()
 
 
-_progress: List[_Progress] = []
+_progress_state = threading.local()  # .bars: the progress counters of this thread's tune() calls
 _listing_state = threading.local()
 
 
@@ -594,11 +610,12 @@ def _tune(model: torch.nn.Module, inputs: tuple, progress: bool, stream) -> Dict
             model(*inputs)
         total = len(found.untuned)
         bar = _Progress(total, stream if progress else None)  # counts either way ("tuned" was 0 without progress)
-        _progress.append(bar)
+        bars = _progress_state.__dict__.setdefault("bars", [])
+        bars.append(bar)
         try:
             model(*inputs)
         finally:
-            _progress.remove(bar)
+            bars.remove(bar)
             if progress and total and getattr(stream, "isatty", lambda: False)():
                 stream.write("\n")
     return {"signatures": total, "tuned": bar.done}

@@ -33,6 +33,11 @@ def use_backend(name: str) -> Iterator[str]:
     """Run fastconv ops in this block on backend ``name`` (thread-local, nestable)."""
     if not isinstance(name, str) or name not in BACKENDS:
         raise ValueError(f"use_backend: unknown backend {name!r}; expected one of {BACKENDS}")
+    if torch.compiler.is_compiling():
+        # the compiled graph calls the public ops when it runs, long after this block was traced:
+        # the selection would silently not apply
+        raise RuntimeError("fastconv.use_backend inside a torch.compile'd (or exported) function has no effect on "
+                           "the compiled graph: select the backend around the compiled call instead")
     previous = current_backend()
     _state.name = name
     try:
@@ -41,8 +46,14 @@ def use_backend(name: str) -> Iterator[str]:
         _state.name = previous
 
 
+# Whether Triton runs interpreted is settled when fastconv is imported (it imports triton then,
+# through torch.utils.flop_counter, and Triton reads TRITON_INTERPRET as its kernels are
+# defined): the environment at that time decides, for the status and for every launch.
+_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _TRITON_INTERPRET
 
 
 def _triton_status() -> str | None:
@@ -53,6 +64,9 @@ def _triton_status() -> str | None:
         return f"triton is not importable: {exc}"
     if torch.cuda.is_available() or triton_interpreted():
         return None
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return ("no CUDA device, and TRITON_INTERPRET=1 was set after fastconv was imported: set it before "
+                "importing fastconv (and triton) to interpret Triton on CPU tensors")
     return "no CUDA device (set TRITON_INTERPRET=1 before importing fastconv to interpret Triton on CPU tensors)"
 
 

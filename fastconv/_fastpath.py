@@ -16,7 +16,9 @@ do the same through one process-wide table (``FUNCTIONAL``), their scalar argume
 (``plain_settings``).
 
 It applies only where it cannot change what a call means: plain CPU or CUDA tensors (not the fake,
-functional or proxy tensors of tracing, nor meta tensors), eager mode (not torch.compile or torch.jit tracing), no
+functional or proxy tensors of tracing, nor meta tensors), eager mode (not torch.compile or torch.jit tracing,
+nor forward-mode AD or a torch.func transform, which the full path refuses or serves; nor under a
+dispatch mode, such as FlopCounterMode, which is to see the public op rather than a private kernel), no
 input requiring grad under grad mode, no autocast, and no ``kernel_stats`` collection. A choice
 ``auto`` has not finalized yet (untuned signature, CUDA-graph capture) is not remembered;
 storing or clearing any tuned choice (``_autotune.generation``) invalidates every plan.
@@ -55,7 +57,8 @@ def usable(x: torch.Tensor, *others: Optional[torch.Tensor]) -> bool:
     device = x.device.type
     if device not in _DEVICES:
         return False
-    if _autotune._collectors or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if (_autotune._collectors or torch.compiler.is_compiling() or torch.jit.is_tracing() or _checks.transforms_active()
+            or torch._C._len_torch_dispatch_stack()):  # a dispatch mode (FlopCounterMode) sees the public op
         return False
     grad = torch.is_grad_enabled()
     if grad and x.requires_grad:
@@ -190,7 +193,7 @@ def conv(module: torch.nn.Module, full: Callable[[], torch.Tensor], x: torch.Ten
 
 def _conv_plan(tensors, in_relu, stride, padding, dilation, groups, relu, pointwise, y):
     x, w, b, residual, in_scale, in_shift = tensors
-    if y.numel() == 0:
+    if y.numel() == 0 or w[0].numel() == 0:  # (no reduction: the full path fills it without a kernel)
         return None
     if pointwise:
         scalars = list(_checks.pair("conv1x1", stride, "stride"))

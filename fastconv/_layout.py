@@ -12,13 +12,17 @@ import threading
 import torch
 import torch.nn as nn
 
+from .ops import _checks
+
 # Per thread, one entry per forward in flight (nested or re-entrant calls each get their own):
 # whether that forward's 4-D output goes back to contiguous NCHW.
 _cpu_layout = threading.local()
 
 
 def _cpu_channels_last_pre_hook(module: nn.Module, args):
-    if torch.compiler.is_compiling():  # torch.compile traces the model as given: no layout policy
+    # torch.compile traces the model as given: no layout policy; nor under a torch.func transform,
+    # whose wrapped tensors answer no memory-format query
+    if torch.compiler.is_compiling() or _checks.transforms_active():
         return None
     x = args[0] if args else None
     to_cl = (isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type == "cpu"
@@ -31,7 +35,7 @@ def _cpu_channels_last_pre_hook(module: nn.Module, args):
 
 
 def _cpu_channels_last_hook(module: nn.Module, args, output):
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _checks.transforms_active():  # (as the pre-hook: nothing pushed)
         return None
     stack = getattr(_cpu_layout, "restore", None)
     restore = stack.pop() if stack else False

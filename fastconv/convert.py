@@ -2,8 +2,11 @@
 
 The module tree is walked and rewritten in place of a copy:
 - the torchvision families' blocks (and fastconv.models', which share their class names and
-  attributes; same-named classes from elsewhere are not assumed to be the same) become fused blocks: ResNet's BasicBlock/Bottleneck, GoogLeNet's BasicConv2d and
-  Inception, DenseNet's dense blocks and transitions; ResNet's stem conv1/bn1/relu;
+  attributes; same-named classes from elsewhere are not assumed to be the same) become fused
+  blocks: ResNet's BasicBlock/Bottleneck, GoogLeNet's BasicConv2d and Inception, DenseNet's dense
+  blocks and transitions; ResNet's stem conv1/bn1/relu. Only as they come: a block whose user
+  swapped in another activation, a conv subclass, another padding mode or pool, or another norm
+  (fused.NotFusable) has its layers converted one by one under its own forward;
 - inside any nn.Sequential, Conv2d→BatchNorm2d→ReLU, Conv2d→BatchNorm2d, Conv2d→ReLU runs become
   one fused conv (the BN and ReLU slots become nn.Identity, so names and indices are kept);
 - every other Conv2d (and fastconv.nn.Conv2dReLU, its ReLU kept) becomes a fused conv, and every
@@ -37,18 +40,7 @@ def _convertible_bn(bn: nn.Module) -> bool:
     return isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
 
 
-def _own_relu(m: nn.Module) -> Optional[bool]:
-    """For a conv convert() may replace by a fused conv: whether it applies a ReLU itself (False for
-    nn.Conv2d, the ``relu`` flag for fastconv.nn.Conv2dReLU); None for any other module, a Conv2d
-    subclass with its own forward included (it may not compute what nn.Conv2d computes: left as
-    it is), and for the padding modes the fused conv does not take."""
-    if not isinstance(m, nn.Conv2d) or m.padding_mode != "zeros":
-        return None
-    if isinstance(m, Conv2dReLU) and type(m).forward is Conv2dReLU.forward:
-        return bool(m.relu)
-    if type(m).forward is nn.Conv2d.forward and type(m)._conv_forward is nn.Conv2d._conv_forward:
-        return False
-    return None
+_own_relu = fused.conv_relu_kind
 
 
 def _convert_sequential(seq: nn.Sequential, dtype) -> nn.Sequential:
@@ -68,27 +60,25 @@ def _convert_sequential(seq: nn.Sequential, dtype) -> nn.Sequential:
             continue
         new.append((names[i], _convert(m, dtype)))
         i += 1
-    out = copy.copy(seq)
-    out._modules = type(seq._modules)(new)
-    return out
+    # in place (the Sequential is convert()'s own copy, or the user's under inplace=True)
+    seq._modules = type(seq._modules)(new)
+    return seq
 
 
 def _convert_resnet_stem(m: nn.Module, dtype) -> None:
-    m.conv1 = fused.FusedConv.from_conv(m.conv1, m.bn1, relu=True, dtype=dtype)
+    """ResNet's conv1/bn1/relu as one fused conv (NotFusable, nothing changed, where they are not
+    a plain conv, a BatchNorm2d with running statistics and nn.ReLU)."""
+    fused.require_relu(m.relu, "the ResNet stem's relu")
+    m.conv1 = fused.FusedConv.from_conv(fused.require_plain_conv(m.conv1, "the ResNet stem's conv1"), m.bn1,
+                                        relu=True, dtype=dtype)
     m.bn1 = nn.Identity()
     m.relu = nn.Identity()
 
 
-# The blocks convert() rewrites whole, known by class: torchvision's and fastconv.models' (which
-# keep torchvision's attribute names). A class of the same name defined elsewhere (a CIFAR
-# BasicBlock with a ``shortcut``, or another forward) is not assumed to compute the same: its
-# convs and pools are converted one by one and its own forward drives them.
-_KNOWN_MODULES = frozenset(f"{pkg}.models.{family}" for pkg in ("torchvision", "fastconv")
-                           for family in ("resnet", "googlenet", "densenet"))
-
-
+# The blocks convert() rewrites whole (fused.KNOWN_MODULES): a class of the same name defined
+# elsewhere has its convs and pools converted one by one, and its own forward drives them.
 def _known(m: nn.Module, name: str) -> bool:
-    return type(m).__name__ == name and type(m).__module__ in _KNOWN_MODULES
+    return type(m).__name__ == name and type(m).__module__ in fused.KNOWN_MODULES
 
 
 _BLOCKS = {
@@ -121,8 +111,16 @@ def _convert(m: nn.Module, dtype) -> nn.Module:
         return _pool(m)
     if type(m).__module__ == fused.__name__:
         return m  # already converted
-    if _known(m, "ResNet") and _convertible_bn(getattr(m, "bn1", None)):
-        _convert_resnet_stem(m, dtype)
+    if isinstance(m, _InputCast):  # a converted model inside: its input cast follows the new dtype
+        if dtype is not None:
+            m.dtype = dtype
+        m.model = _convert(m.model, dtype)
+        return m
+    if _known(m, "ResNet"):
+        try:
+            _convert_resnet_stem(m, dtype)
+        except fused.NotFusable:
+            pass  # its layers one by one below, under ResNet's own forward
     for child_name, child in list(m._modules.items()):
         if child is None:
             continue
@@ -187,6 +185,11 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
     # weights by version counter, which inference tensors lack (fastconv/ops/_weight_cache.py).
     with torch.inference_mode(False):
         target = model if inplace else copy.deepcopy(model)
+        if isinstance(target, _InputCast):
+            # converting a converted model: one input cast, the settings given now over the earlier ones
+            dtype = target.dtype if dtype is None else dtype
+            channels_last = True if channels_last is None and target.channels_last else channels_last
+            target = target.model
         target.eval()
         if hasattr(target, "_fastconv_fused"):
             target._fastconv_fused = True  # a fastconv.models model: run its plain forward over the fused tree

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from . import _fastpath, ops
 from .ops.conv1x1 import planned_kernel as conv1x1_planned_kernel
-from .nn.layers import MaxPool2d
+from .nn.layers import Conv2dReLU, MaxPool2d
 
 
 def _as_dtype(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
@@ -25,6 +25,49 @@ def _as_dtype(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Option
 class NotFusable(ValueError):
     """A block whose layers cannot be folded (e.g. a norm layer other than BatchNorm2d with
     running statistics); ``convert`` then converts its convs one by one instead."""
+
+
+def conv_relu_kind(m: nn.Module) -> Optional[bool]:
+    """For a conv a fused conv may replace: whether it applies a ReLU itself (False for nn.Conv2d,
+    the ``relu`` flag for fastconv.nn.Conv2dReLU); None for any other module, a Conv2d subclass
+    with its own forward included (it may not compute what nn.Conv2d computes: left as it is),
+    and for the padding modes the fused conv does not take."""
+    if not isinstance(m, nn.Conv2d) or m.padding_mode != "zeros":
+        return None
+    if isinstance(m, Conv2dReLU) and type(m).forward is Conv2dReLU.forward:
+        return bool(m.relu)
+    if type(m).forward is nn.Conv2d.forward and type(m)._conv_forward is nn.Conv2d._conv_forward:
+        return False
+    return None
+
+
+def require_plain_conv(m: nn.Module, where: str) -> nn.Conv2d:
+    """A block's conv slot must hold what nn.Conv2d computes for the block to be folded whole."""
+    if conv_relu_kind(m) is not False:
+        raise NotFusable(f"fastconv: {where} is {type(m).__name__} ({m}), not a plain nn.Conv2d with zero padding")
+    return m
+
+
+def require_relu(m: nn.Module, where: str) -> None:
+    """A block's activation slot must be nn.ReLU (a block rebuilt with another activation, or a
+    ReLU subclass, is converted layer by layer under its own forward instead)."""
+    if type(m) is not nn.ReLU:
+        raise NotFusable(f"fastconv: {where} is {type(m).__name__}, not nn.ReLU")
+
+
+def require_known(m: nn.Module, names: Tuple[str, ...], where: str) -> nn.Module:
+    """A submodule a fused block rebuilds by its known forward: torchvision's or fastconv.models' class."""
+    if type(m).__name__ not in names or type(m).__module__ not in KNOWN_MODULES:
+        raise NotFusable(f"fastconv: {where} is {type(m).__module__}.{type(m).__name__}, not torchvision's "
+                         f"{'/'.join(names)}")
+    return m
+
+
+# The blocks fastconv rebuilds whole, known by class: torchvision's and fastconv.models' (which
+# keep torchvision's attribute names). A class of the same name defined elsewhere (a CIFAR
+# BasicBlock with a ``shortcut``, or another forward) is not assumed to compute the same.
+KNOWN_MODULES = frozenset(f"{pkg}.models.{family}" for pkg in ("torchvision", "fastconv")
+                          for family in ("resnet", "googlenet", "densenet"))
 
 
 def bn_scale_shift(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -141,16 +184,17 @@ class FusedResidualBlock(nn.Module):
     def __init__(self, block: nn.Module, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         names = ["conv1", "conv2", "conv3"] if hasattr(block, "conv3") else ["conv1", "conv2"]
-        convs = [FusedConv.from_conv(getattr(block, n), getattr(block, "bn" + n[-1]), relu=True, dtype=dtype)
-                 for n in names]
+        require_relu(block.relu, "the block's relu")
+        convs = [FusedConv.from_conv(require_plain_conv(getattr(block, n), n), getattr(block, "bn" + n[-1]),
+                                     relu=True, dtype=dtype) for n in names]
         self.convs = nn.ModuleList(convs)
         ds = block.downsample
         self.downsample = None
         if ds is not None:
-            if not (isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d)
-                    and isinstance(ds[1], nn.BatchNorm2d)):
+            if not (isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[1], nn.BatchNorm2d)):
                 raise NotFusable(f"fastconv: unsupported ResNet downsample {ds}")
-            self.downsample = FusedConv.from_conv(ds[0], ds[1], relu=False, dtype=dtype)
+            self.downsample = FusedConv.from_conv(require_plain_conv(ds[0], "downsample[0]"), ds[1], relu=False,
+                                                  dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -163,13 +207,16 @@ class FusedResidualBlock(nn.Module):
 def _input_grad_wanted(x: torch.Tensor) -> bool:
     """A forward recording autograd for its input (a saliency map, an adversarial example): the
     blocks that write into one preallocated buffer through out= (which is not differentiable) take
-    their differentiable form instead. The folded weights are buffers, so no weight gradient."""
-    return torch.is_grad_enabled() and x.requires_grad
+    their differentiable form instead. The folded weights are buffers, so no weight gradient.
+    So does a forward under forward-mode AD or a torch.func transform: vmap batches no out=
+    buffer, and forward mode is refused by the functionals in fastconv's words."""
+    return (torch.is_grad_enabled() and x.requires_grad) or ops._checks.transforms_active()
 
 
 def _basic_conv(m: nn.Module, dtype) -> FusedConv:
     """GoogLeNet's BasicConv2d (conv, bn, then ReLU in its forward) as one fused conv."""
-    return FusedConv.from_conv(m.conv, m.bn, relu=True, dtype=dtype)
+    require_known(m, ("BasicConv2d",), "a GoogLeNet conv")
+    return FusedConv.from_conv(require_plain_conv(m.conv, "BasicConv2d.conv"), m.bn, relu=True, dtype=dtype)
 
 
 class FusedInception(nn.Module):
@@ -179,6 +226,12 @@ class FusedInception(nn.Module):
 
     def __init__(self, m: nn.Module, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
+        for name in ("branch2", "branch3", "branch4"):
+            branch = getattr(m, name)
+            if type(branch) is not nn.Sequential or len(branch) != 2:
+                raise NotFusable(f"fastconv: Inception.{name} is not torchvision's two-module nn.Sequential")
+        if type(m.branch4[0]) not in (nn.MaxPool2d, MaxPool2d) or m.branch4[0].return_indices:
+            raise NotFusable(f"fastconv: Inception.branch4[0] is {m.branch4[0]}, not an nn.MaxPool2d")
         b1, b2red, b3red = _basic_conv(m.branch1, dtype), _basic_conv(m.branch2[0], dtype), _basic_conv(m.branch3[0], dtype)
         self.splits = [b1.weight.shape[0], b2red.weight.shape[0], b3red.weight.shape[0]]
         self.register_buffer("reduce_weight", torch.cat([b1.weight, b2red.weight, b3red.weight]).flatten(1))
@@ -236,6 +289,12 @@ class FusedDenseBlock(nn.Module):
     def __init__(self, block: nn.Module, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         layers = list(block.values()) if isinstance(block, nn.ModuleDict) else list(block.children())
+        for i, l in enumerate(layers):
+            require_known(l, ("_DenseLayer", "DenseLayer"), f"dense layer {i}")
+            require_relu(l.relu1, f"dense layer {i}'s relu1")
+            require_relu(l.relu2, f"dense layer {i}'s relu2")
+            require_plain_conv(l.conv1, f"dense layer {i}'s conv1")
+            require_plain_conv(l.conv2, f"dense layer {i}'s conv2")
         self.bottlenecks = nn.ModuleList(
             [FusedPreActConv1x1(l.norm1, l.conv1, l.norm2, relu=True, dtype=dtype) for l in layers])
         self.convs = nn.ModuleList([FusedConv.from_conv(l.conv2, None, relu=False, dtype=dtype) for l in layers])
@@ -262,6 +321,8 @@ class FusedTransition(nn.Module):
 
     def __init__(self, t: nn.Module, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
+        require_relu(t.relu, "the transition's relu")
+        require_plain_conv(t.conv, "the transition's conv")
         self.conv = FusedPreActConv1x1(t.norm, t.conv, None, relu=False, dtype=dtype)
         self.pool = t.pool
 

@@ -403,3 +403,50 @@ def test_tune_counts_without_progress_and_keeps_train_mode_buffers(cache_dir):
     assert result["signatures"] > 0 and result["tuned"] == result["signatures"]
     for k, v in model.named_buffers():
         assert torch.equal(v, before[k]), k
+
+
+@needs_cpu_ext
+def test_deeply_nested_cache_file_is_ignored_with_a_warning(cache_dir):
+    """json.load raises RecursionError (not ValueError) on a deeply nested file: every op call raised."""
+    path = _autotune.CACHE.path(_autotune.device_key(torch.device("cpu")))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("[" * 200000 + "]" * 200000)
+    x, w, b = conv_call()
+    with _autotune.use_timer(FakeTimer({"cpu": 1.0, "torch": 2.0})), pytest.warns(RuntimeWarning, match="corrupt"):
+        y, tactic = run_conv(x, w, b)
+    assert tactic == "cpu"
+    torch.testing.assert_close(y.double(), ref_conv(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+@needs_cpu_ext
+def test_kernel_stats_count_only_the_chosen_tactics_copy(cache_dir):
+    """The candidates timed on a call's first run are not that call's copies (55 kB were reported
+    for a cpu tactic that copies nothing)."""
+    x, w, b = conv_call()
+    with _autotune.use_timer(FakeTimer({"cpu": 1.0, "torch": 2.0})), fastconv.kernel_stats() as stats:
+        fastconv.conv2d_relu(x, w, b, padding=1)
+    assert stats.calls == {("conv2d_relu", "cpu"): 1}
+    assert stats.copied_bytes == 0
+
+
+@needs_cpu_ext
+def test_concurrent_tune_calls_count_their_own_signatures(cache_dir):
+    results, streams = {}, {}
+
+    def work(i):
+        torch.manual_seed(i)
+        model = fastconv.convert(nn.Sequential(nn.Conv2d(3, 4 + i, 3, padding=1), nn.ReLU(),
+                                               nn.Conv2d(4 + i, 8, 1), nn.ReLU()).eval())
+        streams[i] = io.StringIO()
+        results[i] = fastconv.tune(model, torch.randn(1, 3, 8 + i, 8 + i), stream=streams[i])
+
+    with _autotune.use_timer(FakeTimer({"cpu": 1.0, "torch": 2.0})):
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i in range(4):
+        assert results[i] == {"signatures": 2, "tuned": 2}, results
+        assert len(streams[i].getvalue().strip().splitlines()) == 2

@@ -65,3 +65,47 @@ def test_use_backend_cuda_raises_the_reason(fake_gpu):
     fake_gpu((12, 0))
     with fastconv.use_backend("cuda"), pytest.raises(RuntimeError, match="compute capability 12.0"):
         fastconv._backend.resolve(torch.device("cuda"), "conv2d_relu")
+
+
+def test_triton_interpret_set_after_import_is_reported():
+    """Whether Triton is interpreted is settled at import: set later, the status said 'available'
+    and a triton call failed with a raw Triton error."""
+    import subprocess
+    import sys
+
+    code = ("import os, torch, fastconv\n"
+            "os.environ['TRITON_INTERPRET'] = '1'\n"
+            "print(fastconv.backend_status()['triton'])\n"
+            "print('triton' in fastconv.available_backends())\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    if torch.cuda.is_available():
+        pytest.skip("with a CUDA device Triton runs compiled whatever TRITON_INTERPRET says")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    status, available = out.stdout.strip().splitlines()[-2:]
+    assert "was set after fastconv was imported" in status
+    assert available == "False"
+
+
+def test_use_backend_inside_torch_compile():
+    """The compiled graph runs the public ops after the block was traced, so a selection made
+    inside it silently did not apply (auto ran). fullgraph=True: a clear error; otherwise the
+    block runs eagerly (a graph break) and the selection holds."""
+    from torch.profiler import profile
+
+    x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 4, 3, 3)
+
+    def f(x, w):
+        with fastconv.use_backend("reference"):
+            return fastconv.conv2d_relu(x, w)
+
+    with pytest.raises(Exception, match="use_backend inside a torch.compile"):
+        torch.compile(f, backend="aot_eager", fullgraph=True)(x, w)
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend="aot_eager")
+    compiled(x, w)
+    with profile() as prof:
+        y = compiled(x, w)
+    names = {e.name for e in prof.events()}
+    assert "aten::convolution" in names and not any(n.startswith("fastconv::_conv2d_relu_") for n in names)
+    torch.testing.assert_close(y, torch.relu(torch.nn.functional.conv2d(x, w)))

@@ -23,11 +23,15 @@ import torch
 import torch.nn as nn
 
 from .. import _layout
+from ..ops import _checks
 
 
 def _shallow_tree_copy(module: nn.Module) -> nn.Module:
     """A copy of the module tree whose parameters and buffers are the original tensors."""
-    clone = copy.copy(module)
+    # (not copy.copy: a parametrized module, torch.nn.utils.parametrize, refuses to be copied
+    # except through its state dict; its class and attributes are all the clone needs)
+    clone = module.__class__.__new__(module.__class__)
+    clone.__dict__.update(module.__dict__)
     clone._parameters = dict(module._parameters)
     clone._buffers = dict(module._buffers)
     clone._modules = {name: None if child is None else _shallow_tree_copy(child)
@@ -45,7 +49,8 @@ class FusedEvalModel(nn.Module):
         if self._fastconv_fused:
             return self._forward_impl(x)
         self._check_input(x)  # in train mode too: the same clear error whatever the mode
-        if self.training or self._needs_grads(x) or torch.compiler.is_compiling() or self._any_training():
+        if (self.training or self._needs_grads(x) or torch.compiler.is_compiling() or _checks.transforms_active()
+                or self._submodules_want_own_layers()):
             # the model's own layers: differentiable in its parameters (fine-tuning with BatchNorm
             # frozen by eval() trains the weights as torchvision's model would; the fused copy's
             # folded weights are new tensors that gradients would never reach) and in its input
@@ -53,12 +58,18 @@ class FusedEvalModel(nn.Module):
             # one buffer through out=, which autograd cannot follow); under torch.compile, which
             # traces the layers (the fused copy is built and cached by Python it cannot trace);
             # and with a submodule put back in train mode (Monte-Carlo dropout, BatchNorm on batch
-            # statistics), which the fused copy, folded and all in eval mode, would not honour
+            # statistics), which the fused copy, folded and all in eval mode, would not honour, or
+            # with forward hooks on a submodule, which the fused copy's modules do not carry; and
+            # under forward-mode AD or a torch.func transform (see fastconv/fused.py's _input_grad_wanted)
             return self._forward_impl(x)
         return self._fused_model()(x)
 
-    def _any_training(self) -> bool:
-        return any(m.training for m in self.modules())
+    def _submodules_want_own_layers(self) -> bool:
+        """A submodule in train mode, or one with forward hooks of its own (the fused copy has
+        other modules: the hooks would never run, and a pre-hook that changes its input would
+        silently not apply), sends the forward through the model's own layers."""
+        return any(m.training or ((m._forward_hooks or m._forward_pre_hooks) and m is not self)
+                   for m in self.modules())
 
     def train(self, mode: bool = True):
         # a fresh fused copy at the next eval call: .eval() after changing a layer's attributes
@@ -130,20 +141,23 @@ class FusedEvalModel(nn.Module):
         return clone
 
 
-def load_weights(model: nn.Module, weights: Any, progress: bool = True) -> nn.Module:
-    """Load ``weights`` into ``model``: a state dict, a path to one, or a torchvision weights enum
+def state_dict_of(weights: Any, progress: bool = True) -> Mapping:
+    """``weights`` as a state dict: a state dict, a path to one, or a torchvision weights enum
     (anything with ``get_state_dict(progress=...)``: that downloads, so it needs network access)."""
+    if isinstance(weights, Mapping):
+        return weights
+    if isinstance(weights, (str, os.PathLike)):
+        return torch.load(weights, map_location="cpu", weights_only=True)
+    if hasattr(weights, "get_state_dict"):
+        return weights.get_state_dict(progress=progress, check_hash=True)
+    raise TypeError(f"weights must be a state dict, a path or a torchvision weights enum, got {type(weights).__name__}")
+
+
+def load_weights(model: nn.Module, weights: Any, progress: bool = True) -> nn.Module:
+    """Load ``weights`` (see ``state_dict_of``) into ``model``, strictly."""
     if weights is None:
         return model
-    if isinstance(weights, Mapping):
-        state = weights
-    elif isinstance(weights, (str, os.PathLike)):
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    elif hasattr(weights, "get_state_dict"):
-        state = weights.get_state_dict(progress=progress, check_hash=True)
-    else:
-        raise TypeError(f"weights must be a state dict, a path or a torchvision weights enum, got {type(weights).__name__}")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state_dict_of(weights, progress), strict=True)
     return model
 
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.layers import MaxPool2d
-from ._base import FusedEvalModel, conv, load_weights, num_classes_from
+from ._base import FusedEvalModel, conv, load_weights, num_classes_from, state_dict_of
 
 __all__ = ["GoogLeNet", "GoogLeNetOutputs", "googlenet"]
 
@@ -142,14 +142,16 @@ class GoogLeNet(FusedEvalModel):
 def googlenet(*, weights=None, progress: bool = True, **kwargs) -> GoogLeNet:
     """GoogLeNet (Inception v1); arguments as torchvision's builder."""
     if weights is not None:
+        # torchvision's rule: the auxiliary heads only when asked for (they are not pretrained);
+        # loaded whenever the weights carry them (torchvision's checkpoint does), then dropped
+        original_aux_logits = kwargs.get("aux_logits", False)
         kwargs.setdefault("transform_input", True)
-        kwargs.setdefault("aux_logits", True)
         kwargs.setdefault("init_weights", False)
         num_classes_from(weights, kwargs)
-        original_aux_logits = kwargs["aux_logits"]
-        kwargs["aux_logits"] = True
-        model = load_weights(GoogLeNet(**kwargs), weights, progress)
-        if not original_aux_logits:
+        state = state_dict_of(weights, progress)
+        kwargs["aux_logits"] = original_aux_logits or any(k.startswith(("aux1.", "aux2.")) for k in state)
+        model = load_weights(GoogLeNet(**kwargs), state)
+        if not original_aux_logits and model.aux_logits:
             model.aux_logits = False
             model.aux1 = None
             model.aux2 = None

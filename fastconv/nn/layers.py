@@ -67,7 +67,7 @@ class Conv1x1(nn.Module):
         # nn.Conv2d's initialisation, so a Conv1x1 starts like the layer it replaces
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
         if self.bias is not None:
-            bound = 1 / self.in_channels ** 0.5
+            bound = 1 / self.in_channels ** 0.5 if self.in_channels > 0 else 0  # (nn.Conv2d's rule for fan_in 0)
             nn.init.uniform_(self.bias, -bound, bound)
 
     def extra_repr(self) -> str:

@@ -4,7 +4,7 @@ from .conv1x1 import conv1x1, conv1x1_multi
 from .conv2d_relu import conv2d_relu
 from .dense_concat import dense_concat
 from .max_pool2d import max_pool2d
-from . import _autocast
+from . import _autocast, _flops  # noqa: F401  (_flops registers FlopCounterMode's formulas on import)
 
 _autocast.register()  # autocast rules for every public op (after they are all defined)
 

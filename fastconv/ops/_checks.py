@@ -11,6 +11,7 @@ import functools
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -195,11 +196,45 @@ def check_out_call(op: str, out, x: torch.Tensor, inputs: Iterable[Optional[torc
     check_tensor(op, out, name)
     if out.device != x.device:
         raise RuntimeError(f"fastconv.{op}: {name} is on {out.device} but x is on {x.device}")
+    if not torch.compiler.is_compiling() and transforms_active():
+        check_autodiff_mode(op, [out, x, *inputs])  # forward mode's error first, where it applies
+        if torch._C._functorch.maybe_current_level() is not None:
+            raise NotImplementedError(f"fastconv.{op}: {name}= is not supported under torch.func transforms (vmap, "
+                                      f"grad, jvp): call it without {name}=")
     check_writable(op, out, name)
     if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in [out, x, *inputs]):
         raise RuntimeError(
             f"fastconv.{op}: functions with {name}= arguments don't support automatic differentiation, but one of "
             f"the arguments requires grad; call it without {name}= (or under torch.no_grad())")
+
+
+def transforms_active() -> bool:
+    """Whether forward-mode AD or a torch.func transform is on (two attribute reads when neither
+    is: the fast path asks on every call and leaves these calls to the full path)."""
+    return _forward_ad._current_level >= 0 or torch._C._functorch.maybe_current_level() is not None
+
+
+def check_autodiff_mode(op: str, tensors: Iterable[Optional[torch.Tensor]]) -> None:
+    """Differentiation the fastconv ops cannot take, refused in fastconv's words.
+
+    Forward mode (``torch.func.jvp``, ``jacfwd``, ``torch.autograd.forward_ad``): the ops have
+    backward formulas only, and PyTorch runs a custom op whose inputs carry tangents but do not
+    require grad without its autograd formula, so the tangent would come out as zero (or None)
+    with no error. torch.func's reverse-mode transforms (``grad``, ``vjp``, ``jacrev``) reject a
+    torch.library op with an error about an autograd.Function's ``setup_context``; said plainly here.
+    """
+    if torch.compiler.is_compiling() or not transforms_active():
+        return
+    if _forward_ad._current_level >= 0 and any(
+            t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(
+            f"fastconv.{op}: forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) is not supported: "
+            "fastconv's ops define backward formulas only, and the tangent would silently be zero. Use reverse mode "
+            "(.backward(), torch.autograd.grad) or torch.nn.functional's ops for forward mode")
+    if any(t is not None and torch._C._functorch.is_gradtrackingtensor(t) for t in tensors):
+        raise NotImplementedError(
+            f"fastconv.{op}: torch.func's differentiating transforms (grad, vjp, jacrev, jacfwd, hessian) are not "
+            "supported by fastconv's ops; use .backward() or torch.autograd.grad (torch.func.vmap works)")
 
 
 def check_writable(op: str, out: torch.Tensor, name: str = "out") -> None:

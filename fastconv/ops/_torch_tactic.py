@@ -235,6 +235,9 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
         pad = [0, 0]
     if onednn:
         x, residual = _plain_strides(x), _plain_strides(residual)
+        # oneDNN's op reads the bias as a dense vector whatever its stride (a bias[::2] view read
+        # as bias[:3]: wrong values, silently); F.conv2d below honours the stride
+        bias = None if bias is None else bias.contiguous()
         packed = _weight_cache.onednn_blocked(weight, pad, stride, dilation, groups, x.shape) if cacheable else None
         weight = weight if packed is None else packed
         # bias and residual are oneDNN post-ops (the residual added in float32 before the one

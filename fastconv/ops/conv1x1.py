@@ -123,6 +123,14 @@ def _run(x, weight, bias, residual, in_scale, in_shift, in_relu, stride, relu, o
     outs = [o for o in outs]
     if all(o.numel() == 0 for o in outs):
         return
+    if weight.shape[1] == 0:  # no input channels: no GEMM (the prologue has nothing to act on)
+        from .conv2d_relu import fill_without_reduction  # (here: conv2d_relu's import chain leads back to this module)
+
+        c0 = 0
+        for o in outs:
+            fill_without_reduction(o, bias, residual, relu, slice(c0, c0 + o.shape[1]))
+            c0 += o.shape[1]
+        return
     w2d = weight.reshape(weight.shape[0], weight.shape[1])  # a view for [C_out, C_in, 1, 1] weights
     args = (x, w2d, bias, residual, in_scale, in_shift, in_relu, list(stride), relu, outs)
     _autotune.dispatch(OP, x.device, KERNELS, args, *_signature(*args),
@@ -246,6 +254,10 @@ def _backward(ctx, grad):
         wanted = [t for t, need in zip(leaves, needs) if t is not None and need]
         found = iter(torch.autograd.grad(y, wanted, grad, allow_unused=True, create_graph=create) if wanted else ())
     grads = [next(found) if t is not None and need else None for t, need in zip(leaves, needs)]
+    # an input the recomputation did not reach (x with no channels) gets zeros, as the conv's own
+    # backward gives, not None (which would leave its .grad unset)
+    grads = [torch.zeros_like(t) if g is None and t is not None and need else g
+             for g, t, need in zip(grads, tensors, needs)]
     return (*grads, None, None, None)
 
 
@@ -289,6 +301,7 @@ def conv1x1(
 def _conv1x1(x, weight, bias, stride, relu, residual, in_scale, in_shift, in_relu, out):
     """The full path of ``conv1x1``: argument checks, then the public torch.library op."""
     _checks.check_tensor(OP, x, "x", ndims=(3, 4))
+    _checks.check_autodiff_mode(OP, (x, weight, bias, residual, in_scale, in_shift))
     stride_ = _checks.pair(OP, stride, "stride")
     _checks.check_flag(OP, relu, "relu")
     _checks.check_flag(OP, in_relu, "in_relu")
@@ -330,6 +343,9 @@ def conv1x1_multi(
     channel slice of a module's output buffer for one branch and fresh tensors for the others.
     """
     _checks.check_tensor(OP_MULTI, x, "x", ndims=(4,))
+    _checks.check_autodiff_mode(OP_MULTI, (x, in_scale, in_shift,
+                                           *(weights if isinstance(weights, (list, tuple)) else [weights]),
+                                           *(biases if isinstance(biases, (list, tuple)) else [biases])))
     stride_ = _checks.pair(OP_MULTI, stride, "stride")
     if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (
             x, in_scale, in_shift, *(weights if isinstance(weights, (list, tuple)) else [weights]),
@@ -386,6 +402,13 @@ def conv1x1_multi(
             bias = torch.cat(parts)
     if outs is not None and len(outs) != len(sizes):
         raise ValueError(f"fastconv.{OP_MULTI}: got {len(outs)} outs for {len(sizes)} weights")
+    if torch.jit.is_tracing() or (outs is None and _checks.transforms_active()):
+        # one conv1x1 per weight: torch.jit.trace records no op whose outputs are a list of
+        # mutated tensors (the traced graph would leave the outs unwritten), and under
+        # torch.func.vmap the outputs this function allocates would not be batched
+        parts = bias.split(sizes) if bias is not None else [None] * len(sizes)
+        return [conv1x1(x, w_, b_, stride_, relu=relu, in_scale=in_scale, in_shift=in_shift, in_relu=in_relu, out=o)
+                for w_, b_, o in zip(weight.split(sizes), parts, outs if outs is not None else [None] * len(sizes))]
     n, _, h, w = x.shape
     oh = (h - 1) // stride_[0] + 1 if h and stride_[0] > 0 else 0
     ow = (w - 1) // stride_[1] + 1 if w and stride_[1] > 0 else 0

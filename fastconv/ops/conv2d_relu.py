@@ -222,9 +222,22 @@ def _signature(x, weight, bias, residual, stride, padding, dilation, groups, rel
     return (x, weight, bias, residual, out), flags if grad_free(weight) else flags + ("weight-grad",)
 
 
+def fill_without_reduction(out: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+                           relu: bool, channels: slice = slice(None)) -> None:
+    """A convolution over no input channels (K = 0): every output is relu?(bias + residual), for
+    every backend alike (the kernels are never asked for an empty reduction; F.conv2d returns a
+    tensor with no channels there, against the op's own shape). ``channels``: bias's share of out."""
+    value = out.new_zeros(()) if bias is None else bias[channels].to(out.dtype).view(1, -1, 1, 1)
+    if residual is not None:
+        value = value + residual
+    out.copy_(value.clamp_min(0) if relu else value)  # (clamp_min keeps NaN, as torch.relu)
+
+
 def _run(x, weight, bias, residual, stride, padding, dilation, groups, relu, out) -> None:
     if out.numel() == 0:
         return
+    if weight[0].numel() == 0:
+        return fill_without_reduction(out, bias, residual, relu)
     args = (x, weight, bias, residual, stride, padding, dilation, groups, relu, out)
     _autotune.dispatch(OP, x.device, KERNELS, args, *_signature(*args),
                        lambda: 2 * out.numel() * weight[0].numel())
@@ -307,9 +320,12 @@ def _backward(ctx, grad):
     symmetric = top == bottom and left == right
     xp = x if symmetric else torch.nn.functional.pad(x, [left, right, top, bottom])
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
+    empty = weight.shape[1] == 0  # no input channels: convolution_backward's bias gradient is 0 there
     gx, gw, gb = torch.ops.aten.convolution_backward(
         grad, xp, weight, [weight.shape[0]] if has_bias else None, stride,
-        [top, left] if symmetric else [0, 0], dilation, False, [0, 0], groups, mask)
+        [top, left] if symmetric else [0, 0], dilation, False, [0, 0], groups, mask[:2] + [mask[2] and not empty])
+    if mask[2] and empty:
+        gb = grad.sum((0, 2, 3))
     if gx is not None and not symmetric:
         gx = gx[:, :, top:top + x.shape[2], left:left + x.shape[3]]
     return gx, gw, gb if has_bias else None, grad if has_residual else None, None, None, None, None, None
@@ -359,6 +375,7 @@ def _conv2d_relu(x, weight, bias, stride, padding, dilation, groups, relu, resid
     """The full path of ``conv2d_relu``: argument checks, then the public torch.library op."""
     _checks.check_tensor(OP, x, "x", ndims=(3, 4))
     _checks.check_tensor(OP, weight, "weight", ndims=(4,))
+    _checks.check_autodiff_mode(OP, (x, weight, bias, residual))
     stride_ = _checks.pair(OP, stride, "stride")
     dilation_ = _checks.pair(OP, dilation, "dilation")
     _checks.check_int(OP, groups, "groups")

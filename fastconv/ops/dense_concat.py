@@ -110,6 +110,21 @@ def _(features):
                        memory_format=_checks.output_layout(features[0]))
 
 
+def _vmap(info, in_dims, features):
+    """torch.func.vmap of dense_concat (PyTorch has no fallback for a Tensor[] argument): the
+    vmapped dimension folded into the batch, one concat of every example's features."""
+    size = info.batch_size
+    flat = []
+    for f, dim in zip(features, in_dims[0]):
+        f = f.expand(size, *f.shape) if dim is None else f.movedim(dim, 0)
+        flat.append(f.reshape(size * f.shape[1], *f.shape[2:]))
+    out = torch.ops.fastconv.dense_concat(flat)
+    return out.reshape(size, -1, *out.shape[1:]), 0
+
+
+torch.library.register_vmap("fastconv::dense_concat", _vmap)
+
+
 @torch.library.custom_op("fastconv::dense_concat_out", mutates_args=("out",))
 def dense_concat_out_op(features: List[torch.Tensor], out: torch.Tensor) -> None:
     shape = check_features(features)
@@ -146,13 +161,16 @@ def dense_concat(features: Sequence[torch.Tensor], *, out: Optional[torch.Tensor
         # checked before dispatch: an out on another device (meta) would route the op to that
         # device's kernel (the fake one), which writes nothing
         _checks.check_out_call(OP, out, features[0], features)
-    if not torch.compiler.is_compiling() and not any(f.requires_grad for f in features):
+    # (no view under a torch.func transform: its wrapped tensors have no storage to compare)
+    if not torch.compiler.is_compiling() and not _checks.transforms_active() and not any(
+            f.requires_grad for f in features):
         view = adjacent_view(features)
         if view is not None:
             if out is None:
                 return view
             if out.data_ptr() == view.data_ptr() and out.stride() == view.stride() and out.shape == view.shape:
                 return out  # the producers already wrote into out
+    _checks.check_autodiff_mode(OP, features)
     if out is None:
         return torch.ops.fastconv.dense_concat(list(features))
     torch.ops.fastconv.dense_concat_out(list(features), out)

@@ -233,6 +233,7 @@ def max_pool2d(
 def _max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, out):
     """The full path of ``max_pool2d``: argument checks, then the public torch.library op."""
     _checks.check_tensor(OP, x, "x", ndims=(3, 4))
+    _checks.check_autodiff_mode(OP, (x,))
     kernel_, stride_, padding_, dilation_ = normalize(kernel_size, stride, padding, dilation)
     _checks.check_flag(OP, ceil_mode, "ceil_mode")
     unbatched = x.dim() == 3

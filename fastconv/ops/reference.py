@@ -18,6 +18,18 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding, dilation,
+          groups: int) -> torch.Tensor:
+    """F.conv2d, but a convolution over no input channels is its bias in the output's shape
+    (F.conv2d returns a tensor with no channels there: torch 2.14)."""
+    if weight.shape[1] != 0:
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    out_hw = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
+              for i in range(2)]
+    y = x.new_zeros([x.shape[0], weight.shape[0], *out_hw])
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
 def conv2d_relu(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -44,7 +56,7 @@ def conv2d_relu(
     else:
         xc = F.pad(xc, [left, right, top, bottom])
         pad = [0, 0]
-    y = F.conv2d(xc, weight.to(dtype), None if bias is None else bias.to(dtype), stride, pad, dilation, groups)
+    y = _conv(xc, weight.to(dtype), None if bias is None else bias.to(dtype), stride, pad, dilation, groups)
     if residual is not None:
         y = y + residual.to(dtype)
     if relu:
@@ -92,7 +104,7 @@ def conv1x1(
     if in_relu:
         xc = torch.relu(xc)
     w = weight.to(dtype).reshape(weight.shape[0], weight.shape[1], 1, 1)
-    y = F.conv2d(xc, w, None if bias is None else bias.to(dtype))
+    y = _conv(xc, w, None if bias is None else bias.to(dtype), [1, 1], [0, 0], [1, 1], 1)
     if residual is not None:
         y = y + residual.to(dtype)
     if relu:

@@ -281,3 +281,60 @@ def test_compiled_eval_model_under_no_grad():
     with torch.no_grad():
         own(x)
         assert rel_err(compiled(x), ref(x)) <= TOL
+
+
+def test_googlenet_builder_drops_aux_heads_by_default_with_weights(tmp_path):
+    """torchvision's rule: with weights, aux heads only when asked for (they were kept), and an
+    aux-free state dict loads (it failed on the missing aux keys)."""
+    full = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False).state_dict()
+    path = tmp_path / "googlenet.pth"
+    torch.save(full, path)
+    for weights in (full, str(path)):
+        model = fastconv.models.googlenet(weights=weights)
+        assert model.aux1 is None and model.aux2 is None and not model.aux_logits
+        kept = fastconv.models.googlenet(weights=weights, aux_logits=True)
+        assert kept.aux1 is not None
+    no_aux = {k: v for k, v in full.items() if not k.startswith(("aux1.", "aux2."))}
+    model = fastconv.models.googlenet(weights=no_aux)
+    tv = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
+    assert set(model.state_dict()) == set(tv.state_dict())
+    with pytest.raises(RuntimeError, match="Missing key"):
+        fastconv.models.googlenet(weights=no_aux, aux_logits=True)
+
+
+def test_eval_forward_runs_submodule_hooks():
+    """The fused copy has modules of its own: a hook on a block or conv never ran, and a pre-hook
+    that changes its input was ignored (0.66 off). Hooks send the forward through the model's
+    own layers."""
+    ref = tv_model("resnet18")
+    model = fastconv.models.resnet18()
+    model.load_state_dict(ref.state_dict())
+    model.eval()
+    x = image(n=1, size=64, seed=3)
+    calls = []
+    for m in (ref, model):
+        m.layer4[1].register_forward_hook(lambda mod, i, o: calls.append(o.shape))
+        m.conv1.register_forward_pre_hook(lambda mod, i: (i[0] * 0.5,))
+    with torch.no_grad():
+        want = ref(x)
+        for _ in range(2):
+            assert rel_err(model(x), want) <= TOL
+    assert len(calls) == 3
+
+
+def test_eval_forward_with_parametrized_submodule():
+    """copy.copy of a parametrized module raises: fastconv.models' eval forward crashed."""
+    from torch.nn.utils import parametrizations
+
+    ref = tv_model("resnet18")
+    model = fastconv.models.resnet18()
+    model.load_state_dict(ref.state_dict())
+    for m in (ref, model):
+        parametrizations.weight_norm(m.layer1[0].conv1)
+    model.load_state_dict(ref.state_dict())
+    model.eval()
+    x = image(n=1, size=64, seed=6)
+    with torch.no_grad():
+        want = ref(x)
+        for _ in range(2):
+            assert rel_err(model(x), want) <= TOL

@@ -200,7 +200,7 @@ def _triton_case(seed, dtype):
 
 
 @pytest.mark.parametrize("seed", TRITON_CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_triton_interpreted(seed, dtype):
     if "triton" not in fastconv.available_backends():
         pytest.skip(fastconv.backend_status()["triton"])

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..._backend import triton_interpreted as _interpreted
+
 # Tile shapes (tl.dot blocks >= 16; BLOCK_M >= 64 with 4-warp groups so that sm_90 gets wgmma;
 # the large tiles keep BLOCK_K = 32 so fp32 (tf32) stages fit sm_80's 163 KiB of shared memory). On a GPU all of them are autotuned per shape; under
 # TRITON_INTERPRET=1 the autotuner is bypassed and FASTCONV_TRITON_CONFIG picks one (default 0,
@@ -46,6 +48,7 @@ def _conv1x1_kernel(
     SPLIT1, SPLIT2,  # out0 owns columns [0, SPLIT1), out1 [SPLIT1, SPLIT2), out2 [SPLIT2, N)
     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
     IN_RELU: tl.constexpr, RELU: tl.constexpr, NUM_OUTS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # grouped program order: GROUP_M row blocks share each weight column block while it is in L2
@@ -83,11 +86,16 @@ def _conv1x1_kernel(
             if HAS_SHIFT:
                 af = af + tl.load(shift_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)[None, :]
             if IN_RELU:
-                af = tl.maximum(af, 0.0)
+                af = tl.maximum(af, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
             # columns k >= K may now hold relu(shift) != 0: harmless, their weight rows load as 0
             a = af.to(w_ptr.dtype.element_ty)
         b = tl.load(w_ptr + rn[None, :] * sw_n + rk[:, None] * sw_k,
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        if DOT_IN_FP32:
+            # Interpreter only: its bf16 tl.dot is wrong (numpy has no bf16), so multiply the
+            # bf16 values exactly in fp32 instead. Never set for GPU launches.
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
     if HAS_BIAS:
@@ -96,7 +104,7 @@ def _conv1x1_kernel(
         r_off = (img * sr_n + oh * sr_h + ow * sr_w)[:, None] + rn[None, :] * sr_c
         acc += tl.load(res_ptr + r_off, mask=m_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
     y = acc.to(o0_ptr.dtype.element_ty)
 
     # one store per out: each column block goes to the tensor owning those channels
@@ -113,10 +121,6 @@ def _conv1x1_kernel(
         c2 = rn - SPLIT2
         mask2 = m_mask[:, None] & ((rn >= SPLIT2) & n_mask)[None, :]
         tl.store(o2_ptr + (img * so2_n + oh * so2_h + ow * so2_w)[:, None] + c2[None, :] * so2_c, y, mask=mask2)
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 _KEY = ["M", "N", "K", "NUM_OUTS", "HAS_RES", "HAS_SCALE", "HAS_SHIFT", "IN_RELU", "INPUT_PRECISION"]
@@ -184,7 +188,7 @@ def _launch(x, w, bias, residual, in_scale, in_shift, in_relu, stride, relu, out
     flags = dict(
         HAS_BIAS=bias is not None, HAS_RES=residual is not None, HAS_SCALE=in_scale is not None,
         HAS_SHIFT=in_shift is not None, IN_RELU=bool(in_relu), RELU=bool(relu), NUM_OUTS=len(outs),
-        INPUT_PRECISION=_input_precision(x),
+        INPUT_PRECISION=_input_precision(x), DOT_IN_FP32=_interpreted() and x.dtype == torch.bfloat16,
     )
     if _interpreted():
         cfg = CONFIGS[int(os.environ.get("FASTCONV_TRITON_CONFIG", "0"))]
@@ -197,6 +201,8 @@ def _launch(x, w, bias, residual, in_scale, in_shift, in_relu, stride, relu, out
 
 def conv1x1(x, weight, bias, residual, in_scale, in_shift, in_relu, stride, relu, outs) -> None:
     """The `triton` backend kernel: weight is 2-D [sum of outs' channels, C_in]; writes into outs."""
+    # the kernel reads the per-channel vectors densely (a bias[::2] view is copied here)
+    bias, in_scale, in_shift = (None if v is None else v.contiguous() for v in (bias, in_scale, in_shift))
     # more outs than one launch can store to: split the GEMM by weight rows, MAX_OUTS outs at a time
     c0 = 0
     for j in range(0, len(outs), MAX_OUTS):
@@ -228,7 +234,7 @@ def compile_specs() -> List[dict]:
         for i, cfg in enumerate(CONFIGS):
             constexprs = dict(
                 HAS_BIAS=True, HAS_RES=True, HAS_SCALE=True, HAS_SHIFT=True, IN_RELU=True, RELU=True,
-                NUM_OUTS=3, INPUT_PRECISION="tf32" if dtype == torch.float32 else "ieee",
+                NUM_OUTS=3, INPUT_PRECISION="tf32" if dtype == torch.float32 else "ieee", DOT_IN_FP32=False,
                 **{k: v for k, v in cfg.items() if k not in _META}, **{name: 1 for name in _UNIT_STRIDES},
             )
             signature = {}

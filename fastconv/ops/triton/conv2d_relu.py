@@ -34,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..._backend import triton_interpreted as _interpreted
+
 OP = "conv2d_relu"
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Shared memory per stage is
@@ -183,7 +185,7 @@ def conv2d_relu_kernel(
         r_offs = (n * srn + oh * srh + ow * srw)[:, None] + (channels * src)[None, :]
         acc += tl.load(r_ptr + r_offs, mask=mask, other=0.0).to(tl.float32)
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
     y_offs = (n * syn + oh * syh + ow * syw)[:, None] + (channels * syc)[None, :]
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -205,10 +207,6 @@ def _prune(configs, named_args, **_):
 def _autotuned():
     return triton.autotune(configs=CONFIGS, key=_AUTOTUNE_KEY,
                            prune_configs_by={"early_config_prune": _prune})(conv2d_relu_kernel)
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def interpreter_config() -> triton.Config:

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..._backend import triton_interpreted as _interpreted
+
 # (BLOCK_P output pixels, BLOCK_C channels, num_warps): wide-channel tiles for deep NHWC
 # layers, pixel-heavy tiles for few channels (or NCHW, where pixels are the contiguous axis).
 # 2048-element tiles take 8 warps: with 4, the int64 addresses of 16 elements per thread need
@@ -81,10 +83,6 @@ def _config(cfg: Dict) -> triton.Config:
 def _tuned_kernel():
     return triton.autotune(configs=[_config(cfg) for cfg in CONFIGS],
                            key=["C", "OH", "OW", "KH", "KW", "SH", "SW", "sxc", "soc"])(_max_pool2d_kernel)
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def max_pool2d(x: torch.Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
