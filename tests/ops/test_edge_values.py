@@ -11,6 +11,13 @@ import fastconv
 from ..utils import assert_close_rel, poisoned_like
 
 BACKENDS = [b for b in ("cpu", "torch", "reference", "triton") if b in fastconv.available_backends()]
+# on a GPU (tests/conftest.py skips @gpu elsewhere): the same checks on CUDA tensors
+ON_DEVICES = [("cpu", b) for b in BACKENDS] + [pytest.param("cuda", b, marks=pytest.mark.gpu)
+                                                 for b in ("cuda", "triton", "torch")]
+
+
+def _on(device, *tensors):
+    return [t.to(device) for t in tensors]
 
 
 def _strided(values: torch.Tensor) -> torch.Tensor:
@@ -21,9 +28,9 @@ def _strided(values: torch.Tensor) -> torch.Tensor:
     return view
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", ON_DEVICES)
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_strided_bias_scale_shift(backend, layout):
+def test_strided_bias_scale_shift(device, backend, layout):
     """A bias (or prologue vector) sliced from a shared buffer: the torch tactic's oneDNN op read
     it densely, and so did the Triton 1×1 kernel (both silently wrong)."""
     g = torch.Generator().manual_seed(11)
@@ -33,25 +40,28 @@ def test_strided_bias_scale_shift(backend, layout):
     w3, w1 = torch.randn(16, 16, 3, 3, generator=g) / 12, torch.randn(16, 16, 1, 1, generator=g) / 4
     b, scale, shift = torch.randn(16, generator=g), torch.rand(16, generator=g) + 0.5, torch.randn(16, generator=g)
     sb, sscale, sshift = _strided(b), _strided(scale), _strided(shift)
+    tol = 2e-3 if device == "cuda" else None  # (tf32 on a GPU, as cuDNN)
+    x3, xw3, xw1, xsb, xsscale, xsshift = _on(device, x, w3, w1, sb, sscale, sshift)
     ref3 = F.relu(F.conv2d(x.double(), w3.double(), b.double(), padding=1))
     pre = F.relu(x.double() * scale.double()[:, None, None] + shift.double()[:, None, None])
     ref1 = F.relu(F.conv2d(pre, w1.double(), b.double()))
     with fastconv.use_backend(backend):
         for _ in range(2):  # the second call replays the planned kernel
-            y3 = fastconv.conv2d_relu(x, w3, sb, padding=1)
-            y1 = fastconv.conv1x1(x, w1, sb, in_scale=sscale, in_shift=sshift, in_relu=True)
-            assert_close_rel(y3, ref3, torch.float32, f"{backend} conv2d_relu")
-            assert_close_rel(y1, ref1, torch.float32, f"{backend} conv1x1")
+            y3 = fastconv.conv2d_relu(x3, xw3, xsb, padding=1)
+            y1 = fastconv.conv1x1(x3, xw1, xsb, in_scale=xsscale, in_shift=xsshift, in_relu=True)
+            assert_close_rel(y3, ref3, torch.float32, f"{backend} conv2d_relu", tol=tol)
+            assert_close_rel(y1, ref1, torch.float32, f"{backend} conv1x1", tol=tol)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_relu_propagates_nan(backend):
+@pytest.mark.parametrize("device,backend", ON_DEVICES)
+def test_relu_propagates_nan(device, backend):
     """fastconv's ReLU is torch.relu's: NaN stays NaN (Triton's tl.maximum made it 0)."""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(1, 16, 6, 6, generator=g)
     x[0, 3, 2, 4] = float("nan")
     w3, w1 = torch.randn(16, 16, 3, 3, generator=g), torch.randn(16, 16, 1, 1, generator=g)
-    shift = torch.zeros(16)
+    x, w3, w1 = _on(device, x, w3, w1)
+    shift = torch.zeros(16, device=device)
     with fastconv.use_backend(backend):
         cases = [
             (fastconv.conv2d_relu(x, w3, padding=1), F.relu(F.conv2d(x, w3, padding=1))),
@@ -62,7 +72,8 @@ def test_relu_propagates_nan(backend):
         assert want.isnan().any()
         assert torch.equal(got.isnan(), want.isnan())
         finite = ~want.isnan()
-        torch.testing.assert_close(got[finite], want[finite], rtol=1e-4, atol=1e-4)
+        tol = 1e-2 if device == "cuda" else 1e-4  # (tf32 on a GPU)
+        torch.testing.assert_close(got[finite], want[finite], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
