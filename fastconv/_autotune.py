@@ -43,6 +43,7 @@ from ._version import __version__
 # 2: the cpu candidate runs Winograd for 3x3 stride-1 float32 convs; choices made before are stale
 # 3: the torch candidate runs bfloat16 CPU convs on oneDNN's bfloat16 kernel (was float32): 2-3x faster
 CACHE_VERSION = 3
+MAX_FILE_ENTRIES = 4096  # choices kept per tactic-cache file (per device key)
 OWN_KERNELS = ("cpu", "cuda", "triton")  # fastconv's own kernel families; "torch" and "reference" are PyTorch's
 
 Timer = Callable[[str, Callable[[], None], torch.device], float]
@@ -335,6 +336,8 @@ class TacticCache:
             return self._memory.get((dkey, sig))
 
     def store(self, dkey: str, sig: str, tactic: str, timings: Optional[Dict[str, float]] = None) -> None:
+        """Remember ``tactic`` for ``sig`` in memory and in the device's file (merged with what
+        other processes wrote; at most MAX_FILE_ENTRIES per file)."""
         global generation
         with self._lock:
             self._memory[(dkey, sig)] = tactic
@@ -344,14 +347,20 @@ class TacticCache:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with _file_lock(path + ".lock"):
                     entries = self._read(path, dkey)  # merge what other processes wrote meanwhile
+                    entries.pop(sig, None)
+                    if len(entries) >= MAX_FILE_ENTRIES:
+                        # a cache: the oldest choices go, tuned again when next met (each store reads
+                        # and writes the whole file, so its size bounds the cost of every new entry)
+                        entries = dict(list(entries.items())[len(entries) - MAX_FILE_ENTRIES + 1:])
                     entries[sig] = tactic
                     for k, v in entries.items():
                         self._memory.setdefault((dkey, k), v)
                     fd, tmp = tempfile.mkstemp(prefix=".tactics-", suffix=".tmp", dir=os.path.dirname(path))
                     try:
                         with os.fdopen(fd, "w") as f:
+                            # entries in the order they were stored (oldest first: the first dropped)
                             json.dump({"version": CACHE_VERSION, "device_key": dkey, "entries": entries}, f,
-                                      indent=0, sort_keys=True)
+                                      indent=0)
                         os.replace(tmp, path)
                     except BaseException:
                         with contextlib.suppress(OSError):
@@ -401,6 +410,19 @@ def clear_cache() -> None:
 # selection
 
 _tune_lock = threading.Lock()
+
+
+def _reset_locks_in_child() -> None:
+    """A process forked while another thread held a lock (tuning, writing the cache) inherits it
+    held, by a thread that does not exist in the child: its first tuning call would wait forever
+    (a DataLoader worker started while the main thread tuned). Fresh locks in the child."""
+    global _tune_lock
+    _tune_lock = threading.Lock()
+    CACHE._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_in_child)
 
 
 def _timing_forbidden(device: torch.device) -> bool:
@@ -489,7 +511,11 @@ def final_tactic(op: str, device: torch.device, sig_tensors: Sequence, sig_flags
 # ---------------------------------------------------------------------------------------------
 # dispatch: what every op's _run calls
 
-_collectors: List["KernelStats"] = []
+_stats_state = threading.local()  # .collectors: this thread's active kernel_stats() (backend choice is per thread too)
+
+
+def collectors() -> List["KernelStats"]:
+    return getattr(_stats_state, "collectors", None) or []
 
 
 _timing_state = threading.local()  # .active: this thread is timing candidate tactics (choose)
@@ -499,7 +525,7 @@ def count_copy(nbytes: int) -> None:
     """A ``torch`` tactic's extra copy of its result into ``out`` (reported by KernelStats)."""
     if getattr(_timing_state, "active", False):
         return
-    for c in _collectors:
+    for c in collectors():
         c.copied_bytes += nbytes
 
 
@@ -513,9 +539,10 @@ def dispatch(op: str, device: torch.device, kernels: Dict[str, Callable], args: 
     else:
         backend = _backend.resolve(device, op)
     kernels[backend](*args)
-    if _collectors:
+    active = collectors()
+    if active:
         n = flops()
-        for c in _collectors:
+        for c in active:
             c.add(op, backend, n)
     return backend
 
@@ -546,12 +573,15 @@ class KernelStats:
 
 @contextlib.contextmanager
 def kernel_stats() -> Iterator[KernelStats]:
+    """Counts this thread's op calls while active (as use_backend, per thread); they take the
+    full op path meanwhile."""
     stats = KernelStats()
-    _collectors.append(stats)
+    active = _stats_state.__dict__.setdefault("collectors", [])
+    active.append(stats)
     try:
         yield stats
     finally:
-        _collectors.remove(stats)
+        active.remove(stats)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -277,8 +277,16 @@ class _precision:
 
 def run(cfg: BenchConfig, on_result: Optional[Callable[[dict], None]] = None, progress: Optional[Progress] = None,
         ) -> List[dict]:
+    saved_benchmark = torch.backends.cudnn.benchmark
     if cfg.device == "cuda":
         torch.backends.cudnn.benchmark = True
+    try:
+        return _run(cfg, on_result, progress)
+    finally:
+        torch.backends.cudnn.benchmark = saved_benchmark  # (the caller's process keeps its setting)
+
+
+def _run(cfg: BenchConfig, on_result, progress) -> List[dict]:
     results = []
     for name in cfg.models:
         try:
@@ -439,8 +447,16 @@ def config_from_args(args) -> BenchConfig:
 
 
 def main(args) -> int:
+    threads = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads)  # (main() may be called in-process: leave the thread count as found)
+
+
+def _main(args) -> int:
     cfg = config_from_args(args)
     if cfg.dtype in ("fp16", "bf16") and cfg.device == "cpu":
         print(f"note: {cfg.dtype} on the CPU is computed in fp32 by fastconv's CPU kernels and rounded once",

@@ -57,7 +57,7 @@ def usable(x: torch.Tensor, *others: Optional[torch.Tensor]) -> bool:
     device = x.device.type
     if device not in _DEVICES:
         return False
-    if (_autotune._collectors or torch.compiler.is_compiling() or torch.jit.is_tracing() or _checks.transforms_active()
+    if (_autotune.collectors() or torch.compiler.is_compiling() or torch.jit.is_tracing() or _checks.transforms_active()
             or torch._C._len_torch_dispatch_stack()):  # a dispatch mode (FlopCounterMode) sees the public op
         return False
     grad = torch.is_grad_enabled()
@@ -70,9 +70,10 @@ def usable(x: torch.Tensor, *others: Optional[torch.Tensor]) -> bool:
 
 
 def state() -> Tuple:
-    """What every remembered choice also depends on: the backend selection and the tuning state."""
+    """What every remembered choice also depends on: the backend selection, the tuning state and
+    the CPU thread count (auto's choices are made per thread count)."""
     return (_backend.current_backend(), _autotune.generation, _autotune.autotune_enabled(),
-            _autotune.current_timing())
+            _autotune.current_timing(), torch.get_num_threads())
 
 
 MAX_PLANS = 64  # per module; more call layouts than this (or stale tuning generations): start over

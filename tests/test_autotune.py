@@ -450,3 +450,113 @@ def test_concurrent_tune_calls_count_their_own_signatures(cache_dir):
     for i in range(4):
         assert results[i] == {"signatures": 2, "tuned": 2}, results
         assert len(streams[i].getvalue().strip().splitlines()) == 2
+
+
+@needs_cpu_ext
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_while_another_thread_tunes(cache_dir):
+    """A child forked while a thread held the tuning lock inherited it held: its first untuned call
+    waited forever (a DataLoader worker started while the main thread tuned)."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow_timer(tactic, fn, device):
+        fn()
+        started.set()
+        release.wait(60)
+        return 1.0 if tactic == "cpu" else 2.0
+
+    def tune_in_thread():
+        with _autotune.use_timer(slow_timer):
+            fastconv.conv2d_relu(*conv_call(c=8), padding=1)
+
+    thread = threading.Thread(target=tune_in_thread)
+    thread.start()
+    try:
+        assert started.wait(60)
+        pid = os.fork()
+        if pid == 0:  # the child: a new signature must tune (or fall back) and return
+            code = 1
+            try:
+                import signal
+                signal.alarm(60)
+                # one OpenMP thread, as DataLoader workers run: a child of a process whose OpenMP
+                # pool ran is not safe with more (libgomp; plain torch.mm hangs there too)
+                torch.set_num_threads(1)
+                x, w, b = conv_call(c=5)
+                with _autotune.use_timer(FakeTimer({"cpu": 1.0, "torch": 2.0})):
+                    y = fastconv.conv2d_relu(x, w, b, padding=1)
+                code = 0 if torch.allclose(y.double(), ref_conv(x, w, b), rtol=1e-5, atol=1e-5) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        thread.join()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+@needs_cpu_ext
+def test_plans_follow_the_thread_count(cache_dir):
+    """auto's choices are made per CPU thread count; the fast path kept replaying the choice made
+    for the old count."""
+    from torch.profiler import profile
+
+    def timer(tactic, fn, device):  # cpu wins at one thread, torch at two
+        fn()
+        return {("cpu", 1): 1.0, ("torch", 1): 2.0, ("cpu", 2): 2.0, ("torch", 2): 1.0}[
+            (tactic, torch.get_num_threads())]
+
+    x, w, b = conv_call()
+    threads = torch.get_num_threads()
+
+    def kernels():
+        with profile() as prof:
+            fastconv.conv2d_relu(x, w, b, padding=1)
+        return {e.name for e in prof.events()}
+
+    try:
+        with torch.no_grad(), _autotune.use_timer(timer):
+            for n, own in ((1, True), (2, False), (1, True)):
+                torch.set_num_threads(n)
+                fastconv.conv2d_relu(x, w, b, padding=1)
+                fastconv.conv2d_relu(x, w, b, padding=1)  # planned
+                assert ("fastconv::_conv2d_relu_cpu" in kernels()) == own, n
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_cpu_ext
+def test_kernel_stats_counts_this_threads_calls(cache_dir):
+    """Another thread's calls (on another backend) were counted too."""
+    x, w, b = conv_call()
+    stop, ran = threading.Event(), threading.Event()
+
+    def other():
+        with fastconv.use_backend("reference"):
+            while not stop.is_set():
+                fastconv.conv2d_relu(x, w, b, padding=1)
+                ran.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        with fastconv.use_backend("cpu"), fastconv.kernel_stats() as stats:
+            for _ in range(20):
+                fastconv.conv2d_relu(x, w, b, padding=1)
+                ran.clear()
+                assert ran.wait(30)  # the other thread calls while this one counts
+    finally:
+        stop.set()
+        thread.join()
+    assert stats.calls == {("conv2d_relu", "cpu"): 20}
+    assert stats.own_fraction() == 1.0
+
+
+def test_cache_file_is_bounded(cache_dir, monkeypatch):
+    """Each store rewrites the file whole: unbounded, the n-th new signature cost O(n)."""
+    monkeypatch.setattr(_autotune, "MAX_FILE_ENTRIES", 5)
+    dkey = _autotune.device_key(torch.device("cpu"))
+    for i in range(8):
+        _autotune.CACHE.store(dkey, f"sig{i}", "cpu")
+    entries = json.loads(open(_autotune.CACHE.path(dkey)).read())["entries"]
+    assert list(entries) == [f"sig{i}" for i in range(3, 8)]  # the oldest dropped

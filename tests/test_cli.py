@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import torchvision
 
 from fastconv.__main__ import main
@@ -136,3 +137,18 @@ def test_bench_bad_numbers_are_usage_errors(capsys, argv, message):
         main(["bench", "--models", "resnet18", *argv])
     assert exc.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"python -m fastconv bench: error: {message}"
+
+
+def test_bench_in_process_restores_global_state():
+    """run() left cudnn.benchmark on (even after a failed run); main(--threads) left the thread count."""
+    from fastconv import _bench, __main__ as cli
+
+    before = torch.backends.cudnn.benchmark
+    threads = torch.get_num_threads()
+    rows = _bench.run(_bench.BenchConfig(models=("resnet18",), size=32, repeats=1, warmup=0, device="cuda"))
+    if not torch.cuda.is_available():
+        assert "error" in rows[0]
+    assert torch.backends.cudnn.benchmark == before
+    cli.main(["bench", "--models", "resnet18", "--batch", "1", "--size", "32", "--repeats", "1",
+              "--threads", str(1 if threads != 1 else 2)])
+    assert torch.get_num_threads() == threads

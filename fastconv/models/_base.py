@@ -26,6 +26,20 @@ from .. import _layout
 from ..ops import _checks
 
 
+# One lock for building any model's fused copy (a one-time step per model state), made anew in a
+# forked child: a fork while another thread held it would leave it held forever there.
+_FUSED_LOCK = threading.RLock()
+
+
+def _reset_lock_in_child() -> None:
+    global _FUSED_LOCK
+    _FUSED_LOCK = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
 def _shallow_tree_copy(module: nn.Module) -> nn.Module:
     """A copy of the module tree whose parameters and buffers are the original tensors."""
     # (not copy.copy: a parametrized module, torch.nn.utils.parametrize, refuses to be copied
@@ -108,14 +122,13 @@ class FusedEvalModel(nn.Module):
         cache = self.__dict__.get("_fused_cache")
         if cache is not None and cache[0] == key:
             return cache[1]
-        lock = self.__dict__.setdefault("_fused_lock", threading.Lock())
+        lock = _FUSED_LOCK
         # (normal tensors even when called under inference_mode: the CPU kernels cache transformed
         # weights by version counter, which inference tensors lack; fastconv/ops/_weight_cache.py)
         with lock, torch.no_grad(), torch.inference_mode(False):
             cache = self.__dict__.get("_fused_cache")
             if cache is None or cache[0] != key:
                 clone = _shallow_tree_copy(self)
-                clone.__dict__.pop("_fused_lock", None)
                 clone._fastconv_fused = True
                 fused = _convert(clone, None).eval()
                 # convert()'s default layout policy: k x k conv weights stored channels_last (in
@@ -130,7 +143,7 @@ class FusedEvalModel(nn.Module):
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_fused_cache", None)
-        state.pop("_fused_lock", None)
+        state.pop("_fused_lock", None)  # (pickles of an earlier fastconv carried one)
         return state
 
     def __deepcopy__(self, memo):

@@ -43,6 +43,15 @@ MAX_PER_WEIGHT = 3  # e.g. two input sizes in oneDNN's layout and the Winograd f
 
 _ATTR = "_fastconv_forms"
 _lock = threading.Lock()
+
+
+def _reset_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # (a fork while another thread held it: see _autotune._reset_locks_in_child)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_lock_in_child)
 _all_forms: "weakref.WeakSet[_Forms]" = weakref.WeakSet()  # for clear() and cached_count()
 
 
