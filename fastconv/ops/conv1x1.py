@@ -343,13 +343,11 @@ def conv1x1_multi(
     channel slice of a module's output buffer for one branch and fresh tensors for the others.
     """
     _checks.check_tensor(OP_MULTI, x, "x", ndims=(4,))
-    _checks.check_autodiff_mode(OP_MULTI, (x, in_scale, in_shift,
-                                           *(weights if isinstance(weights, (list, tuple)) else [weights]),
-                                           *(biases if isinstance(biases, (list, tuple)) else [biases])))
+    given = (x, in_scale, in_shift, *(weights if isinstance(weights, (list, tuple)) else [weights]),
+             *(biases if isinstance(biases, (list, tuple)) else [biases]))
+    _checks.check_autodiff_mode(OP_MULTI, [t for t in given if isinstance(t, torch.Tensor)])
     stride_ = _checks.pair(OP_MULTI, stride, "stride")
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (
-            x, in_scale, in_shift, *(weights if isinstance(weights, (list, tuple)) else [weights]),
-            *(biases if isinstance(biases, (list, tuple)) else [biases]))):
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in given):
         # (it writes every output through the out variant; without this the error would name an
         # outs[0]= the caller may never have passed)
         raise RuntimeError(f"fastconv.{OP_MULTI} is not differentiable (it writes its outputs in place); an input "
