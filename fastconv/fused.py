@@ -209,8 +209,10 @@ def _input_grad_wanted(x: torch.Tensor) -> bool:
     blocks that write into one preallocated buffer through out= (which is not differentiable) take
     their differentiable form instead. The folded weights are buffers, so no weight gradient.
     So does a forward under forward-mode AD or a torch.func transform: vmap batches no out=
-    buffer, and forward mode is refused by the functionals in fastconv's words."""
-    return (torch.is_grad_enabled() and x.requires_grad) or ops._checks.transforms_active()
+    buffer, and forward mode is refused by the functionals in fastconv's words; and torch.fx
+    tracing, whose graph records the functionals' ops without out=."""
+    return (ops._checks.is_fx_proxy(x) or (torch.is_grad_enabled() and x.requires_grad)
+            or ops._checks.transforms_active())
 
 
 def _basic_conv(m: nn.Module, dtype) -> FusedConv:

@@ -60,7 +60,7 @@ class FusedEvalModel(nn.Module):
     _fastconv_fused = False  # True on the fused copy, which runs _forward_impl over fused blocks
 
     def forward(self, x: torch.Tensor):
-        if self._fastconv_fused:
+        if self._fastconv_fused or _checks.is_fx_proxy(x):  # (torch.fx: the model's own layers, traced)
             return self._forward_impl(x)
         self._check_input(x)  # in train mode too: the same clear error whatever the mode
         if (self.training or self._needs_grads(x) or torch.compiler.is_compiling() or _checks.transforms_active()

@@ -12,6 +12,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
+import torch.fx
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -206,6 +207,13 @@ def check_out_call(op: str, out, x: torch.Tensor, inputs: Iterable[Optional[torc
         raise RuntimeError(
             f"fastconv.{op}: functions with {name}= arguments don't support automatic differentiation, but one of "
             f"the arguments requires grad; call it without {name}= (or under torch.no_grad())")
+
+
+def is_fx_proxy(x) -> bool:
+    """torch.fx symbolic tracing (``symbolic_trace``, torchvision's ``create_feature_extractor``):
+    the functionals then record their torch.library op in the graph, unchecked (the traced graph
+    runs the op, and its checks, on real tensors)."""
+    return isinstance(x, torch.fx.Proxy)
 
 
 def transforms_active() -> bool:

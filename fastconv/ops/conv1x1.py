@@ -300,6 +300,11 @@ def conv1x1(
 
 def _conv1x1(x, weight, bias, stride, relu, residual, in_scale, in_shift, in_relu, out):
     """The full path of ``conv1x1``: argument checks, then the public torch.library op."""
+    if _checks.is_fx_proxy(x):
+        if out is not None:
+            raise NotImplementedError(f"fastconv.{OP} under torch.fx tracing takes no out=")
+        return torch.ops.fastconv.conv1x1(x, weight, bias, residual, in_scale, in_shift, in_relu,
+                                          _checks.pair(OP, stride, "stride"), relu)
     _checks.check_tensor(OP, x, "x", ndims=(3, 4))
     _checks.check_autodiff_mode(OP, (x, weight, bias, residual, in_scale, in_shift))
     stride_ = _checks.pair(OP, stride, "stride")

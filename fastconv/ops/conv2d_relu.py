@@ -373,6 +373,13 @@ def conv2d_relu(
 
 def _conv2d_relu(x, weight, bias, stride, padding, dilation, groups, relu, residual, out):
     """The full path of ``conv2d_relu``: argument checks, then the public torch.library op."""
+    if _checks.is_fx_proxy(x):
+        if isinstance(padding, str) and padding != "valid" or out is not None:
+            raise NotImplementedError(f"fastconv.{OP} under torch.fx tracing takes int padding and no out=")
+        stride_, dilation_ = _checks.pair(OP, stride, "stride"), _checks.pair(OP, dilation, "dilation")
+        return torch.ops.fastconv.conv2d_relu(x, weight, bias, residual, stride_,
+                                              normalize_padding(padding, (), stride_, dilation_), dilation_, groups,
+                                              relu)
     _checks.check_tensor(OP, x, "x", ndims=(3, 4))
     _checks.check_tensor(OP, weight, "weight", ndims=(4,))
     _checks.check_autodiff_mode(OP, (x, weight, bias, residual))

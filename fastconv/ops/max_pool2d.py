@@ -232,6 +232,10 @@ def max_pool2d(
 
 def _max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, out):
     """The full path of ``max_pool2d``: argument checks, then the public torch.library op."""
+    if _checks.is_fx_proxy(x):
+        if out is not None:
+            raise NotImplementedError(f"fastconv.{OP} under torch.fx tracing takes no out=")
+        return torch.ops.fastconv.max_pool2d(x, *normalize(kernel_size, stride, padding, dilation), ceil_mode)
     _checks.check_tensor(OP, x, "x", ndims=(3, 4))
     _checks.check_autodiff_mode(OP, (x,))
     kernel_, stride_, padding_, dilation_ = normalize(kernel_size, stride, padding, dilation)
