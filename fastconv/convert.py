@@ -22,12 +22,7 @@ import torch
 import torch.nn as nn
 
 from . import _layout, fused
-from .nn.layers import Conv2dReLU
 from .nn.layers import MaxPool2d as FastMaxPool2d
-
-
-def _is_relu(m: nn.Module) -> bool:
-    return isinstance(m, nn.ReLU)
 
 
 def _pool(m: nn.MaxPool2d) -> nn.Module:
@@ -40,9 +35,6 @@ def _convertible_bn(bn: nn.Module) -> bool:
     return isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
 
 
-_own_relu = fused.conv_relu_kind
-
-
 def _convert_sequential(seq: nn.Sequential, dtype) -> nn.Sequential:
     names = list(seq._modules.keys())
     mods = list(seq._modules.values())
@@ -50,10 +42,10 @@ def _convert_sequential(seq: nn.Sequential, dtype) -> nn.Sequential:
     i = 0
     while i < len(mods):
         m = mods[i]
-        if _own_relu(m) is False:  # (a conv with its own ReLU cannot take a BatchNorm after it)
+        if fused.conv_relu_kind(m) is False:  # (a conv with its own ReLU cannot take a BatchNorm after it)
             bn = mods[i + 1] if i + 1 < len(mods) and _convertible_bn(mods[i + 1]) else None
             j = i + 1 + (bn is not None)
-            relu = j < len(mods) and _is_relu(mods[j])
+            relu = j < len(mods) and fused.is_plain_relu(mods[j])
             new.append((names[i], fused.FusedConv.from_conv(m, bn, relu=relu, dtype=dtype)))
             new += [(names[k], nn.Identity()) for k in range(i + 1, j + relu)]
             i = j + relu
@@ -102,7 +94,7 @@ def _convert(m: nn.Module, dtype) -> nn.Module:
             pass  # e.g. another norm layer: convert the block's convs and pools one by one below
     if isinstance(m, nn.Sequential):
         return _convert_sequential(m, dtype)
-    relu = _own_relu(m)
+    relu = fused.conv_relu_kind(m)
     if relu is not None:
         return fused.FusedConv.from_conv(m, None, relu=relu, dtype=dtype)
     if isinstance(m, nn.Conv2d):

@@ -48,10 +48,15 @@ def require_plain_conv(m: nn.Module, where: str) -> nn.Conv2d:
     return m
 
 
+def is_plain_relu(m: nn.Module) -> bool:
+    """nn.ReLU itself: what a fused conv's epilogue computes (a subclass may have a forward of its own)."""
+    return type(m) is nn.ReLU
+
+
 def require_relu(m: nn.Module, where: str) -> None:
     """A block's activation slot must be nn.ReLU (a block rebuilt with another activation, or a
     ReLU subclass, is converted layer by layer under its own forward instead)."""
-    if type(m) is not nn.ReLU:
+    if not is_plain_relu(m):
         raise NotFusable(f"fastconv: {where} is {type(m).__name__}, not nn.ReLU")
 
 

@@ -475,3 +475,15 @@ def test_jit_trace_of_converted_googlenet():
         block = torch.jit.trace(converted.inception3a, f, check_trace=False)
         assert rel_err(traced(x), ref(x)) <= TOL
         assert rel_err(block(f), ref.inception3a(f)) <= TOL
+
+
+def test_sequential_relu_subclass_is_not_fused():
+    """Sequential fusion took any nn.ReLU subclass as the epilogue's ReLU (isinstance), while the
+    blocks required nn.ReLU itself: one rule now, so a subclass with its own forward runs it."""
+    class ShiftedReLU(nn.ReLU):
+        def forward(self, x):
+            return super().forward(x) - 0.5
+
+    torch.manual_seed(0)
+    converted = _matches_eager(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _bn(8), ShiftedReLU(), nn.Conv2d(8, 4, 1)))
+    assert isinstance(converted[2], ShiftedReLU)
