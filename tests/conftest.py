@@ -7,10 +7,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# the auto backend's tactic cache: a fresh directory per test session, never the user's ~/.cache
+# the auto backend's tactic cache: a fresh directory per test session (and xdist worker), never
+# the user's ~/.cache; removed when the session ends
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 os.environ["FASTCONV_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastconv-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FASTCONV_CACHE_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 

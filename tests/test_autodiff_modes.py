@@ -99,9 +99,73 @@ def test_vmap_matches_pytorch(name):
     _, f, g = _call(name)
     xs = torch.randn(3, 2, 4, 7, 7)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*batching rule.*")
+        # each op has a vmap rule: PyTorch's per-example fallback (and its warning) must not run
+        warnings.filterwarnings("error", message=".*batching rule.*")
         for _ in range(2):  # the second call is the one a fast-path replay would serve
             assert_close_rel(torch.func.vmap(f)(xs), torch.func.vmap(g)(xs), torch.float32, name)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference", "auto"])
+@pytest.mark.parametrize("op", ["conv2d_relu", "conv1x1"])
+def test_vmap_rules_fold_or_loop(op, backend):
+    """The conv ops' vmap rules: a vmapped input and residual (anywhere, or only one of them) fold
+    into the batch; a vmapped weight, bias or BN scale/shift runs per example. Both against the
+    same computation written per example in PyTorch."""
+    g = torch.Generator().manual_seed(3)
+    B, N, C, K = 3, 2, 4, 5
+    x = torch.randn(B, N, C, 6, 6, generator=g)
+    r = torch.randn(N, K, 6, 6, B, generator=g)  # vmapped at its last dimension
+    ws = torch.randn(B, K, C, 3 if op == "conv2d_relu" else 1, 3 if op == "conv2d_relu" else 1, generator=g)
+    bs, scales, shifts = torch.randn(B, K, generator=g), torch.rand(B, C, generator=g) + 0.5, torch.randn(B, C, generator=g)
+    pad = 1 if op == "conv2d_relu" else 0
+
+    def ours(x, r, w, b, sc, sh):
+        if op == "conv2d_relu":
+            return fastconv.conv2d_relu(x, w, b, padding=pad, residual=r)
+        return fastconv.conv1x1(x, w[:, :, 0, 0], b, residual=r, in_scale=sc, in_shift=sh, in_relu=True)
+
+    def theirs(x, r, w, b, sc, sh):
+        if op == "conv1x1":
+            x = F.relu(x * sc[:, None, None] + sh[:, None, None])
+        return F.relu(F.conv2d(x, w, b, padding=pad) + r)
+
+    args = (x, r, ws, bs, scales, shifts)
+    with warnings.catch_warnings(), fastconv.use_backend(backend):
+        warnings.filterwarnings("error", message=".*batching rule.*")
+        for in_dims in [(0, 4, None, None, None, None),       # folded: input and residual
+                        (None, 4, None, None, None, None),    # folded: only the residual is vmapped
+                        (0, None, 0, 0, None, None),          # per example: weight and bias
+                        (0, 4, None, None, 0, 0)]:            # per example: the prologue's scale and shift
+            # an argument not vmapped is one example's (the residual's vmapped dim is its last)
+            call = [a if d is not None else a.select(4 if a is r else 0, 0) for a, d in zip(args, in_dims)]
+            got = torch.func.vmap(ours, in_dims=in_dims)(*call)
+            want = torch.func.vmap(theirs, in_dims=in_dims)(*call)
+            assert got.shape == want.shape == (B, N, K, 6, 6)
+            assert_close_rel(got, want, torch.float32, f"{op} {in_dims}")
+
+
+def test_vmap_rules_empty_batch_and_channels_last():
+    xs = torch.randn(3, 0, 4, 7, 7)
+    _, w3, _, b, _, _ = _inputs()
+    got = torch.func.vmap(lambda x: fastconv.conv2d_relu(x, w3, b, padding=1))(xs)
+    assert got.shape == (3, 0, 6, 7, 7)
+    assert torch.func.vmap(lambda x: fastconv.max_pool2d(x, 3, 2))(xs).shape == (3, 0, 4, 3, 3)
+    xs = torch.randn(3, 2, 4, 7, 7)
+    cl = torch.stack([x.contiguous(memory_format=torch.channels_last) for x in xs])
+    got = torch.func.vmap(lambda x: fastconv.conv2d_relu(x, w3, b, padding=1))(cl)
+    assert_close_rel(got, F.relu(F.conv2d(xs.flatten(0, 1), w3, b, padding=1)).unflatten(0, (3, 2)), torch.float32, "cl")
+
+
+def test_vmap_then_backward():
+    """Reverse mode through a vmapped op (the rule's folded call keeps its autograd formula)."""
+    _, w3, _, b, _, _ = _inputs()
+    xs = torch.randn(3, 2, 4, 7, 7, requires_grad=True)
+    w = w3.clone().requires_grad_()
+    torch.func.vmap(lambda x: fastconv.conv2d_relu(x, w, b, padding=1))(xs).square().sum().backward()
+    xr, wr = xs.detach().clone().requires_grad_(), w3.clone().requires_grad_()
+    F.relu(F.conv2d(xr.flatten(0, 1), wr, b, padding=1)).square().sum().backward()
+    assert_close_rel(xs.grad, xr.grad, torch.float32, "dx")
+    assert_close_rel(w.grad, wr.grad, torch.float32, "dw")
 
 
 @pytest.mark.parametrize("in_dim", [0, 2])

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from .. import _autotune
-from . import _checks, _torch_tactic, reference
+from . import _checks, _torch_tactic, _vmap, reference
 
 OP = "conv1x1"
 OP_MULTI = "conv1x1_multi"
@@ -262,6 +262,8 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("fastconv::conv1x1", _backward, setup_context=_setup_context)
+# x, residual | weight, bias, in_scale, in_shift
+_vmap.register_batch_folding("conv1x1", per_image=(0, 3), per_channel=(1, 2, 4, 5))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from .. import _autotune
-from . import _checks, _torch_tactic, _weight_cache, reference
+from . import _checks, _torch_tactic, _vmap, _weight_cache, reference
 
 OP = "conv2d_relu"
 
@@ -332,6 +332,7 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("fastconv::conv2d_relu", _backward, setup_context=_setup_context)
+_vmap.register_batch_folding("conv2d_relu", per_image=(0, 3), per_channel=(1, 2))  # x, residual | weight, bias
 
 
 # ---------------------------------------------------------------------------------------------

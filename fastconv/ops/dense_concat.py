@@ -117,9 +117,10 @@ def _vmap(info, in_dims, features):
     flat = []
     for f, dim in zip(features, in_dims[0]):
         f = f.expand(size, *f.shape) if dim is None else f.movedim(dim, 0)
-        flat.append(f.reshape(size * f.shape[1], *f.shape[2:]))
+        n = f.shape[1]
+        flat.append(f.reshape(size * n, *f.shape[2:]))
     out = torch.ops.fastconv.dense_concat(flat)
-    return out.reshape(size, -1, *out.shape[1:]), 0
+    return out.reshape(size, n, *out.shape[1:]), 0  # (not -1: an empty batch is ambiguous)
 
 
 torch.library.register_vmap("fastconv::dense_concat", _vmap)

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from .. import _autotune
-from . import _checks, reference
+from . import _checks, _vmap, reference
 
 OP = "max_pool2d"
 
@@ -203,6 +203,7 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("fastconv::max_pool2d", _backward, setup_context=_setup_context)
+_vmap.register_batch_folding("max_pool2d", per_image=(0,), per_channel=())
 
 
 def max_pool2d(
