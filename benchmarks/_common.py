@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fastconv
-from fastconv import _devices
+from fastconv import _bench, _devices
 
 from . import shapes as S
 from ._ops import N_INPUTS, rel_error
@@ -20,8 +20,33 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PROVIDERS = ("fastconv-triton", "fastconv-cuda", "fastconv-cpu", "torch")
 
 
+def _env_choice(name: str, default: str, choices) -> str:
+    value = os.environ.get(name) or default
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def _env_positive_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{name}={value!r}: expected a positive integer")
+    return n
+
+
 def dtype_name() -> str:
-    return os.environ.get("FASTCONV_BENCH_DTYPE") or ("bf16" if DEVICE == "cuda" else "fp32")
+    return _env_choice("FASTCONV_BENCH_DTYPE", "bf16" if DEVICE == "cuda" else "fp32", list(_devices.DTYPES))
+
+
+# A case fails when its result is further from the fp32 oracle than this: the bound the command
+# line's bench uses (far above rounding, far below a wrong kernel's error of ~1)
+ERROR_BOUND = _bench.ERROR_BOUND
 
 
 def dtype() -> torch.dtype:
@@ -33,13 +58,13 @@ def channels_last() -> bool:
 
 
 def batch() -> int:
-    return int(os.environ.get("FASTCONV_BENCH_BATCH") or (32 if DEVICE == "cuda" else 2))
+    return _env_positive_int("FASTCONV_BENCH_BATCH", 32 if DEVICE == "cuda" else 2)
 
 
 def shapes(kind: str) -> list:
     """The shape list ``kind`` (e.g. "CONV_SHAPES") as the environment asks for it."""
     items = getattr(S, kind)
-    mode = os.environ.get("FASTCONV_BENCH_SHAPES") or ("all" if DEVICE == "cuda" else "sample")
+    mode = _env_choice("FASTCONV_BENCH_SHAPES", "all" if DEVICE == "cuda" else "sample", ("all", "sample"))
     if mode == "sample":
         items = S.sample(items)
     if DEVICE == "cpu" and os.environ.get("FASTCONV_BENCH_FULL_SIZE") != "1":
@@ -117,7 +142,9 @@ def run(benchmark, ctx, fn: Callable, inputs: Sequence, torch_result: torch.Tens
     info.update({f"version_{k}": v for k, v in _devices.versions().items()})
     info["dtype"] = dtype_name()
     info["channels_last"] = channels_last()
-    info["rel_err_vs_torch_fp32"] = rel_error(y, torch_result)
+    err = info["rel_err_vs_torch_fp32"] = rel_error(y, torch_result)
+    bound = ERROR_BOUND.get(dtype_name(), 1e-2)
+    assert err <= bound, f"relative error {err:.2e} against the fp32 oracle is above {bound:.0e} ({dtype_name()})"
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
     if stats is None:  # --benchmark-disable: ran once, nothing timed
         return

@@ -38,7 +38,8 @@ def test_model(benchmark, model_name, provider):
         if C.channels_last():
             run_model = run_model.to(memory_format=torch.channels_last)
     else:
-        run_model = fastconv.convert(model, dtype=C.dtype(), channels_last=C.channels_last())
+        # (on the CPU convert()'s default layout policy, as `python -m fastconv bench` and users get it)
+        run_model = fastconv.convert(model, dtype=C.dtype(), channels_last=True if C.channels_last() else None)
     macs = _summary.summarize(model_name, SIZE, BATCH).total_macs
     C.run(benchmark, ctx, run_model, inputs, ref, flops=2 * macs, warmup=2)
     benchmark.extra_info.update({"batch": BATCH, "size": SIZE})

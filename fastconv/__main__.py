@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -39,9 +40,10 @@ def _demo(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
     from . import _bench, _summary
+
+    parser = argparse.ArgumentParser(prog=_summary.prog(), description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("demo", help="run conv2d_relu on every available backend and print its error against PyTorch")
     _bench.add_arguments(sub.add_parser(
@@ -51,7 +53,14 @@ def main(argv=None) -> int:
         "summary", help="per-layer shapes, parameters, FLOPs, bytes moved (and a roofline with --gpu)",
         description=_summary.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
-    return {"demo": _demo, "bench": _bench.main, "summary": _summary.main}[args.command](args)
+    try:
+        return {"demo": _demo, "bench": _bench.main, "summary": _summary.main}[args.command](args)
+    except BrokenPipeError:
+        # the reader went away (`... | head`): no traceback; stdout pointed at /dev/null so the
+        # interpreter's final flush does not raise again (the Python documentation's recipe)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

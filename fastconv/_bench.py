@@ -143,6 +143,12 @@ def _logits(y) -> torch.Tensor:
     return y.logits if hasattr(y, "logits") else y
 
 
+# A result further than this from the fp32 eager reference (relative L2 error of the logits) is
+# wrong, not rounded: the run reports it and exits 1. Far above rounding (fp32 convs may run as
+# TF32 on a GPU, as cuDNN's do; bf16 through a deep network), far below a wrong kernel's ~1.
+ERROR_BOUND = {"fp32": 1e-2, "tf32": 1e-2, "fp16": 2e-2, "bf16": 5e-2, "fp64": 1e-6}
+
+
 def rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     y, ref = y.double(), ref.double()
     return ((y - ref).norm() / ref.norm().clamp_min(1e-300)).item()
@@ -306,7 +312,7 @@ def table_rows(results: Sequence[dict]):
     has_compile = any("compile_ms" in r for r in results)
     headers = ["model", "batch", "dtype", "eager ms", "fastconv ms", "speedup ×"]
     if has_compile:
-        headers += ["compile ms", "compile ×"]
+        headers += ["compile ms", "compile ×", "compile error"]
     headers += ["rel. error", "top-1 agree"]
     has_own = any("own_flops_frac" in r for r in results)
     if has_own:
@@ -318,7 +324,8 @@ def table_rows(results: Sequence[dict]):
         row = [r["model"], r["batch"], r["dtype"] + (" CL" if r.get("channels_last") else ""),
                f"{r['eager_ms']:.2f}", f"{r['fastconv_ms']:.2f}", f"{r['speedup']:.2f}"]
         if has_compile:
-            row += [f"{r['compile_ms']:.2f}", f"{r['compile_speedup']:.2f}"] if "compile_ms" in r else ["", ""]
+            row += ([f"{r['compile_ms']:.2f}", f"{r['compile_speedup']:.2f}", f"{r['compile_rel_err']:.1e}"]
+                    if "compile_ms" in r else ["", "", ""])
         row += [f"{r['fastconv_rel_err']:.1e}", f"{100 * r['fastconv_top1_agree']:.0f}%"]
         if has_own:  # conv FLOPs on fastconv's own kernels; the rest ran on PyTorch's (the torch tactic)
             own = r.get("own_flops_frac")
@@ -435,6 +442,8 @@ def config_from_args(args) -> BenchConfig:
         raise SystemExit("bench: --device cuda but no CUDA device is visible")
     d = defaults_for(device)
     models = [m for m in args.models.split(",") if m]
+    if not models:
+        raise SystemExit(f"bench: --models names no model; choose from {', '.join(MODELS)}")
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise SystemExit(f"bench: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
@@ -459,8 +468,12 @@ def main(args) -> int:
 def _main(args) -> int:
     cfg = config_from_args(args)
     if cfg.dtype in ("fp16", "bf16") and cfg.device == "cpu":
-        print(f"note: {cfg.dtype} on the CPU is computed in fp32 by fastconv's CPU kernels and rounded once",
-              file=sys.stderr)
+        print(f"note: {cfg.dtype} on the CPU: fastconv's own CPU kernels compute in fp32 and round once; the "
+              "torch tactic (oneDNN, where auto picks it) computes in bf16 itself", file=sys.stderr)
+    for option, path in (("--json", args.json), ("--plot", args.plot)):  # fail before the run, not after it
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if path and (not os.path.isdir(folder) or not os.access(folder, os.W_OK) or os.path.isdir(path)):
+            raise SystemExit(f"bench {option}: cannot write {path!r} (no such folder, or not writable)")
     if args.plot:
         try:
             import matplotlib  # noqa: F401  (fail before the run, not after it)
@@ -484,6 +497,14 @@ def _main(args) -> int:
     errors = [r for r in results if "error" in r]
     for r in errors:
         print(f"{r['model']}: FAILED: {r['error']}")
+    bound = ERROR_BOUND.get(cfg.dtype, 1e-2)
+    for r in results:
+        for key in ("fastconv", "compile"):
+            err = r.get(f"{key}_rel_err")
+            if err is not None and not err <= bound:  # (NaN fails too)
+                errors.append(r)
+                print(f"{r['model']} batch {r['batch']}: FAILED: {key}'s relative error {err:.1e} against eager "
+                      f"fp32 is above {bound:.0e} for {cfg.dtype}")
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:

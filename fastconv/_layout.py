@@ -86,17 +86,54 @@ def _restore_nchw(obj):
     return obj
 
 
+# Modules whose forward is known to take activations in any memory layout (no .view of an
+# activation, no stride assumptions): torch.nn's own layers, torchvision's CNN families as shipped
+# (and its IntermediateLayerGetter), fastconv's modules, and a class that says so with a class
+# attribute ``fastconv_any_layout = True``. A user's forward may .view() a feature map, which
+# fails on channels_last.
+_ANY_LAYOUT_MODULES = ("torch.nn.modules.", "fastconv.", "torchvision.ops.misc", "torchvision.models._utils") + tuple(
+    f"torchvision.models.{family}" for family in ("alexnet", "vgg", "googlenet", "resnet", "densenet"))
+
+
+def _channels_last_targets(m: nn.Module):
+    """(whether ``m`` and everything below it run on any layout, the submodules to run channels_last)."""
+    results = [_channels_last_targets(c) for c in m.children()]
+    own = (type(m).__module__.startswith(_ANY_LAYOUT_MODULES) or getattr(type(m), "fastconv_any_layout", False) is True
+           or (isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward))
+    if own and all(ok for ok, _ in results):
+        return True, [m]
+    return False, [t for _, targets in results for t in targets]
+
+
+def _convs(m: nn.Module) -> int:
+    return sum(isinstance(s, nn.Conv2d) or "weight" in s._buffers and type(s).__module__ == "fastconv.fused"
+               for s in m.modules())
+
+
 def add_cpu_channels_last_hooks(model: nn.Module) -> None:
-    model.register_forward_pre_hook(_cpu_channels_last_pre_hook)
-    model.register_forward_hook(_cpu_channels_last_hook, always_call=True)
+    """The layout policy's hooks on the model when its whole forward is known to take any layout
+    (torchvision's families, fastconv.models, nn.Sequential of torch.nn layers); otherwise on each
+    largest submodule that is, with at least two convs (a model's own forward that flattens a
+    feature map with .view() then meets the layout it would have met without fastconv)."""
+    whole, targets = _channels_last_targets(model)
+    for m in targets:
+        if whole or _convs(m) >= 2:
+            m.register_forward_pre_hook(_cpu_channels_last_pre_hook)
+            m.register_forward_hook(_cpu_channels_last_hook, always_call=True)
 
 
 def conv_weights_channels_last(model: nn.Module) -> None:
-    """Store the model's 4-D conv weights with a kernel larger than 1x1 channels_last (OHWI): for
-    channels_last activations oneDNN otherwise reorders the weight on every call (8 ms of a 290 ms
-    ResNet-50 forward on the 2-core VM), and it is the KRSC filter the CUTLASS and Triton kernels
-    read. Same values, same state-dict keys; parameters stay parameters."""
+    """Store the 4-D conv weights of fastconv's fused modules and layers with a kernel larger than
+    1x1 channels_last (OHWI): for channels_last activations oneDNN otherwise reorders the weight on
+    every call (8 ms of a 290 ms ResNet-50 forward on the 2-core VM), and it is the KRSC filter the
+    CUTLASS and Triton kernels read. Same values, same state-dict keys; parameters stay parameters.
+    Modules convert() left alone keep their weights as they are (a weight-standardizing conv
+    may .view() its weight)."""
+    from . import fused
+
     for m in model.modules():
+        if type(m).__module__ != fused.__name__ and fused.conv_relu_kind(m) is None:
+            continue
         for store in (m._parameters, m._buffers):
             w = store.get("weight")
             if (w is None or w.dim() != 4 or w.shape[2] * w.shape[3] == 1

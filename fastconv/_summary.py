@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
@@ -70,6 +71,10 @@ class Summary:
 class InputSizeError(ValueError):
     """The model cannot run at this input size or batch (``python -m fastconv summary`` reports it
     as a bad argument, not a traceback)."""
+
+    def __init__(self, message: str, arg: str = "--input") -> None:
+        super().__init__(message)
+        self.arg = arg
 
 
 def build_model(name: str, aux: bool = False, device: str = "meta") -> nn.Module:
@@ -181,6 +186,9 @@ def summarize(name: str, input_size: int = 224, batch: int = 1, dtype: str = "fp
     except (RuntimeError, ValueError) as exc:
         for h in handles:  # the search below traces again, without recording layers
             h.remove()
+        if "overflow" in str(exc):  # more elements than a tensor's size can count
+            raise InputSizeError(f"{name}: a batch of {batch} at {input_size}×{input_size} is too large "
+                                 f"(the tensor sizes overflow)", arg="--batch/--input") from None
         smallest = _smallest_input(model, batch, input_size)
         if smallest is None:
             raise
@@ -258,6 +266,11 @@ def add_arguments(p) -> None:
     p.add_argument("--aux", action="store_true", help="GoogLeNet: include the auxiliary classifier heads")
 
 
+def prog() -> str:
+    """How the user called the command line: the ``fastconv`` console script or ``python -m fastconv``."""
+    return "fastconv" if os.path.basename(sys.argv[0] or "") == "fastconv" else "python -m fastconv"
+
+
 def main(args) -> int:
     if args.gpu:
         try:
@@ -269,8 +282,7 @@ def main(args) -> int:
     except InputSizeError as exc:
         # a bad argument, reported as argparse reports one: a line on stderr and exit status 2
         # (the input size that is too small depends on the model, so argparse cannot check it)
-        arg = "--batch" if args.batch < 1 else "--input"  # (argparse rejects a batch < 1 already)
-        print(f"python -m fastconv summary: error: argument {arg}: {exc}", file=sys.stderr)
+        print(f"{prog()} summary: error: argument {exc.arg}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(render(summary, args.gpu))
     return 0

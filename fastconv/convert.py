@@ -7,10 +7,15 @@ The module tree is walked and rewritten in place of a copy:
   blocks and transitions; ResNet's stem conv1/bn1/relu. Only as they come: a block whose user
   swapped in another activation, a conv subclass, another padding mode or pool, or another norm
   (fused.NotFusable) has its layers converted one by one under its own forward;
-- inside any nn.Sequential, Conv2d→BatchNorm2d→ReLU, Conv2d→BatchNorm2d, Conv2d→ReLU runs become
-  one fused conv (the BN and ReLU slots become nn.Identity, so names and indices are kept);
+- inside any nn.Sequential (run by nn.Sequential's forward, as a chain), Conv2d→BatchNorm2d→ReLU,
+  Conv2d→BatchNorm2d, Conv2d→ReLU runs become one fused conv (the BN and ReLU slots become
+  nn.Identity, so names and indices are kept; code that runs a Sequential's children itself and
+  reads the output between a conv and its BN or ReLU sees the fused output there);
 - every other Conv2d (and fastconv.nn.Conv2dReLU, its ReLU kept) becomes a fused conv, and every
-  MaxPool2d fastconv's pooling; Conv2d subclasses with a forward of their own are left alone;
+  MaxPool2d fastconv's pooling; subclasses with a forward of their own (Conv2d, BatchNorm2d,
+  MaxPool2d, ReLU, Sequential) are left alone, and so is every module with hooks (forward,
+  pre-forward or backward: a fused replacement would drop them), and a block with hooks anywhere
+  inside it is converted layer by layer;
 - modules it does not know are left as they are, and the model's own forward still drives them.
 """
 from __future__ import annotations
@@ -20,19 +25,23 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from torch.utils import _pytree as pytree
 
 from . import _layout, fused
 from .nn.layers import MaxPool2d as FastMaxPool2d
 
 
 def _pool(m: nn.MaxPool2d) -> nn.Module:
-    if m.return_indices or isinstance(m, FastMaxPool2d):
-        return m
+    if not fused.is_plain_max_pool(m) or isinstance(m, FastMaxPool2d):
+        return m  # indices wanted, a subclass's own forward, hooks: left as it is
     return FastMaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode)
 
 
-def _convertible_bn(bn: nn.Module) -> bool:
-    return isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
+def _convertible_bn(bn: nn.Module, conv: nn.Conv2d) -> bool:
+    """A BatchNorm2d that folds into the conv before it (one that does not match the conv's
+    channels is left to raise as it does in eager)."""
+    return (fused.is_plain_bn(bn) and bn.running_mean is not None and bn.running_var is not None
+            and bn.running_mean.numel() == conv.out_channels)
 
 
 def _convert_sequential(seq: nn.Sequential, dtype) -> nn.Sequential:
@@ -43,7 +52,7 @@ def _convert_sequential(seq: nn.Sequential, dtype) -> nn.Sequential:
     while i < len(mods):
         m = mods[i]
         if fused.conv_relu_kind(m) is False:  # (a conv with its own ReLU cannot take a BatchNorm after it)
-            bn = mods[i + 1] if i + 1 < len(mods) and _convertible_bn(mods[i + 1]) else None
+            bn = mods[i + 1] if i + 1 < len(mods) and _convertible_bn(mods[i + 1], m) else None
             j = i + 1 + (bn is not None)
             relu = j < len(mods) and fused.is_plain_relu(mods[j])
             new.append((names[i], fused.FusedConv.from_conv(m, bn, relu=relu, dtype=dtype)))
@@ -87,13 +96,14 @@ _BLOCKS = {
 
 def _convert(m: nn.Module, dtype) -> nn.Module:
     name = type(m).__name__
-    if name in _BLOCKS and _known(m, name):
+    # a block is rebuilt whole only when nothing in it has hooks (the fused block has none of its modules)
+    if name in _BLOCKS and _known(m, name) and not any(fused.has_hooks(sub) for sub in m.modules()):
         try:
             return _BLOCKS[name](m, dtype)
         except fused.NotFusable:
             pass  # e.g. another norm layer: convert the block's convs and pools one by one below
-    if isinstance(m, nn.Sequential):
-        return _convert_sequential(m, dtype)
+    if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward:
+        return _convert_sequential(m, dtype)  # (a subclass with its own forward: one by one, below)
     relu = fused.conv_relu_kind(m)
     if relu is not None:
         return fused.FusedConv.from_conv(m, None, relu=relu, dtype=dtype)
@@ -123,19 +133,35 @@ def _convert(m: nn.Module, dtype) -> nn.Module:
 
 
 class _InputCast(nn.Module):
-    """Casts incoming activations to the converted model's dtype / memory format."""
+    """Casts incoming activations to the converted model's dtype / memory format: every floating
+    tensor among the arguments (keyword arguments and lists, tuples and dicts of tensors too)."""
 
     def __init__(self, model: nn.Module, dtype: Optional[torch.dtype], channels_last: bool) -> None:
         super().__init__()
         self.model = model
         self.dtype, self.channels_last = dtype, channels_last
 
-    def forward(self, x: torch.Tensor, *args, **kwargs):
+    def _apply(self, fn, *args, **kwargs):
+        # .float(), .half(), .to(dtype) on the converted model: the inputs follow the weights' new dtype
+        result = super()._apply(fn, *args, **kwargs)
+        if self.dtype is not None:
+            first = next((t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()), None)
+            if first is not None:
+                self.dtype = first.dtype
+        return result
+
+    def _cast(self, x):
+        if not isinstance(x, torch.Tensor):
+            return x
         if self.dtype is not None and x.is_floating_point():
             x = x.to(self.dtype)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x, *args, **kwargs)
+        return x
+
+    def forward(self, *args, **kwargs):
+        args, kwargs = pytree.tree_map(self._cast, (args, kwargs))
+        return self.model(*args, **kwargs)
 
 
 def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_last: Optional[bool] = None,
@@ -150,7 +176,9 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
     the layout it is given, and the default ``None`` runs CPU activations channels_last (faster
     with oneDNN and fastconv's CPU kernels) while a 4-D output comes back in the input's layout;
     on a GPU ``None`` keeps the given layout (pass ``channels_last=True`` there). The original
-    model is left untouched unless ``inplace=True``.
+    model is left untouched unless ``inplace=True``; then its modules are converted (and cast to
+    ``dtype``) where they are, and the module to call is still the one returned (with ``dtype`` or
+    ``channels_last=True``, a wrapper that casts the inputs).
 
     ``example_input``: tune the ``auto`` backend's tactics for this input now (``fastconv.tune``,
     with a progress line) instead of on the first call. ``cuda_graph=True`` (needs a CUDA
@@ -173,6 +201,8 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
         raise TypeError(f"fastconv.convert: model must be an nn.Module, got {type(model).__name__}")
     if dtype is not None and dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"fastconv.convert: dtype must be a floating dtype, got {dtype}")
+    if channels_last is not None and not isinstance(channels_last, bool):
+        raise TypeError(f"fastconv.convert: channels_last must be True, False or None, got {channels_last!r}")
     # Normal tensors even when called under inference_mode: the CPU kernels cache transformed
     # weights by version counter, which inference tensors lack (fastconv/ops/_weight_cache.py).
     with torch.inference_mode(False):

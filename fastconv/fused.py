@@ -6,6 +6,7 @@ buffers are copies, so gradients do not reach the layers they were built from.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -22,17 +23,35 @@ def _as_dtype(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Option
     return t.detach().to(dtype or t.dtype).clone()
 
 
+class _InferenceOnly(nn.Module):
+    """A fused module: folded weights held as buffers, eval-mode BatchNorm statistics baked in."""
+
+    def train(self, mode: bool = True):
+        if mode:
+            warnings.warn(f"fastconv: {type(self).__name__} (from fastconv.convert) is inference-only: its BatchNorm "
+                          "is folded with the running statistics and its weights are buffers, so train mode changes "
+                          "nothing in it and no gradient reaches its weights; train the original model and convert "
+                          "it again", stacklevel=2)
+        return super().train(mode)
+
+
 class NotFusable(ValueError):
     """A block whose layers cannot be folded (e.g. a norm layer other than BatchNorm2d with
     running statistics); ``convert`` then converts its convs one by one instead."""
+
+
+def has_hooks(m: nn.Module) -> bool:
+    """Hooks on the module itself: replacing or folding it would silently drop them (a pre-hook
+    that changes the input, a hook that reads or changes the output), so such a module stays."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
 
 
 def conv_relu_kind(m: nn.Module) -> Optional[bool]:
     """For a conv a fused conv may replace: whether it applies a ReLU itself (False for nn.Conv2d,
     the ``relu`` flag for fastconv.nn.Conv2dReLU); None for any other module, a Conv2d subclass
     with its own forward included (it may not compute what nn.Conv2d computes: left as it is),
-    and for the padding modes the fused conv does not take."""
-    if not isinstance(m, nn.Conv2d) or m.padding_mode != "zeros":
+    a conv with hooks, and the padding modes the fused conv does not take."""
+    if not isinstance(m, nn.Conv2d) or m.padding_mode != "zeros" or has_hooks(m):
         return None
     if isinstance(m, Conv2dReLU) and type(m).forward is Conv2dReLU.forward:
         return bool(m.relu)
@@ -49,8 +68,22 @@ def require_plain_conv(m: nn.Module, where: str) -> nn.Conv2d:
 
 
 def is_plain_relu(m: nn.Module) -> bool:
-    """nn.ReLU itself: what a fused conv's epilogue computes (a subclass may have a forward of its own)."""
-    return type(m) is nn.ReLU
+    """nn.ReLU itself: what a fused conv's epilogue computes (a subclass may have a forward of its
+    own), without hooks."""
+    return type(m) is nn.ReLU and not has_hooks(m)
+
+
+def is_plain_bn(m: nn.Module) -> bool:
+    """A BatchNorm2d computing what BatchNorm2d's forward computes (a subclass with a forward of its
+    own, timm's BatchNormAct2d with an activation inside, does not), without hooks."""
+    return isinstance(m, nn.BatchNorm2d) and type(m).forward is nn.BatchNorm2d.forward and not has_hooks(m)
+
+
+def is_plain_max_pool(m: nn.Module) -> bool:
+    """A max-pool fastconv's pool may stand in for: nn.MaxPool2d's own forward (not a subclass's,
+    e.g. a "same"-padding pool) or fastconv.nn.MaxPool2d, values only (no return_indices), no hooks."""
+    return (type(m) is MaxPool2d or (isinstance(m, nn.MaxPool2d) and type(m).forward is nn.MaxPool2d.forward)) \
+        and not m.return_indices and not has_hooks(m)
 
 
 def require_relu(m: nn.Module, where: str) -> None:
@@ -77,8 +110,9 @@ KNOWN_MODULES = frozenset(f"{pkg}.models.{family}" for pkg in ("torchvision", "f
 
 def bn_scale_shift(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     """BatchNorm's eval-mode affine map ``y = x * scale + shift``, in float64."""
-    if not isinstance(bn, nn.BatchNorm2d):
-        raise NotFusable(f"fastconv: cannot fold {type(bn).__name__}: only BatchNorm2d folds into a conv")
+    if not is_plain_bn(bn):
+        raise NotFusable(f"fastconv: cannot fold {type(bn).__name__}: only BatchNorm2d (its own forward, "
+                         "no hooks) folds into a conv")
     if bn.running_mean is None or bn.running_var is None:
         raise NotFusable(f"fastconv: cannot fold {bn}: it has no running statistics (track_running_stats=False)")
     var = bn.running_var.detach().double()
@@ -99,12 +133,14 @@ def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> Tuple[torch.T
     if bn is None:
         return weight, bias
     scale, shift = bn_scale_shift(bn)
+    if scale.numel() != weight.shape[0]:  # (eager raises on such a model: fold nothing)
+        raise NotFusable(f"fastconv: {bn} does not match {conv}'s {weight.shape[0]} output channels")
     weight = weight * scale.view(-1, 1, 1, 1)
     bias = shift if bias is None else bias * scale + shift
     return weight, bias
 
 
-class FusedConv(nn.Module):
+class FusedConv(_InferenceOnly):
     """relu?(conv(x) + bias + residual): a 1×1 conv runs on conv1x1's GEMM, any other on conv2d_relu."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride=1, padding=0, dilation=1,
@@ -154,7 +190,7 @@ def _is_zero(padding) -> bool:
     return all(p == 0 for p in padding)
 
 
-class FusedPreActConv1x1(nn.Module):
+class FusedPreActConv1x1(_InferenceOnly):
     """DenseNet's ``conv(relu(bn(x)))`` (+ a following BatchNorm folded in, + ReLU): the BN-ReLU is
     conv1x1's prologue, applied as x is read and never written to memory."""
 
@@ -182,7 +218,7 @@ class FusedPreActConv1x1(nn.Module):
                            in_shift=self.in_shift, in_relu=True, out=out)
 
 
-class FusedResidualBlock(nn.Module):
+class FusedResidualBlock(_InferenceOnly):
     """ResNet's BasicBlock / Bottleneck: every BN folded; the last conv adds the shortcut and
     applies ReLU in its epilogue; the projection shortcut is a (strided) 1×1 GEMM."""
 
@@ -196,7 +232,7 @@ class FusedResidualBlock(nn.Module):
         ds = block.downsample
         self.downsample = None
         if ds is not None:
-            if not (isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[1], nn.BatchNorm2d)):
+            if not (type(ds) is nn.Sequential and len(ds) == 2 and is_plain_bn(ds[1])):
                 raise NotFusable(f"fastconv: unsupported ResNet downsample {ds}")
             self.downsample = FusedConv.from_conv(require_plain_conv(ds[0], "downsample[0]"), ds[1], relu=False,
                                                   dtype=dtype)
@@ -226,7 +262,7 @@ def _basic_conv(m: nn.Module, dtype) -> FusedConv:
     return FusedConv.from_conv(require_plain_conv(m.conv, "BasicConv2d.conv"), m.bn, relu=True, dtype=dtype)
 
 
-class FusedInception(nn.Module):
+class FusedInception(_InferenceOnly):
     """GoogLeNet's Inception module without torch.cat: the output is allocated once and each
     branch writes its channels into its slice. The three 1×1s that read the module's input run
     as one grouped GEMM (branch1 into the output slice, the two reductions into their own buffers)."""
@@ -237,7 +273,7 @@ class FusedInception(nn.Module):
             branch = getattr(m, name)
             if type(branch) is not nn.Sequential or len(branch) != 2:
                 raise NotFusable(f"fastconv: Inception.{name} is not torchvision's two-module nn.Sequential")
-        if type(m.branch4[0]) not in (nn.MaxPool2d, MaxPool2d) or m.branch4[0].return_indices:
+        if not is_plain_max_pool(m.branch4[0]):
             raise NotFusable(f"fastconv: Inception.branch4[0] is {m.branch4[0]}, not an nn.MaxPool2d")
         b1, b2red, b3red = _basic_conv(m.branch1, dtype), _basic_conv(m.branch2[0], dtype), _basic_conv(m.branch3[0], dtype)
         self.splits = [b1.weight.shape[0], b2red.weight.shape[0], b3red.weight.shape[0]]
@@ -288,7 +324,7 @@ class FusedInception(nn.Module):
                        lambda result: conv1x1_planned_kernel(*args(result)), lambda kernel: kernel(*args(outs)))
 
 
-class FusedDenseBlock(nn.Module):
+class FusedDenseBlock(_InferenceOnly):
     """DenseNet's dense block on one preallocated buffer: each layer reads the channel prefix
     through conv1x1's BN-ReLU prologue (norm1/relu1 never materialized; norm2 folded into that
     1×1, relu2 fused), and its 3×3 conv writes the new channels straight into the buffer slice."""
@@ -323,7 +359,7 @@ class FusedDenseBlock(nn.Module):
         return buf
 
 
-class FusedTransition(nn.Module):
+class FusedTransition(_InferenceOnly):
     """DenseNet's transition: BN-ReLU as conv1x1's prologue, then 2×2 average pooling."""
 
     def __init__(self, t: nn.Module, dtype: Optional[torch.dtype] = None) -> None:

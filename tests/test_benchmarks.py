@@ -9,6 +9,7 @@ from benchmarks import gpu_models, gpu_ops, shapes as S
 from fastconv import _bench, _devices
 from fastconv.ops import reference
 from fastconv._table import fmt_si, render_table
+from tests.utils import rel_err
 
 
 def test_committed_shapes_match_a_fresh_trace():
@@ -275,3 +276,48 @@ def test_gpu_ops_kernel_switch_providers_only_for_convs_and_restore_env(monkeypa
     assert "FASTCONV_CUTLASS_SM90_TF32" not in os.environ
     with gpu_ops._provider_env("fastconv-cuda"):
         assert "FASTCONV_CUTLASS_SM90_TF32" not in os.environ
+
+
+class _OneShotBenchmark:
+    """pytest-benchmark's fixture under --benchmark-disable: runs the step once, times nothing."""
+
+    def __init__(self):
+        self.extra_info = {}
+
+    def __call__(self, step):
+        step()
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_benchmark_case_fails_on_a_wrong_result(wrong):
+    """The suites recorded the error and passed whatever it was (a conv returning 2y+1 gave
+    '5 passed'): a case now fails above the command line's error bound."""
+    import contextlib
+
+    from benchmarks import _common as C
+    from benchmarks._ops import make_case, torch_result_fp32
+
+    case = make_case(S.scale_down(S.CONV_SHAPES[1]), 1, "cpu", torch.float32, channels_last=False)
+    fn = (lambda *a: 2 * case.fastconv_fn(*a) + 1) if wrong else case.fastconv_fn
+    bench = _OneShotBenchmark()
+    if wrong:
+        with pytest.raises(AssertionError, match="relative error .* above 1e-02"):
+            C.run(bench, contextlib.nullcontext(), fn, case.inputs, torch_result_fp32(case), warmup=0)
+    else:
+        C.run(bench, contextlib.nullcontext(), fn, case.inputs, torch_result_fp32(case), warmup=0)
+        assert bench.extra_info["rel_err_vs_torch_fp32"] < 1e-5
+
+
+def test_torch_baseline_is_eager_pytorch_in_the_input_layout():
+    """The conv baseline was the oracle (an NCHW copy, then conv, then a separate ReLU): timed on
+    channels_last inputs it included a layout copy PyTorch's own conv does not make, and returned
+    NCHW. Now PyTorch's conv in the input's layout (one convolution, a channels_last result)."""
+    from benchmarks._ops import make_case, torch_result_fp32
+
+    for shape in (S.scale_down(S.CONV_SHAPES[0]), S.scale_down(S.CONV1X1_SHAPES[0])):
+        case = make_case(shape, 1, "cpu", torch.float32, channels_last=True)
+        with torch.profiler.profile() as prof:
+            y = case.torch_fn(*case.inputs[0])
+        assert [e.name for e in prof.events()].count("aten::convolution") == 1
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert rel_err(y, torch_result_fp32(case)) < 1e-5

@@ -152,3 +152,45 @@ def test_bench_in_process_restores_global_state():
     cli.main(["bench", "--models", "resnet18", "--batch", "1", "--size", "32", "--repeats", "1",
               "--threads", str(1 if threads != 1 else 2)])
     assert torch.get_num_threads() == threads
+
+
+def test_bench_fails_on_a_wrong_result(monkeypatch, capsys):
+    """A converted model computing the wrong function was reported with 'rel. error 2.0e+00' and
+    exit status 0: now it is a failure, with the error named."""
+    import fastconv
+
+    real = fastconv.convert
+
+    def negated(model, **kwargs):
+        converted = real(model, **kwargs)
+        converted.register_forward_hook(lambda m, args, out: -out)
+        return converted
+
+    monkeypatch.setattr(fastconv, "convert", negated)
+    assert main(["bench", "--models", "resnet18", "--batch", "1", "--size", "32", "--repeats", "1"]) == 1
+    assert re.search(r"resnet18 batch 1: FAILED: fastconv's relative error 2\.0e\+00 against eager fp32 is above "
+                     r"1e-02 for fp32", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", ","], "bench: --models names no model"),
+    (["--json", "/nonexistent-folder/out.json"], "bench --json: cannot write '/nonexistent-folder/out.json'"),
+])
+def test_bench_refuses_before_running(argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--models", "resnet18", *argv])
+    assert str(exc.value.code).startswith(message)
+
+
+def test_summary_overflowing_size_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["summary", "resnet18", "--batch", "100000000000000"])
+    assert exc.value.code == 2
+    assert "argument --batch/--input: resnet18: a batch of 100000000000000 at 224×224 is too large" in capsys.readouterr().err
+
+
+def test_summary_into_a_closed_pipe_prints_no_traceback():
+    proc = subprocess.run(f"{sys.executable} -m fastconv summary densenet201 | head -1", shell=True, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.stdout.startswith("densenet201:")
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr

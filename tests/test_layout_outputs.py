@@ -17,7 +17,10 @@ Pair = collections.namedtuple("Pair", "logits features")  # module level: the co
 
 
 class Heads(nn.Module):
-    """A small CNN returning its feature maps (4-D) and logits (2-D) packed as ``kind`` says."""
+    """A small CNN returning its feature maps (4-D) and logits (2-D) packed as ``kind`` says. Its
+    forward takes any layout, and says so: convert()'s default runs all of it channels_last."""
+
+    fastconv_any_layout = True
 
     def __init__(self, kind: str):
         super().__init__()
@@ -127,3 +130,22 @@ def test_intermediate_layer_getter_resnet18():
     assert type(got) is collections.OrderedDict and list(got) == ["c3", "c5"] and n4 == 2
     assert got["c5"].view(1, -1).shape == (1, 512 * 2 * 2)
     _check(converted, ref, x.contiguous(memory_format=torch.channels_last), channels_last_in=True)
+
+
+def test_a_model_that_does_not_say_so_runs_its_own_forward_in_the_given_layout():
+    """Without fastconv_any_layout a model's own forward (which may .view() a feature map) meets
+    the input's layout; its Sequentials of torch.nn layers with two or more convs run channels_last."""
+    class Plain(Heads):
+        fastconv_any_layout = False
+
+    torch.manual_seed(0)
+    ref = Plain("tuple").eval()
+    ref.body = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    randomize_bn(ref)
+    converted = fastconv.convert(ref)
+    seen = {}
+    converted.stem.register_forward_hook(lambda m, a, o: seen.update(stem=o))
+    converted.body[2].register_forward_pre_hook(lambda m, a: seen.update(body=a[0]))
+    _check(converted, ref, torch.randn(2, 3, 12, 10), channels_last_in=False)
+    assert seen["stem"].is_contiguous()  # one conv: not worth two layout copies
+    assert seen["body"].is_contiguous(memory_format=torch.channels_last) and not seen["body"].is_contiguous()

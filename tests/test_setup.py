@@ -48,12 +48,14 @@ def test_importing_setup_builds_nothing():
 
 def test_sdist_carries_every_extension_source(tmp_path):
     """An sdist made without the extension (FASTCONV_NO_EXT=1, so setuptools itself lists no source)
-    still has every C++/CUDA source and header, and no compiled module or stale build record."""
+    still has every C++/CUDA source and header, and no compiled module or stale build record; and
+    the test and benchmark suites whole (it had tests/test_*.py without conftest.py, utils.py or
+    the subfolders: a suite that could not run), and the LICENSE."""
     src = tmp_path / "src"
     shutil.copytree(
         ROOT, src,
         ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-                                      ".hypothesis", ".benchmarks", "out", "tests", "benchmarks"),
+                                      ".hypothesis", ".benchmarks", "out", "*.so", "*.pyc"),
     )
     env = dict(os.environ, FASTCONV_NO_EXT="1")
     subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")], cwd=src, env=env,
@@ -62,10 +64,12 @@ def test_sdist_carries_every_extension_source(tmp_path):
     with tarfile.open(archive) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     expected = set()
-    for folder, _, files in os.walk(os.path.join(ROOT, "csrc")):
-        for name in files:
-            expected.add(os.path.relpath(os.path.join(folder, name), ROOT))
+    for top in ("csrc", "tests", "benchmarks"):
+        for folder, _, files in os.walk(os.path.join(ROOT, top)):
+            expected.update(os.path.relpath(os.path.join(folder, name), ROOT) for name in files
+                            if "__pycache__" not in folder and not name.endswith((".pyc", ".so")))
     assert any(name.endswith(".h") for name in expected) and any(name.endswith(".cu") for name in expected)
+    assert {"tests/conftest.py", "tests/utils.py", "tests/ops/__init__.py", "benchmarks/_common.py", "LICENSE"} <= names
     assert expected <= names, sorted(expected - names)
     assert {"setup.py", "pyproject.toml", "README.md", "fastconv/__init__.py"} <= names
     assert not [name for name in names if name.endswith(".so") or name.endswith("_build_info.py")]

@@ -133,7 +133,9 @@ MODULES = [
     ("Conv1x1 prologue", "fnn.Conv1x1(4, 8)(x, in_scale=torch.randn(8))", "ValueError", r"in_scale"),
     ("MaxPool2d too big", "fnn.MaxPool2d(9)(x)", "ValueError", r"larger than the input"),
     ("MaxPool2d indices", "fnn.MaxPool2d(2, return_indices=True)", "ValueError", r"return_indices"),
-    ("MaxPool2d int", "fnn.MaxPool2d(2)(x.long())", "TypeError", r"\bx\b.*floating"),
+    # (an integer map pools as nn.MaxPool2d pools it: tests/test_convert_user_code.py; out= stays floating)
+    ("MaxPool2d int out", "fnn.MaxPool2d(2)(x.long(), out=torch.empty(2, 4, 4, 4, dtype=torch.long))", "TypeError",
+     r"\bx\b.*floating"),
     ("resnet18 eval channels", "fastconv.models.resnet18().eval()(torch.randn(1, 4, 32, 32))", "ValueError",
      r"ResNet: expected input of shape \[N, 3, H, W\]"),
     ("resnet18 train channels", "fastconv.models.resnet18().train()(torch.randn(2, 1, 32, 32))", "ValueError",

@@ -14,6 +14,7 @@ update weights under ``torch.no_grad()`` instead."""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import threading
 from collections.abc import Mapping
@@ -112,7 +113,11 @@ class FusedEvalModel(nn.Module):
         shape) and the module tree itself (a submodule replaced, ``model.avgpool = ...``, has
         nothing of the former's in the copy)."""
         tensors = list(self.parameters()) + [b for b in self.buffers() if b is not None]
-        return (tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors),
+        # (an inference tensor, a model built or loaded under torch.inference_mode, has no version
+        # counter: its memory, dtype and shape are the key; it can be changed in place only
+        # inside inference mode, which is not seen)
+        return (tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, t.device, tuple(t.shape))
+                      for t in tensors),
                 tuple(map(id, self.modules())))
 
     def _fused_model(self) -> nn.Module:
@@ -152,6 +157,48 @@ class FusedEvalModel(nn.Module):
         for k, v in self.__getstate__().items():
             clone.__dict__[k] = copy.deepcopy(v, memo)
         return clone
+
+
+def resolve_weights(weights: Any, model_name: str) -> Any:
+    """torchvision's rules for a builder's ``weights``, where torchvision is installed: a weights
+    enum of another model is a TypeError (before any download), and a string that is not a file
+    names a member of the model's enum (``"DEFAULT"``, ``"IMAGENET1K_V1"``,
+    ``"ResNet50_Weights.DEFAULT"``). State dicts and paths pass through."""
+    if weights is None or isinstance(weights, Mapping) or isinstance(weights, os.PathLike):
+        return weights
+    if isinstance(weights, str) and os.path.exists(weights):
+        return weights
+    try:
+        from torchvision.models import get_model_weights
+
+        enum = get_model_weights(model_name)
+    except (ImportError, ValueError):  # no torchvision (or a model it does not know)
+        return weights
+    if isinstance(weights, str):
+        try:
+            return enum.verify(weights)
+        except (KeyError, ValueError):
+            raise ValueError(f"{model_name}: weights={weights!r} is neither a file nor a name of "
+                             f"{enum.__name__} ({', '.join(enum.__members__)})") from None
+    if hasattr(weights, "get_state_dict"):
+        return enum.verify(weights)  # (torchvision's TypeError for another model's weights)
+    return weights
+
+
+def builder(fn):
+    """A model builder taking torchvision's ``weights`` (see ``resolve_weights``)."""
+    @functools.wraps(fn)
+    def build(*, weights=None, progress: bool = True, **kwargs):
+        return fn(weights=resolve_weights(weights, fn.__name__), progress=progress, **kwargs)
+
+    return build
+
+
+def set_builder_param(kwargs: dict, name: str, value) -> None:
+    """torchvision's rule for a builder's fixed argument (resnext's groups): set it, refuse another value."""
+    if kwargs.get(name, value) != value:
+        raise ValueError(f"The parameter '{name}' expected value {value} but got {kwargs[name]} instead.")
+    kwargs[name] = value
 
 
 def state_dict_of(weights: Any, progress: bool = True) -> Mapping:

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from ..nn.layers import MaxPool2d
-from ._base import FusedEvalModel, conv, load_weights, num_classes_from
+from ._base import FusedEvalModel, builder, conv, load_weights, num_classes_from
 
 __all__ = ["AlexNet", "alexnet"]
 
@@ -32,6 +32,7 @@ class AlexNet(FusedEvalModel):
         return self.classifier(torch.flatten(x, 1))
 
 
+@builder
 def alexnet(*, weights=None, progress: bool = True, **kwargs) -> AlexNet:
     """AlexNet; ``weights``: a state dict, a path, or a torchvision weights enum."""
     num_classes_from(weights, kwargs)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from ..nn.layers import MaxPool2d
-from ._base import FusedEvalModel, conv, load_weights, num_classes_from
+from ._base import FusedEvalModel, builder, conv, load_weights, num_classes_from, state_dict_of
 
 __all__ = ["DenseNet", "DenseBlock", "densenet121", "densenet161", "densenet169", "densenet201"]
 
@@ -118,31 +118,36 @@ class DenseNet(FusedEvalModel):
 def _densenet(growth_rate: int, block_config, num_init_features: int, weights, progress: bool, **kwargs) -> DenseNet:
     num_classes_from(weights, kwargs)
     model = DenseNet(growth_rate, block_config, num_init_features, **kwargs)
-    if weights is not None and not isinstance(weights, dict) and hasattr(weights, "get_state_dict"):
-        # torchvision's released DenseNet weights use old key names ("norm.1"); rename like torchvision does
-        import re
+    if weights is None:
+        return model
+    # torchvision's released DenseNet checkpoints (the enum's download, or that file saved) use old
+    # key names ("norm.1"); renamed as torchvision does, in a copy of the state dict
+    import re
 
-        state = weights.get_state_dict(progress=progress, check_hash=True)
-        pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
-        for key in list(state.keys()):
-            match = pattern.match(key)
-            if match:
-                state[match.group(1) + match.group(2)] = state.pop(key)
-        weights = state
-    return load_weights(model, weights, progress)
+    state = dict(state_dict_of(weights, progress))
+    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+    for key in list(state.keys()):
+        match = pattern.match(key)
+        if match:
+            state[match.group(1) + match.group(2)] = state.pop(key)
+    return load_weights(model, state, progress)
 
 
+@builder
 def densenet121(*, weights=None, progress: bool = True, **kwargs) -> DenseNet:
     return _densenet(32, (6, 12, 24, 16), 64, weights, progress, **kwargs)
 
 
+@builder
 def densenet161(*, weights=None, progress: bool = True, **kwargs) -> DenseNet:
     return _densenet(48, (6, 12, 36, 24), 96, weights, progress, **kwargs)
 
 
+@builder
 def densenet169(*, weights=None, progress: bool = True, **kwargs) -> DenseNet:
     return _densenet(32, (6, 12, 32, 32), 64, weights, progress, **kwargs)
 
 
+@builder
 def densenet201(*, weights=None, progress: bool = True, **kwargs) -> DenseNet:
     return _densenet(32, (6, 12, 48, 32), 64, weights, progress, **kwargs)

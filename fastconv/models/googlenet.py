@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.layers import MaxPool2d
-from ._base import FusedEvalModel, conv, load_weights, num_classes_from, state_dict_of
+from ._base import FusedEvalModel, builder, conv, load_weights, num_classes_from, state_dict_of
 
 __all__ = ["GoogLeNet", "GoogLeNetOutputs", "googlenet"]
 
@@ -139,13 +139,15 @@ class GoogLeNet(FusedEvalModel):
         return x
 
 
+@builder
 def googlenet(*, weights=None, progress: bool = True, **kwargs) -> GoogLeNet:
     """GoogLeNet (Inception v1); arguments as torchvision's builder."""
     if weights is not None:
         # torchvision's rule: the auxiliary heads only when asked for (they are not pretrained);
         # loaded whenever the weights carry them (torchvision's checkpoint does), then dropped
         original_aux_logits = kwargs.get("aux_logits", False)
-        kwargs.setdefault("transform_input", True)
+        if hasattr(weights, "get_state_dict"):  # torchvision's ImageNet weights expect its input transform;
+            kwargs.setdefault("transform_input", True)  # a state dict of one's own is loaded as built
         kwargs.setdefault("init_weights", False)
         num_classes_from(weights, kwargs)
         state = state_dict_of(weights, progress)

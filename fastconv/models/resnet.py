@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..nn.layers import MaxPool2d
-from ._base import FusedEvalModel, conv, load_weights, num_classes_from
+from ._base import FusedEvalModel, builder, conv, load_weights, num_classes_from, set_builder_param
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -146,21 +146,60 @@ def _resnet(block, layers: List[int], weights, progress: bool, **kwargs) -> ResN
     return load_weights(ResNet(block, layers, **kwargs), weights, progress)
 
 
+@builder
 def resnet18(*, weights=None, progress: bool = True, **kwargs) -> ResNet:
     return _resnet(BasicBlock, [2, 2, 2, 2], weights, progress, **kwargs)
 
 
+@builder
 def resnet34(*, weights=None, progress: bool = True, **kwargs) -> ResNet:
     return _resnet(BasicBlock, [3, 4, 6, 3], weights, progress, **kwargs)
 
 
+@builder
 def resnet50(*, weights=None, progress: bool = True, **kwargs) -> ResNet:
     return _resnet(Bottleneck, [3, 4, 6, 3], weights, progress, **kwargs)
 
 
+@builder
 def resnet101(*, weights=None, progress: bool = True, **kwargs) -> ResNet:
     return _resnet(Bottleneck, [3, 4, 23, 3], weights, progress, **kwargs)
 
 
+@builder
 def resnet152(*, weights=None, progress: bool = True, **kwargs) -> ResNet:
     return _resnet(Bottleneck, [3, 8, 36, 3], weights, progress, **kwargs)
+
+
+# torchvision's ResNeXt and Wide ResNet: ResNet's Bottleneck with grouped or wider 3x3 convs
+@builder
+def resnext50_32x4d(*, weights=None, progress: bool = True, **kwargs) -> ResNet:
+    set_builder_param(kwargs, "groups", 32)
+    set_builder_param(kwargs, "width_per_group", 4)
+    return _resnet(Bottleneck, [3, 4, 6, 3], weights, progress, **kwargs)
+
+
+@builder
+def resnext101_32x8d(*, weights=None, progress: bool = True, **kwargs) -> ResNet:
+    set_builder_param(kwargs, "groups", 32)
+    set_builder_param(kwargs, "width_per_group", 8)
+    return _resnet(Bottleneck, [3, 4, 23, 3], weights, progress, **kwargs)
+
+
+@builder
+def resnext101_64x4d(*, weights=None, progress: bool = True, **kwargs) -> ResNet:
+    set_builder_param(kwargs, "groups", 64)
+    set_builder_param(kwargs, "width_per_group", 4)
+    return _resnet(Bottleneck, [3, 4, 23, 3], weights, progress, **kwargs)
+
+
+@builder
+def wide_resnet50_2(*, weights=None, progress: bool = True, **kwargs) -> ResNet:
+    set_builder_param(kwargs, "width_per_group", 64 * 2)
+    return _resnet(Bottleneck, [3, 4, 6, 3], weights, progress, **kwargs)
+
+
+@builder
+def wide_resnet101_2(*, weights=None, progress: bool = True, **kwargs) -> ResNet:
+    set_builder_param(kwargs, "width_per_group", 64 * 2)
+    return _resnet(Bottleneck, [3, 4, 23, 3], weights, progress, **kwargs)

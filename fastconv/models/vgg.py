@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..nn.layers import MaxPool2d
-from ._base import FusedEvalModel, conv, load_weights, num_classes_from
+from ._base import FusedEvalModel, builder, conv, load_weights, num_classes_from
 
 __all__ = ["VGG", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
 
@@ -71,33 +71,41 @@ def _vgg(cfg: str, batch_norm: bool, weights, progress: bool, **kwargs) -> VGG:
     return load_weights(VGG(make_layers(CFGS[cfg], batch_norm), **kwargs), weights, progress)
 
 
+@builder
 def vgg11(*, weights=None, progress: bool = True, **kwargs) -> VGG:
     return _vgg("A", False, weights, progress, **kwargs)
 
 
+@builder
 def vgg11_bn(*, weights=None, progress: bool = True, **kwargs) -> VGG:
     return _vgg("A", True, weights, progress, **kwargs)
 
 
+@builder
 def vgg13(*, weights=None, progress: bool = True, **kwargs) -> VGG:
     return _vgg("B", False, weights, progress, **kwargs)
 
 
+@builder
 def vgg13_bn(*, weights=None, progress: bool = True, **kwargs) -> VGG:
     return _vgg("B", True, weights, progress, **kwargs)
 
 
+@builder
 def vgg16(*, weights=None, progress: bool = True, **kwargs) -> VGG:
     return _vgg("D", False, weights, progress, **kwargs)
 
 
+@builder
 def vgg16_bn(*, weights=None, progress: bool = True, **kwargs) -> VGG:
     return _vgg("D", True, weights, progress, **kwargs)
 
 
+@builder
 def vgg19(*, weights=None, progress: bool = True, **kwargs) -> VGG:
     return _vgg("E", False, weights, progress, **kwargs)
 
 
+@builder
 def vgg19_bn(*, weights=None, progress: bool = True, **kwargs) -> VGG:
     return _vgg("E", True, weights, progress, **kwargs)

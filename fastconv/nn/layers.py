@@ -47,18 +47,46 @@ class Conv2dReLU(nn.Conv2d):
                               self.relu, False)
 
 
+def _pair(v, name: str):
+    pair = (v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v) if isinstance(v, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair):
+        raise TypeError(f"fastconv.nn.Conv1x1: {name} must be an int or a pair of ints, got {v!r}")
+    return pair
+
+
 class Conv1x1(nn.Module):
-    """A 1×1 convolution as a GEMM over channels: ``weight`` [out, in, 1, 1] like nn.Conv2d's.
+    """A 1×1 convolution as a GEMM over channels (+ ReLU unless ``relu=False``): ``weight``
+    [out, in, 1, 1] like nn.Conv2d's, and nn.Conv2d's constructor arguments in nn.Conv2d's order,
+    so ``nn.Conv2d(c_in, c_out, 1, stride)`` becomes ``Conv1x1(c_in, c_out, 1, stride)``; what a 1×1
+    GEMM does not compute (another kernel size, padding, groups) is refused.
 
     ``forward(x, residual=None, out=None, in_scale=None, in_shift=None, in_relu=False)``: the
     optional per-channel prologue ``relu?(x * in_scale + in_shift)`` is applied as x is read.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, bias: bool = True,
-                 *, relu: bool = True, device=None, dtype=None) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=1, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
+                 *, relu: bool = True) -> None:
         super().__init__()
+        if _pair(kernel_size, "kernel_size") != (1, 1):
+            raise ValueError(f"fastconv.nn.Conv1x1: kernel_size must be 1, got {kernel_size!r} (nn.Conv2d's argument "
+                             "order: in_channels, out_channels, kernel_size, stride; use Conv2dReLU for other kernels)")
+        if padding != "valid" and _pair(padding, "padding") != (0, 0):
+            raise ValueError(f"fastconv.nn.Conv1x1: padding must be 0, got {padding!r} (use Conv2dReLU)")
+        if groups != 1:
+            raise ValueError(f"fastconv.nn.Conv1x1: groups must be 1, got {groups!r} (use Conv2dReLU)")
+        if not isinstance(bias, bool):
+            raise TypeError(f"fastconv.nn.Conv1x1: bias must be True or False, got {bias!r}")
+        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise ValueError(f"fastconv.nn.Conv1x1: padding_mode must be one of 'zeros', 'reflect', 'replicate', "
+                             f"'circular', got {padding_mode!r}")
+        self.stride = _pair(stride, "stride")
+        # nn.Conv2d's attributes, for code that reads them (dilation and padding mode change
+        # nothing for a 1×1 kernel without padding)
+        self.kernel_size, self.padding, self.dilation, self.groups = (1, 1), (0, 0), _pair(dilation, "dilation"), 1
+        self.padding_mode = padding_mode
         factory = {"device": device, "dtype": dtype}
-        self.in_channels, self.out_channels, self.stride, self.relu = in_channels, out_channels, stride, relu
+        self.in_channels, self.out_channels, self.relu = in_channels, out_channels, relu
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 1, 1, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
@@ -94,6 +122,9 @@ class MaxPool2d(nn.MaxPool2d):
             raise ValueError("fastconv.nn.MaxPool2d: return_indices=True is not supported; use torch.nn.MaxPool2d")
 
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and not x.is_floating_point() and out is None:
+            # integer maps (masks, labels): PyTorch's pool, as the nn.MaxPool2d this layer replaces
+            return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
         # the kernel the first call resolved to, directly, from the second call of a layout on
         # (fastconv/_fastpath.py)
         return _fastpath.pool(self, lambda: self._full(x, out), x, out, self.kernel_size, self.stride, self.padding,

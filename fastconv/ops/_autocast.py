@@ -58,6 +58,12 @@ def promote_dtype(tensors: Sequence[torch.Tensor]) -> Optional[torch.dtype]:
     return dtype
 
 
+def enabled(device_type: str) -> bool:
+    """Whether autocast is on for tensors of this device type (False for a type autocast does not
+    know, e.g. meta, where torch.is_autocast_enabled raises)."""
+    return device_type in DEVICE_TYPES and torch.is_autocast_enabled(device_type)
+
+
 def promote_features(features):
     """dense_concat's Python-level promotion (autocast's "promote" policy, as torch.cat's): when an
     autocast region is active on the features' device and their floating dtypes differ, cast them
@@ -66,7 +72,7 @@ def promote_features(features):
     if not isinstance(features, (list, tuple)) or not features or not isinstance(features[0], torch.Tensor):
         return features
     device_type = features[0].device.type
-    if device_type not in DEVICE_TYPES or not torch.is_autocast_enabled(device_type):
+    if not enabled(device_type):
         return features
     dtype = promote_dtype(features)
     if dtype is None or all(not isinstance(f, torch.Tensor) or f.dtype == dtype or not f.is_floating_point()

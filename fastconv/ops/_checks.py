@@ -257,12 +257,12 @@ def check_writable(op: str, out: torch.Tensor, name: str = "out") -> None:
 
 
 def check_out(op: str, out, shape: Sequence[int], like: torch.Tensor,
-              inputs: Iterable[Tuple[str, Optional[torch.Tensor]]]) -> torch.Tensor:
+              inputs: Iterable[Tuple[str, Optional[torch.Tensor]]], like_name: str = "x") -> torch.Tensor:
     check_tensor(op, out, "out")
     if out.device != like.device:
-        raise RuntimeError(f"fastconv.{op}: out is on {out.device} but x is on {like.device}")
+        raise RuntimeError(f"fastconv.{op}: out is on {out.device} but {like_name} is on {like.device}")
     if out.dtype != like.dtype:
-        raise TypeError(f"fastconv.{op}: out has dtype {out.dtype} but x has dtype {like.dtype}")
+        raise TypeError(f"fastconv.{op}: out has dtype {out.dtype} but {like_name} has dtype {like.dtype}")
     check_shape(op, out, "out", shape)
     # at::has_internal_overlap's definite case (a stride-0 dimension of size > 1, e.g. an expanded
     # tensor), tested here without dispatching an aten op

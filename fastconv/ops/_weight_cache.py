@@ -24,7 +24,10 @@ cannot come back at the same address while the entry exists), and a key naming t
 call geometry (oneDNN picks its layout for the input size); at most ``MAX_PER_WEIGHT`` per
 weight, least recently used first out. Not seen: an in-place write through ``weight.data``
 (``w.data.mul_(2)``), which PyTorch does not count on ``w``'s version counter either; update
-weights in place under ``torch.no_grad()`` instead, or call ``clear()``. Inference tensors (made
+weights in place under ``torch.no_grad()`` instead, or call ``clear()``. torch.optim's fused
+optimizers (``Adam(..., fused=True)``) do not count their in-place update either: fastconv bumps
+the version counters of a fused param group's parameters after every optimizer step (a global
+step hook), so these caches and fastconv.models' fused copies see the new weights. Inference tensors (made
 under ``torch.inference_mode``) have no version counter and are never cached: oneDNN then gets
 the plain weight (and reorders it itself), and 3×3 convs take the im2col kernel instead of
 Winograd.
@@ -38,6 +41,7 @@ from collections import OrderedDict
 from typing import Callable, List, Optional
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 MAX_PER_WEIGHT = 3  # e.g. two input sizes in oneDNN's layout and the Winograd form
 
@@ -107,6 +111,20 @@ def derived(weight: torch.Tensor, key: tuple, make: Callable[[], torch.Tensor]) 
         while len(forms.values) > MAX_PER_WEIGHT:
             forms.values.popitem(last=False)
     return value
+
+
+def _after_fused_optimizer_step(optimizer, args, kwargs) -> None:
+    """A fused optimizer's step (torch.optim's ``fused=True``) writes the parameters in place
+    without moving their version counters, which every weight cache here (and fastconv.models'
+    fused copy) keys on: count the write."""
+    for group in optimizer.param_groups:
+        if group.get("fused"):
+            params = [p for p in group["params"] if isinstance(p, torch.Tensor) and not p.is_inference()]
+            if params:
+                torch.autograd.graph.increment_version(params)
+
+
+register_optimizer_step_post_hook(_after_fused_optimizer_step)
 
 
 def onednn_prepack_enabled() -> bool:

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from .. import _autotune
-from . import _checks, _torch_tactic, _vmap, reference
+from . import _autocast, _checks, _torch_tactic, _vmap, reference
 
 OP = "conv1x1"
 OP_MULTI = "conv1x1_multi"
@@ -400,7 +400,7 @@ def conv1x1_multi(
                 if b is None:
                     parts.append(x.new_zeros(size))
                 else:
-                    if isinstance(b, torch.Tensor) and b.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+                    if isinstance(b, torch.Tensor) and b.is_floating_point() and _autocast.enabled(x.device.type):
                         b = b.to(x.dtype)  # autocast: the op casts to the outs' dtype anyway
                     _checks.check_like(OP_MULTI, b, f"biases[{j}]", x)
                     parts.append(b.reshape(-1))
@@ -419,7 +419,7 @@ def conv1x1_multi(
     ow = (w - 1) // stride_[1] + 1 if w and stride_[1] > 0 else 0
     layout = _checks.output_layout(x)
     dtype = x.dtype
-    if x.is_floating_point() and x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
+    if x.is_floating_point() and x.dtype != torch.float64 and _autocast.enabled(x.device.type):
         # autocast: the op computes in the given outs' dtype (see _autocast.py), else in autocast's
         given = [o for o in (outs or ()) if isinstance(o, torch.Tensor)]
         dtype = given[0].dtype if given else torch.get_autocast_dtype(x.device.type)

@@ -129,14 +129,15 @@ torch.library.register_vmap("fastconv::dense_concat", _vmap)
 @torch.library.custom_op("fastconv::dense_concat_out", mutates_args=("out",))
 def dense_concat_out_op(features: List[torch.Tensor], out: torch.Tensor) -> None:
     shape = check_features(features)
-    _checks.check_out(OP, out, shape, features[0], [(f"features[{i}]", f) for i, f in enumerate(features)])
+    _checks.check_out(OP, out, shape, features[0], [(f"features[{i}]", f) for i, f in enumerate(features)],
+                      "features[0]")
     _run(features, out)
 
 
 @dense_concat_out_op.register_fake
 def _(features, out):
     # device too: a meta out with real inputs lands here
-    _checks.check_out(OP, out, check_features(features), features[0], ())
+    _checks.check_out(OP, out, check_features(features), features[0], (), "features[0]")
 
 
 def _setup_context(ctx, inputs, output):

@@ -10,9 +10,10 @@ import fastconv
 
 from tests.utils import rel_err
 
-FAST = ["alexnet", "vgg11", "vgg11_bn", "googlenet", "resnet18", "resnet50", "densenet121"]
+FAST = ["alexnet", "vgg11", "vgg11_bn", "googlenet", "resnet18", "resnet50", "densenet121", "resnext50_32x4d"]
 SLOW = ["vgg13", "vgg16", "vgg19", "vgg13_bn", "vgg16_bn", "vgg19_bn", "resnet34", "resnet101", "resnet152",
-        "densenet161", "densenet169", "densenet201"]
+        "densenet161", "densenet169", "densenet201", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
+        "wide_resnet101_2"]
 BUILDERS = FAST + [pytest.param(name, marks=pytest.mark.slow) for name in SLOW]
 TOL = 1e-4
 
@@ -338,3 +339,60 @@ def test_eval_forward_with_parametrized_submodule():
         want = ref(x)
         for _ in range(2):
             assert rel_err(model(x), want) <= TOL
+
+
+def test_weights_names_and_enums_follow_torchvision(tmp_path):
+    """A weights string that is not a file named the enum member for torchvision (weights="DEFAULT")
+    and was opened as a path here (FileNotFoundError); another model's enum started a download
+    before failing. Resolution only: nothing is downloaded."""
+    from fastconv.models._base import resolve_weights
+
+    assert resolve_weights("DEFAULT", "resnet50") is torchvision.models.ResNet50_Weights.DEFAULT
+    assert resolve_weights("IMAGENET1K_V1", "resnet50") is torchvision.models.ResNet50_Weights.IMAGENET1K_V1
+    assert resolve_weights("ResNet50_Weights.DEFAULT", "resnet50") is torchvision.models.ResNet50_Weights.DEFAULT
+    with pytest.raises(ValueError, match="neither a file nor a name of ResNet50_Weights"):
+        fastconv.models.resnet50(weights="IMAGENET")
+    with pytest.raises(TypeError, match="ResNet18_Weights"):
+        fastconv.models.resnet18(weights=torchvision.models.VGG11_Weights.DEFAULT)
+    path = tmp_path / "DEFAULT"  # a file of that name is a file
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    assert resolve_weights(str(path), "alexnet") == str(path)
+    fastconv.models.alexnet(weights=str(path))
+
+
+def test_googlenet_state_dict_keeps_the_input_transform_it_is_built_with():
+    """torchvision turns transform_input on for its ImageNet enum; a state dict of one's own
+    (trained without it) silently got it too (0.56 off)."""
+    ref = tv_model("googlenet")  # transform_input=False, torchvision's default
+    model = fastconv.models.googlenet(weights=ref.state_dict())
+    assert not model.transform_input
+    model.eval()
+    x = image(n=1, size=64, seed=4)
+    with torch.no_grad():
+        assert rel_err(model(x), ref(x)) <= TOL
+    assert fastconv.models.googlenet(weights=ref.state_dict(), transform_input=True).transform_input
+
+
+def test_densenet_checkpoint_with_old_key_names_loads_from_a_file_or_dict(tmp_path):
+    """torchvision's released DenseNet files name keys "norm.1"; renamed only for the enum before."""
+    import re
+
+    ref = tv_model("densenet121")
+    old = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v for k, v in ref.state_dict().items()}
+    assert any(".norm.1." in k for k in old)
+    path = tmp_path / "densenet121-old.pth"
+    torch.save(old, path)
+    for weights in (old, str(path)):
+        model = fastconv.models.densenet121(weights=weights)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+    assert any(".norm.1." in k for k in old)  # the caller's dict is not renamed in place
+
+
+@pytest.mark.parametrize("name", ["resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
+                                  "wide_resnet101_2"])
+def test_resnext_and_wide_resnet_builders_fix_their_arguments(name):
+    fixed = {"groups": 2} if name.startswith("resnext") else {"width_per_group": 16}
+    with pytest.raises(ValueError, match="expected value"):
+        getattr(fastconv.models, name)(**fixed)
+    with pytest.raises(ValueError, match="expected value"):
+        getattr(torchvision.models, name)(**fixed)
