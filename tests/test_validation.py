@@ -130,6 +130,11 @@ MODULES = [
     ("Conv2dReLU out ok", "with torch.no_grad(): fnn.Conv2dReLU(4, 6, 3)(x, out=out)", None, None),
     ("Conv2dReLU dtype", "fnn.Conv2dReLU(4, 6, 3)(x.double())", "TypeError", r"weight has dtype"),
     ("Conv1x1 channels", "fnn.Conv1x1(3, 8)(x)", "ValueError", r"weight.*input channels"),
+    # nn.Conv2d's constructor order: a third positional argument is the kernel size, not the stride
+    ("Conv1x1 kernel_size", "fnn.Conv1x1(4, 8, 2)", "ValueError", r"kernel_size must be 1, got 2"),
+    ("Conv1x1 padding", "fnn.Conv1x1(4, 8, 1, 1, 1)", "ValueError", r"padding must be 0"),
+    ("Conv1x1 groups", "fnn.Conv1x1(4, 8, groups=2)", "ValueError", r"groups must be 1"),
+    ("Conv1x1 bias", "fnn.Conv1x1(4, 8, 1, 1, 0, 1, 1, 2)", "TypeError", r"bias must be True or False"),
     ("Conv1x1 prologue", "fnn.Conv1x1(4, 8)(x, in_scale=torch.randn(8))", "ValueError", r"in_scale"),
     ("MaxPool2d too big", "fnn.MaxPool2d(9)(x)", "ValueError", r"larger than the input"),
     ("MaxPool2d indices", "fnn.MaxPool2d(2, return_indices=True)", "ValueError", r"return_indices"),
