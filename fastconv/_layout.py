@@ -95,14 +95,28 @@ _ANY_LAYOUT_MODULES = ("torch.nn.modules.", "fastconv.", "torchvision.ops.misc",
     f"torchvision.models.{family}" for family in ("alexnet", "vgg", "googlenet", "resnet", "densenet"))
 
 
-def _channels_last_targets(m: nn.Module):
+def _mutates_its_input(m: nn.Module) -> bool:
+    """Whether the module's first layer writes its input in place (a Sequential opening with
+    ReLU(inplace=True), as Xception-style blocks do before their skip adds that input)."""
+    while isinstance(m, nn.Sequential) and len(m):
+        m = m[0]
+    return getattr(m, "inplace", False) is True
+
+
+def _channels_last_targets(m: nn.Module, root: bool = True):
     """(whether ``m`` and everything below it run on any layout, the submodules to run channels_last)."""
-    results = [_channels_last_targets(c) for c in m.children()]
+    results = [_channels_last_targets(c, root=False) for c in m.children()]
+    below = [t for _, targets in results for t in targets]
     own = (type(m).__module__.startswith(_ANY_LAYOUT_MODULES) or getattr(type(m), "fastconv_any_layout", False) is True
            or (isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward))
-    if own and all(ok for ok, _ in results):
-        return True, [m]
-    return False, [t for _, targets in results for t in targets]
+    if not (own and all(ok for ok, _ in results)):
+        return False, below
+    if type(m).forward is nn.Module.forward or (not root and _mutates_its_input(m)):
+        # a container that is never called itself (ModuleList, ModuleDict: hooks on it would never
+        # run), or one that writes its input in place: the pre-hook would hand it a channels_last
+        # copy, and the caller's tensor (which its own forward may use again) would miss the write
+        return True, below
+    return True, [m]
 
 
 def _convs(m: nn.Module) -> int:

@@ -15,7 +15,8 @@ The module tree is walked and rewritten in place of a copy:
   MaxPool2d fastconv's pooling; subclasses with a forward of their own (Conv2d, BatchNorm2d,
   MaxPool2d, ReLU, Sequential) are left alone, and so is every module with hooks (forward,
   pre-forward or backward: a fused replacement would drop them), and a block with hooks anywhere
-  inside it is converted layer by layer;
+  inside it is converted layer by layer (process-wide hooks, torch.nn.modules.module's
+  register_module_forward_hook, are not looked at: they run on the fused modules instead);
 - modules it does not know are left as they are, and the model's own forward still drives them.
 """
 from __future__ import annotations
@@ -113,6 +114,8 @@ def _convert(m: nn.Module, dtype) -> nn.Module:
         return _pool(m)
     if type(m).__module__ == fused.__name__:
         return m  # already converted
+    if hasattr(type(m), "_fastconv_fused"):
+        m._fastconv_fused = True  # a fastconv.models model inside: its plain forward over the fused tree
     if isinstance(m, _InputCast):  # a converted model inside: its input cast follows the new dtype
         if dtype is not None:
             m.dtype = dtype
@@ -213,8 +216,6 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
             channels_last = True if channels_last is None and target.channels_last else channels_last
             target = target.model
         target.eval()
-        if hasattr(target, "_fastconv_fused"):
-            target._fastconv_fused = True  # a fastconv.models model: run its plain forward over the fused tree
         converted = _convert(target, dtype)
         if dtype is not None:
             converted.to(dtype)

@@ -291,3 +291,77 @@ def test_converted_model_warns_in_train_mode():
     with pytest.warns(UserWarning, match="inference-only: its BatchNorm is folded"):
         converted.train()
     converted.eval()  # (no warning: eval is what it is for)
+
+
+class XceptionBlock(nn.Module):
+    """A block of its own whose body opens with an in-place ReLU before its skip adds the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1), _bn(4), nn.ReLU(),
+                                  nn.Conv2d(4, 4, 3, padding=1))
+
+    def forward(self, x):
+        return self.body(x) + x
+
+
+def test_in_place_first_layer_of_a_channels_last_part_still_reaches_the_caller():
+    """The layout hook handed `body` a channels_last copy of x: its in-place ReLU changed the copy,
+    and the skip added the raw x (0.25 off)."""
+    torch.manual_seed(0)
+    _check(XceptionBlock(), torch.randn(2, 4, 8, 8))
+
+
+def test_module_list_parts_run_channels_last():
+    """A ModuleList is never called: the layout hooks went on it and never ran."""
+    class Blocks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                                                      nn.Conv2d(4, 4, 3, padding=1)) for _ in range(2))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x).view(x.shape)
+            return x
+
+    torch.manual_seed(0)
+    converted = _check(Blocks(), torch.randn(1, 4, 6, 6))
+    seen = []
+    for block in converted.blocks:
+        block[2].register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        converted(torch.randn(1, 4, 6, 6))
+    assert seen == [True, True]
+
+
+def test_fastconv_model_inside_a_model_of_ones_own():
+    """convert() marked only a root fastconv.models model as fused: nested, its input check looked
+    for an nn.Conv2d the conversion had replaced ("model without a conv")."""
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = fastconv.models.resnet18(num_classes=8)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.backbone(x))
+
+    torch.manual_seed(0)
+    _check(Wrapper(), image(n=1, size=32, seed=1))
+
+
+def test_fastconv_model_loaded_under_inference_mode_follows_the_load():
+    """Parameters made under inference_mode have no version counter: a load_state_dict into them
+    (same memory) kept the fused copy of the old weights (0.6 off)."""
+    a, b = tv_model("resnet18"), torchvision.models.resnet18()
+    randomize_bn(b, seed=3)
+    b.eval()
+    x = image(n=1, size=32, seed=4)
+    with torch.inference_mode():
+        model = fastconv.models.resnet18()
+        model.load_state_dict(a.state_dict())
+        model.eval()
+        assert rel_err(model(x), a(x)) <= TOL
+        model.load_state_dict(b.state_dict())
+        assert rel_err(model(x), b(x)) <= TOL

@@ -22,3 +22,15 @@ def test_conv1x1_takes_conv2d_arguments(args, kwargs):
     for grad in (True, False):
         with torch.set_grad_enabled(grad):
             assert_close_rel(layer(x), F.relu(ref(x)), torch.float32, f"{args} {kwargs}")
+
+
+def test_conv1x1_same_padding_and_one_element_tuples():
+    """nn.Conv2d takes padding='same' (zero padding for a 1×1 kernel) and repeats a one-element tuple."""
+    for kwargs in ({"padding": "same"}, {"stride": (2,)}):
+        ref = nn.Conv2d(4, 4, **{"kernel_size": 1, **kwargs})
+        layer = fastconv.nn.Conv1x1(4, 4, **{"kernel_size": 1, **kwargs})
+        layer.load_state_dict(ref.state_dict())
+        x = torch.randn(1, 4, 5, 5)
+        assert_close_rel(layer(x), F.relu(ref(x)), torch.float32, str(kwargs))
+    with pytest.raises(ValueError, match="'same' is not supported for strided"):
+        fastconv.nn.Conv1x1(4, 4, 1, 2, "same")

@@ -92,6 +92,13 @@ class FusedEvalModel(nn.Module):
         self.__dict__.pop("_fused_cache", None)
         return super().train(mode)
 
+    def load_state_dict(self, *args, **kwargs):
+        # a fresh fused copy at the next eval call, whatever the key below can see: parameters made
+        # under torch.inference_mode have no version counter, so a load in place into them (same
+        # memory, same shape) would not change it
+        self.__dict__.pop("_fused_cache", None)
+        return super().load_state_dict(*args, **kwargs)
+
     def _needs_grads(self, x: torch.Tensor) -> bool:
         return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
@@ -114,8 +121,8 @@ class FusedEvalModel(nn.Module):
         nothing of the former's in the copy)."""
         tensors = list(self.parameters()) + [b for b in self.buffers() if b is not None]
         # (an inference tensor, a model built or loaded under torch.inference_mode, has no version
-        # counter: its memory, dtype and shape are the key; it can be changed in place only
-        # inside inference mode, which is not seen)
+        # counter: its memory, dtype and shape are the key; a write into it in place inside
+        # inference mode other than load_state_dict is not seen: call .eval() after one)
         return (tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, t.device, tuple(t.shape))
                       for t in tensors),
                 tuple(map(id, self.modules())))

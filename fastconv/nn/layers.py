@@ -48,6 +48,8 @@ class Conv2dReLU(nn.Conv2d):
 
 
 def _pair(v, name: str):
+    if isinstance(v, (tuple, list)) and len(v) == 1:  # (nn.Conv2d repeats a one-element tuple)
+        v = v[0]
     pair = (v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v) if isinstance(v, (tuple, list)) else None
     if pair is None or len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair):
         raise TypeError(f"fastconv.nn.Conv1x1: {name} must be an int or a pair of ints, got {v!r}")
@@ -71,7 +73,9 @@ class Conv1x1(nn.Module):
         if _pair(kernel_size, "kernel_size") != (1, 1):
             raise ValueError(f"fastconv.nn.Conv1x1: kernel_size must be 1, got {kernel_size!r} (nn.Conv2d's argument "
                              "order: in_channels, out_channels, kernel_size, stride; use Conv2dReLU for other kernels)")
-        if padding != "valid" and _pair(padding, "padding") != (0, 0):
+        if padding == "same" and _pair(stride, "stride") != (1, 1):
+            raise ValueError("fastconv.nn.Conv1x1: padding='same' is not supported for strided convolutions")
+        if padding not in ("valid", "same") and _pair(padding, "padding") != (0, 0):  # (a 1x1 kernel's 'same' is 0)
             raise ValueError(f"fastconv.nn.Conv1x1: padding must be 0, got {padding!r} (use Conv2dReLU)")
         if groups != 1:
             raise ValueError(f"fastconv.nn.Conv1x1: groups must be 1, got {groups!r} (use Conv2dReLU)")
