@@ -7,6 +7,7 @@ fastconv's words; torch.func.vmap computes the batched result.
 """
 from __future__ import annotations
 
+import sys
 import warnings
 
 import pytest
@@ -94,20 +95,36 @@ def test_grad_transform_of_other_inputs_still_works():
     torch.testing.assert_close(got, y.sum((0, 2, 3)))
 
 
+def _count_runs(monkeypatch):
+    """How many times each op's implementation ran (PyTorch's per-example vmap fallback runs it once
+    per example; its warning goes to stderr from C++, not to Python's warnings)."""
+    runs = {}
+    for op in ("conv2d_relu", "conv1x1", "max_pool2d", "dense_concat"):
+        module = sys.modules[f"fastconv.ops.{op}"]
+
+        def counted(*args, _op=op, _run=module._run):
+            runs[_op] = runs.get(_op, 0) + 1
+            return _run(*args)
+
+        monkeypatch.setattr(module, "_run", counted)
+    return runs
+
+
 @pytest.mark.parametrize("name", CALLS)
-def test_vmap_matches_pytorch(name):
+def test_vmap_matches_pytorch(name, monkeypatch):
     _, f, g = _call(name)
     xs = torch.randn(3, 2, 4, 7, 7)
-    with warnings.catch_warnings():
-        # each op has a vmap rule: PyTorch's per-example fallback (and its warning) must not run
-        warnings.filterwarnings("error", message=".*batching rule.*")
-        for _ in range(2):  # the second call is the one a fast-path replay would serve
-            assert_close_rel(torch.func.vmap(f)(xs), torch.func.vmap(g)(xs), torch.float32, name)
+    runs = _count_runs(monkeypatch)
+    for _ in range(2):  # the second call is the one a fast-path replay would serve
+        assert_close_rel(torch.func.vmap(f)(xs), torch.func.vmap(g)(xs), torch.float32, name)
+    # each op has a vmap rule: one kernel run per call for the 3 examples, not one per example
+    expected = {"conv1x1_multi": {"conv1x1": 4}}.get(name, {name: 2})  # (the multi form: one conv1x1 per weight)
+    assert runs == expected
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference", "auto"])
 @pytest.mark.parametrize("op", ["conv2d_relu", "conv1x1"])
-def test_vmap_rules_fold_or_loop(op, backend):
+def test_vmap_rules_fold_or_loop(op, backend, monkeypatch):
     """The conv ops' vmap rules: a vmapped input and residual (anywhere, or only one of them) fold
     into the batch; a vmapped weight, bias or BN scale/shift runs per example. Both against the
     same computation written per example in PyTorch."""
@@ -130,15 +147,17 @@ def test_vmap_rules_fold_or_loop(op, backend):
         return F.relu(F.conv2d(x, w, b, padding=pad) + r)
 
     args = (x, r, ws, bs, scales, shifts)
-    with warnings.catch_warnings(), fastconv.use_backend(backend):
-        warnings.filterwarnings("error", message=".*batching rule.*")
-        for in_dims in [(0, 4, None, None, None, None),       # folded: input and residual
-                        (None, 4, None, None, None, None),    # folded: only the residual is vmapped
-                        (0, None, 0, 0, None, None),          # per example: weight and bias
-                        (0, 4, None, None, 0, 0)]:            # per example: the prologue's scale and shift
+    runs = _count_runs(monkeypatch)
+    with fastconv.use_backend(backend):
+        for in_dims, kernel_runs in [((0, 4, None, None, None, None), 1),     # folded: input and residual
+                                     ((None, 4, None, None, None, None), 1),  # folded: only the residual vmapped
+                                     ((0, None, 0, 0, None, None), B),        # per example: weight and bias
+                                     ((0, 4, None, None, 0, 0), B if op == "conv1x1" else 1)]:  # BN scale/shift
             # an argument not vmapped is one example's (the residual's vmapped dim is its last)
             call = [a if d is not None else a.select(4 if a is r else 0, 0) for a, d in zip(args, in_dims)]
+            runs.clear()
             got = torch.func.vmap(ours, in_dims=in_dims)(*call)
+            assert runs == {op: kernel_runs}, in_dims
             want = torch.func.vmap(theirs, in_dims=in_dims)(*call)
             assert got.shape == want.shape == (B, N, K, 6, 6)
             assert_close_rel(got, want, torch.float32, f"{op} {in_dims}")
