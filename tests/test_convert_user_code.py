@@ -244,22 +244,6 @@ def test_integer_max_pool_after_convert():
 # the converted model's lifecycle
 
 
-def test_fastconv_model_built_under_inference_mode():
-    """Parameters made under torch.inference_mode have no version counter: every eval call of
-    such a fastconv.models model raised (the serving pattern: build or torch.load in the block)."""
-    ref = tv_model("resnet18")
-    with torch.inference_mode():
-        model = fastconv.models.resnet18()
-        model.load_state_dict(ref.state_dict())
-        model.eval()
-    x = image(n=1, size=32, seed=2)
-    with torch.inference_mode():
-        want = ref(x)
-        assert rel_err(model(x), want) <= TOL
-    with torch.no_grad():
-        assert rel_err(model(x), want) <= TOL
-
-
 def test_converted_model_cast_back_to_float_takes_float_inputs():
     """convert(dtype=bf16) then .float(): the input cast stayed bf16 against fp32 weights."""
     ref = tv_model("resnet18")
@@ -351,9 +335,10 @@ def test_fastconv_model_inside_a_model_of_ones_own():
     _check(Wrapper(), image(n=1, size=32, seed=1))
 
 
-def test_fastconv_model_loaded_under_inference_mode_follows_the_load():
-    """Parameters made under inference_mode have no version counter: a load_state_dict into them
-    (same memory) kept the fused copy of the old weights (0.6 off)."""
+def test_fastconv_model_built_and_loaded_under_inference_mode():
+    """Parameters made under torch.inference_mode (the serving pattern: build or torch.load in
+    the block) have no version counter: every eval call raised; then, keyed without it, a
+    load_state_dict into them (same memory) kept the fused copy of the old weights (0.6 off)."""
     a, b = tv_model("resnet18"), torchvision.models.resnet18()
     randomize_bn(b, seed=3)
     b.eval()
@@ -364,4 +349,6 @@ def test_fastconv_model_loaded_under_inference_mode_follows_the_load():
         model.eval()
         assert rel_err(model(x), a(x)) <= TOL
         model.load_state_dict(b.state_dict())
+        assert rel_err(model(x), b(x)) <= TOL
+    with torch.no_grad():
         assert rel_err(model(x), b(x)) <= TOL
