@@ -135,14 +135,43 @@ def _convert(m: nn.Module, dtype) -> nn.Module:
     return m
 
 
+def _drop_wrapper_prefix(module, state_dict, prefix, local_metadata):
+    for key in list(state_dict):
+        if key.startswith(prefix + "model."):
+            state_dict[prefix + key[len(prefix) + len("model."):]] = state_dict.pop(key)
+
+
+def _add_wrapper_prefix(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    for key in list(state_dict):
+        if key.startswith(prefix) and not key.startswith(prefix + "model."):
+            state_dict[prefix + "model." + key[len(prefix):]] = state_dict.pop(key)
+
+
+def _refuse_unconverted_checkpoint(module, incompatible_keys) -> None:
+    """load_state_dict of a converted model: BatchNorm statistics among the keys it does not have
+    mean a checkpoint of the model before conversion (its BNs are folded into the convs here, and
+    loading the convs' raw weights, even with strict=False, would compute another function)."""
+    stats = [k for k in incompatible_keys.unexpected_keys
+             if k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")]
+    if stats:
+        raise RuntimeError(
+            f"fastconv: this converted model has its BatchNorm layers folded into the convs, and the state dict "
+            f"holds BatchNorm statistics ({stats[0]}, ...): it is a checkpoint of the model before conversion. "
+            "Load it into that model and convert it again (fastconv.convert(model))")
+
+
 class _InputCast(nn.Module):
     """Casts incoming activations to the converted model's dtype / memory format: every floating
-    tensor among the arguments (keyword arguments and lists, tuples and dicts of tensors too)."""
+    tensor among the arguments (keyword arguments and lists, tuples and dicts of tensors too). Its
+    state dict is the model's own (no "model." prefix), so a checkpoint of a converted model loads
+    whatever dtype and layout options either conversion was given."""
 
     def __init__(self, model: nn.Module, dtype: Optional[torch.dtype], channels_last: bool) -> None:
         super().__init__()
         self.model = model
         self.dtype, self.channels_last = dtype, channels_last
+        self._register_state_dict_hook(_drop_wrapper_prefix)
+        self._register_load_state_dict_pre_hook(_add_wrapper_prefix)
 
     def _apply(self, fn, *args, **kwargs):
         # .float(), .half(), .to(dtype) on the converted model: the inputs follow the weights' new dtype
@@ -226,6 +255,8 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
             _layout.conv_weights_channels_last(converted)
     if channels_last is None:
         _layout.add_cpu_channels_last_hooks(converted)
+    if not any(h is _refuse_unconverted_checkpoint for h in converted._load_state_dict_post_hooks.values()):
+        converted.register_load_state_dict_post_hook(_refuse_unconverted_checkpoint)
     if dtype is not None or channels_last:
         converted = _InputCast(converted, dtype, bool(channels_last)).eval()
     if cuda_graph:

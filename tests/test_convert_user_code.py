@@ -352,3 +352,34 @@ def test_fastconv_model_built_and_loaded_under_inference_mode():
         assert rel_err(model(x), b(x)) <= TOL
     with torch.no_grad():
         assert rel_err(model(x), b(x)) <= TOL
+
+
+def test_converted_checkpoints_load_whatever_the_options():
+    """convert(dtype=...) / channels_last=True wrapped the model and prefixed every key with
+    "model.": a checkpoint of convert(m) did not load into convert(m, dtype=...), and back."""
+    ref = tv_model("resnet18")
+    plain, wrapped = fastconv.convert(ref), fastconv.convert(ref, dtype=torch.float64, channels_last=True)
+    assert list(plain.state_dict()) == list(wrapped.state_dict())
+    other_tv = tv_model("resnet18")
+    randomize_bn(other_tv, seed=7)
+    other = fastconv.convert(other_tv)
+    wrapped.load_state_dict(other.state_dict())
+    x = image(n=1, size=32, seed=1)
+    with torch.no_grad():
+        assert rel_err(wrapped(x), other(x)) <= 1e-6
+    plain.load_state_dict(wrapped.state_dict())
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(wrapped, buffer)  # (the state-dict hooks pickle with the model)
+    buffer.seek(0)
+    assert list(torch.load(buffer, weights_only=False).state_dict()) == list(plain.state_dict())
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_loading_an_unconverted_checkpoint_into_a_converted_model_is_refused(strict):
+    """A torchvision checkpoint into a converted ResNet: PyTorch's 4,455-character key list, and
+    with strict=False the raw conv weights loaded into the folded ones silently (2.4 off)."""
+    converted = fastconv.convert(tv_model("resnet18"))
+    with pytest.raises(RuntimeError, match="BatchNorm layers folded into the convs.*convert it again"):
+        converted.load_state_dict(torchvision.models.resnet18().state_dict(), strict=strict)

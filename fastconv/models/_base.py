@@ -17,6 +17,7 @@ import copy
 import functools
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -193,9 +194,17 @@ def resolve_weights(weights: Any, model_name: str) -> Any:
 
 
 def builder(fn):
-    """A model builder taking torchvision's ``weights`` (see ``resolve_weights``)."""
+    """A model builder taking torchvision's ``weights`` (see ``resolve_weights``), and its
+    deprecated ``pretrained=True/False`` (the ImageNet weights torchvision maps it to, with its warning)."""
     @functools.wraps(fn)
     def build(*, weights=None, progress: bool = True, **kwargs):
+        if "pretrained" in kwargs:
+            pretrained = kwargs.pop("pretrained")
+            if weights is not None:
+                raise TypeError(f"{fn.__name__}: pass weights= or the deprecated pretrained=, not both")
+            weights = "IMAGENET1K_V1" if pretrained else None
+            warnings.warn(f"The parameter 'pretrained' is deprecated, please use 'weights' instead "
+                          f"(pretrained={pretrained!r} is weights={weights!r})", UserWarning, stacklevel=2)
         return fn(weights=resolve_weights(weights, fn.__name__), progress=progress, **kwargs)
 
     return build

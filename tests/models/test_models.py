@@ -396,3 +396,21 @@ def test_resnext_and_wide_resnet_builders_fix_their_arguments(name):
         getattr(fastconv.models, name)(**fixed)
     with pytest.raises(ValueError, match="expected value"):
         getattr(torchvision.models, name)(**fixed)
+
+
+def test_deprecated_pretrained_argument(monkeypatch):
+    """torchvision still takes pretrained=True/False (the ImageNet V1 weights, with a warning): it
+    was handed to the model's constructor ("unexpected keyword argument 'pretrained'")."""
+    from torchvision.models import _api
+
+    fetched = []
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    monkeypatch.setattr(_api.WeightsEnum, "get_state_dict", lambda self, *a, **k: fetched.append(self) or state)
+    with pytest.warns(UserWarning, match="'pretrained' is deprecated"):
+        model = fastconv.models.resnet18(pretrained=True)
+    assert fetched == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), state.values()))
+    with pytest.warns(UserWarning, match="'pretrained' is deprecated"):
+        fastconv.models.resnet18(pretrained=False)
+    with pytest.raises(TypeError, match="not both"):
+        fastconv.models.resnet18(weights="DEFAULT", pretrained=True)
