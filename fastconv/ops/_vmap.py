@@ -22,7 +22,10 @@ def register_batch_folding(op_name: str, per_image: Sequence[int], per_channel: 
 
     def rule(info, in_dims, *args):
         size = info.batch_size
-        if any(isinstance(in_dims[i], int) for i in per_channel):
+        # per example: a vmapped per-channel argument, or a per-image argument that is not one
+        # [N, C, H, W] tensor per example (the op's own check then names the shape the user passed)
+        if any(isinstance(in_dims[i], int) for i in per_channel) or any(
+                args[i] is not None and args[i].dim() - isinstance(in_dims[i], int) != 4 for i in per_image):
             results = [op(*(_take(a, d, i) for a, d in zip(args, in_dims))) for i in range(size)]
             return torch.stack(results), 0
         folded, n = list(args), 0

@@ -164,8 +164,10 @@ def dense_concat(features: Sequence[torch.Tensor], *, out: Optional[torch.Tensor
         # device's kernel (the fake one), which writes nothing
         _checks.check_out_call(OP, out, features[0], features)
     # (no view under a torch.func transform: its wrapped tensors have no storage to compare)
-    if not torch.compiler.is_compiling() and not _checks.transforms_active() and not any(
-            f.requires_grad for f in features):
+    # (and not while autograd records: the view would carry no dense_concat backward; under
+    # no_grad features that require grad take it, as torch.cat into its exact out accepts)
+    if not torch.compiler.is_compiling() and not _checks.transforms_active() and not (
+            torch.is_grad_enabled() and any(f.requires_grad for f in features)):
         view = adjacent_view(features)
         if view is not None:
             if out is None:

@@ -129,3 +129,14 @@ def test_compile_fullgraph():
     expected = torch.cat([a, b], 1)
     assert torch.equal(y, expected * 2)
     assert torch.equal(buf[:, 1:6], expected) and buf[:, :1].isnan().all() and buf[:, 6:].isnan().all()
+
+
+def test_exact_out_of_features_that_require_grad_under_no_grad():
+    """Under no_grad, features that are slices of a buffer requiring grad, concatenated into that
+    buffer: refused as overlapping (torch.cat accepts it); it is the concatenation already."""
+    buf = torch.randn(1, 8, 5, 5, requires_grad=True)
+    with torch.no_grad():
+        got = fastconv.dense_concat([buf[:, :3], buf[:, 3:]], out=buf)
+        assert got is buf
+        view = fastconv.dense_concat([buf[:, :3], buf[:, 3:]])
+        assert view.data_ptr() == buf.data_ptr() and torch.equal(view, buf)
