@@ -243,3 +243,17 @@ def test_fused_optimizer_step_reaches_fastconv_models():
     ref.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert rel_err(model(x), ref(x)) <= 1e-4
+
+
+def test_batch_sizes_share_one_onednn_form():
+    """The batch size was part of the key: a server taking turns over more batch sizes than
+    MAX_PER_WEIGHT re-packed every weight on every call (a converted ResNet-18 ran 2x slower)."""
+    _weight_cache.clear()
+    w = torch.randn(16, 8, 3, 3)
+    for _ in range(2):
+        for n in range(1, _weight_cache.MAX_PER_WEIGHT + 3):
+            x = torch.randn(n, 8, 10, 10).contiguous(memory_format=torch.channels_last)
+            with fastconv.use_backend("torch"):
+                assert_close_rel(fastconv.conv2d_relu(x, w, padding=1), reference.conv2d_relu(
+                    x, w, None, None, [1, 1], [1, 1, 1, 1], [1, 1], 1, True), torch.float32, f"batch {n}")
+    assert _weight_cache.cached_count() == 1
