@@ -192,6 +192,8 @@ class _InputCast(nn.Module):
         return x
 
     def forward(self, *args, **kwargs):
+        if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):  # model(x): no container walk
+            return self.model(self._cast(args[0]))
         args, kwargs = pytree.tree_map(self._cast, (args, kwargs))
         return self.model(*args, **kwargs)
 
