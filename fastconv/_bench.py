@@ -469,7 +469,8 @@ def _main(args) -> int:
     cfg = config_from_args(args)
     if cfg.dtype in ("fp16", "bf16") and cfg.device == "cpu":
         print(f"note: {cfg.dtype} on the CPU: fastconv's own CPU kernels compute in fp32 and round once; the "
-              "torch tactic (oneDNN, where auto picks it) computes in bf16 itself", file=sys.stderr)
+              f"torch tactic (oneDNN, where auto picks it) computes in {cfg.dtype} itself where oneDNN has such a kernel",
+              file=sys.stderr)
     for option, path in (("--json", args.json), ("--plot", args.plot)):  # fail before the run, not after it
         folder = os.path.dirname(os.path.abspath(path)) if path else None
         if path and (not os.path.isdir(folder) or not os.access(folder, os.W_OK) or os.path.isdir(path)):
