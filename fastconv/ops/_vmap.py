@@ -14,6 +14,18 @@ def _take(arg, dim, i):
     return arg.select(dim, i) if isinstance(arg, torch.Tensor) and isinstance(dim, int) else arg
 
 
+def fold(arg: torch.Tensor, dim, size: int):
+    """A vmapped [N, C, H, W]-per-example tensor (vmapped at ``dim``, or None: the same for every
+    example) as one [size * N, C, H, W] batch, and N."""
+    arg = arg.expand(size, *arg.shape) if dim is None else arg.movedim(dim, 0)
+    return arg.reshape(size * arg.shape[1], *arg.shape[2:]), arg.shape[1]
+
+
+def unfold(out: torch.Tensor, size: int, n: int):
+    """The op's [size * N, ...] result back as ``size`` examples (vmap's output, batched at 0)."""
+    return out.reshape(size, n, *out.shape[1:]), 0  # (not -1: an empty batch is ambiguous)
+
+
 def register_batch_folding(op_name: str, per_image: Sequence[int], per_channel: Sequence[int]) -> None:
     """A vmap rule for the functional op ``fastconv::<op_name>``: the arguments at positions
     ``per_image`` (the input and the residual: [N, C, H, W] tensors) are folded into the batch
@@ -30,13 +42,8 @@ def register_batch_folding(op_name: str, per_image: Sequence[int], per_channel: 
             return torch.stack(results), 0
         folded, n = list(args), 0
         for i in per_image:
-            arg, dim = args[i], in_dims[i]
-            if arg is None:
-                continue
-            arg = arg.expand(size, *arg.shape) if dim is None else arg.movedim(dim, 0)
-            n = arg.shape[1]
-            folded[i] = arg.reshape(size * n, *arg.shape[2:])
-        out = op(*folded)
-        return out.reshape(size, n, *out.shape[1:]), 0  # (not -1: an empty batch is ambiguous)
+            if args[i] is not None:
+                folded[i], n = fold(args[i], in_dims[i], size)
+        return unfold(op(*folded), size, n)
 
     torch.library.register_vmap(f"fastconv::{op_name}", rule)

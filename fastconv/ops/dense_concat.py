@@ -14,6 +14,7 @@ import torch
 
 from .. import _autotune
 from . import _autocast, _checks
+from ._vmap import fold, unfold
 
 OP = "dense_concat"
 
@@ -114,13 +115,8 @@ def _vmap(info, in_dims, features):
     """torch.func.vmap of dense_concat (PyTorch has no fallback for a Tensor[] argument): the
     vmapped dimension folded into the batch, one concat of every example's features."""
     size = info.batch_size
-    flat = []
-    for f, dim in zip(features, in_dims[0]):
-        f = f.expand(size, *f.shape) if dim is None else f.movedim(dim, 0)
-        n = f.shape[1]
-        flat.append(f.reshape(size * n, *f.shape[2:]))
-    out = torch.ops.fastconv.dense_concat(flat)
-    return out.reshape(size, n, *out.shape[1:]), 0  # (not -1: an empty batch is ambiguous)
+    flat = [fold(f, dim, size) for f, dim in zip(features, in_dims[0])]
+    return unfold(torch.ops.fastconv.dense_concat([f for f, _ in flat]), size, flat[-1][1])
 
 
 torch.library.register_vmap("fastconv::dense_concat", _vmap)
