@@ -560,3 +560,33 @@ def test_cache_file_is_bounded(cache_dir, monkeypatch):
         _autotune.CACHE.store(dkey, f"sig{i}", "cpu")
     entries = json.loads(open(_autotune.CACHE.path(dkey)).read())["entries"]
     assert list(entries) == [f"sig{i}" for i in range(3, 8)]  # the oldest dropped
+
+
+class _FakeClock:
+    """A clock that each call of the timed function advances by ``per_call`` seconds."""
+
+    def __init__(self, per_call):
+        self.now, self.per_call, self.calls = 0.0, per_call, 0
+
+    def fn(self):
+        self.calls += 1
+        self.now += self.per_call
+
+
+@pytest.mark.parametrize("per_call,calls", [(2.0, 1), (0.1, 2), (0.01, 4), (0.001, 9)])
+def test_default_timer_repeats_less_for_long_calls(monkeypatch, per_call, calls):
+    clock = _FakeClock(per_call)
+    monkeypatch.setattr(_autotune, "_clock", lambda device: (lambda: clock.now))
+    t = _autotune.default_timer("cpu", clock.fn, torch.device("cpu"))
+    assert t == pytest.approx(per_call)
+    assert clock.calls == calls  # a 2 s call is timed once, not warmed up and repeated
+
+
+@pytest.mark.parametrize("times,rounds_run", [({"a": 3.0, "b": 2.0}, 1), ({"a": 3.0, "b": 0.1}, 3)])
+def test_slow_candidates_get_one_round(times, rounds_run):
+    """When every candidate takes seconds per call, one interleaved round decides (a huge shape's
+    first call cost minutes of timing otherwise); one fast candidate keeps all the rounds."""
+    timer = FakeTimer(times)
+    got = _autotune._time_candidates(["a", "b"], 3, timer, lambda t: None, torch.device("cpu"))
+    assert got == times
+    assert len(timer.timed) == 2 * rounds_run
