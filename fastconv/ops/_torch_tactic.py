@@ -191,14 +191,17 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], re
     # ... and there a bfloat16 conv would be rounded before the residual is added: float32 instead
     native_bf16 = (onednn and x.dtype == torch.bfloat16 and NATIVE_BF16 and not residual_after
                    and os.environ.get("FASTCONV_ONEDNN_BF16", "1") != "0")
-    one_strided = any(out_hw[d] == 1 and stride[d] > 1 for d in range(2))  # one wide or tall, strided there
-    if onednn and not native_bf16 and (one_strided or (weight.shape[0] == 1 and out_hw == [1, 1])):
+    if onednn and not native_bf16 and ((weight.shape[0] == 1 and out_hw == [1, 1]) or _onednn_rewrite(
+            tuple(x.shape[2:]), tuple(weight.shape[2:]), tuple(padding), tuple(stride), tuple(dilation)) is not None):
         # float32, wrong values, silently, with a prepacked weight or a channels_last input: some
         # one-wide outputs with a width stride >= 2 (x [2,128,19,2], w [5,128,1,2], stride 2; about 1
         # in 1000 such convs with many channels; torch 2.7 to 2.14), as for one input channel; and one
         # output channel with the kernel covering the input (x [2,4,9,9], w [1,4,9,9]: 1 in 4 such
         # convs; 2.14 and 2.15). Rewriting the first kind as _steer_onednn does for bfloat16 can make the second.
-        # F.conv2d's NCHW path computes both.
+        # And SIGSEGV, as in bfloat16, where some output window reads only padding (with a bias; a
+        # prepacked weight or a channels_last input: x [2,3,5,1] NCHW, w [1,3,1,3], stride (5,6),
+        # padding 5, dilation (1,2); about 1 in 300 small convs padded more than "same"; torch 2.14).
+        # F.conv2d's NCHW path computes all of them; none of the five networks' convs comes here.
         onednn = False
     # not the per-call float32 copy of a 16-bit weight
     cacheable = weight.dtype == torch.float32 or native_bf16

@@ -170,6 +170,10 @@ ONEDNN_FUZZ_CASES = {
     "narrow_padded_input_2_taps": ("nhwc", (2, 3, 8, 1), (2, 3, 4, 2), True, (3, 3), (1, 2), (1, 1), 1, torch.bfloat16),
     # SIGSEGV (eager F.conv2d as well): a dilation along a 1-tap kernel dimension
     "dilated_one_tap_kernel": ("nhwc", (2, 3, 2, 1), (9, 1, 1, 1), True, (2, 3), (0, 2), (1, 2), 3, torch.float32),
+    # SIGSEGV in oneDNN's float32 op (prepacked weight, or a channels_last input), as in bfloat16:
+    # some output windows read only padding, with a bias (eager F.conv2d too on channels_last)
+    "dead_windows_fp32": ("nchw", (2, 3, 5, 1), (1, 3, 1, 3), True, (5, 6), (5, 5), (1, 2), 1, torch.float32),
+    "dead_windows_fp32_nhwc": ("nhwc", (2, 16, 6, 1), (2, 16, 1, 2), True, (3, 4), (1, 6), (1, 3), 1, torch.float32),
 }
 
 
