@@ -78,13 +78,29 @@ def check_int(op: str, value, name: str) -> int:
 
 
 def output_layout(x: torch.Tensor) -> torch.memory_format:
-    """The memory format fastconv writes its outputs in: the input's (channels_last or NCHW)."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1:
-        # channel-slice views of an NHWC buffer are not channels_last-contiguous but are NHWC-ordered
+    """The memory format fastconv writes its outputs in: the input's, read from its strides as
+    PyTorch's ``suggest_memory_format`` reads them (so an output is laid out as eager's conv lays
+    it out for that input). Channel-slice views of an NHWC buffer count as channels_last; where the
+    strides are ambiguous (a size-1 dimension), PyTorch's tie-breaks hold: a channels_last tensor
+    with one channel stays channels_last, an NCHW [N, C, 1, 1] stays NCHW, a permuted N,W,H,C
+    tensor is NCHW."""
+    if x.dim() == 4 and _strides_like_channels_last(x.shape, x.stride()):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def _strides_like_channels_last(sizes, strides) -> bool:
+    # c10's is_channels_last_strides_2d_s4: strides non-decreasing in the order C, W, H, N
+    if strides[1] == 0:
+        return False
+    low = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < low:
+            return False
+        if d == 0 and low == strides[1]:  # N111 and the like: NCHW
+            return False
+        low = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return True
 
 
 def _non_overlapping_and_dense(t: torch.Tensor) -> bool:

@@ -151,7 +151,9 @@ def dense_concat(features: Sequence[torch.Tensor], *, out: Optional[torch.Tensor
     """``torch.cat(features, 1)``; a copy-free view when the features are adjacent channel slices of one buffer.
 
     With ``out=`` the features are copied into ``out`` (unless they already are its slices).
-    Under ``torch.autocast`` features of different floating dtypes are promoted, as torch.cat does.
+    Under ``torch.autocast`` features of different floating dtypes are promoted, as torch.cat does;
+    outside it they must share one dtype (a TypeError names the odd one: torch.cat would promote
+    silently, fastconv's ops refuse mixed dtypes as F.conv2d does).
     """
     features = _autocast.promote_features(features)
     check_features(features)

@@ -137,3 +137,36 @@ def test_drop_in_conv1x1_with_no_input_channels():
     assert torch.equal(layer.bias, torch.zeros(4))
     with torch.no_grad():
         assert torch.equal(layer(torch.randn(2, 0, 3, 3)), torch.zeros(2, 4, 3, 3))
+
+
+def _ambiguous_layouts():
+    """Inputs whose strides leave the layout open, each as PyTorch reads it (suggest_memory_format)."""
+    g = torch.Generator().manual_seed(11)
+    one_channel_cl = torch.randn(2, 1, 6, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    nchw_1x1 = torch.randn(2, 6, 1, 1, generator=g)                        # strides (6, 1, 1, 1)
+    nwhc = torch.randn(2, 7, 6, 5, generator=g).permute(0, 3, 2, 1)         # stride(1) == 1, not NHWC
+    nhwc_slice = torch.randn(2, 9, 5, 6, generator=g).contiguous(memory_format=torch.channels_last)[:, 2:7]
+    return {"one_channel_cl": one_channel_cl, "nchw_1x1": nchw_1x1, "nwhc": nwhc, "nhwc_slice": nhwc_slice}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(_ambiguous_layouts()))
+def test_output_layout_follows_pytorch_on_ambiguous_strides(backend, case):
+    """Outputs are laid out as eager's conv / pool / cat lays them out for that input: the rule used
+    to call anything with stride(1) == 1 channels_last (an NCHW [N, C, 1, 1], a permuted N,W,H,C)
+    and a one-channel channels_last tensor NCHW."""
+    x = _ambiguous_layouts()[case]
+    c = x.shape[1]
+    w3, w1 = torch.randn(4, c, 3, 3), torch.randn(4, c, 1, 1)
+    with fastconv.use_backend(backend):
+        got = {"conv2d_relu": fastconv.conv2d_relu(x, w3, padding=1),
+               "conv1x1": fastconv.conv1x1(x, w1),
+               "max_pool2d": fastconv.max_pool2d(x, 3, 1, 1),
+               "dense_concat": fastconv.dense_concat([x, x])}
+    want = {"conv2d_relu": torch.relu(F.conv2d(x, w3, padding=1)), "conv1x1": torch.relu(F.conv2d(x, w1)),
+            "max_pool2d": F.max_pool2d(x, 3, 1, 1), "dense_concat": torch.cat([x, x], 1)}
+    for op, y in got.items():
+        ref = want[op]
+        expected_cl = torch._prims_common.suggest_memory_format(ref) == torch.channels_last
+        assert (torch._prims_common.suggest_memory_format(y) == torch.channels_last) == expected_cl, op
+        assert_close_rel(y, ref, torch.float32, op)
