@@ -19,7 +19,6 @@ __all__ = [
     "tune",
     "backend_status",
     "conv1x1",
-    "conv1x1",
     "conv2d_relu",
     "convert",
     "dense_concat",

@@ -626,8 +626,9 @@ class _Recorder:
 
 def tune(model: torch.nn.Module, example_input, *, progress: bool = True, stream=None) -> Dict[str, int]:
     """Tune every fastconv op signature of ``model(example_input)`` now (under ``auto``), with a
-    progress line on stderr. Returns ``{"signatures": n, "tuned": k}``; later calls with inputs of
-    that shape find every choice cached (in memory and on disk)."""
+    progress line on stderr. Returns ``{"signatures": n, "tuned": k}``: n signatures had no cached
+    choice yet and k of them were timed now (both 0 when everything was tuned before); later calls
+    with inputs of that shape find every choice cached (in memory and on disk)."""
     stream = sys.stderr if stream is None else stream
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     # tuning runs the forward twice: a model in train mode would update its BatchNorm statistics

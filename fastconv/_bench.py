@@ -447,6 +447,13 @@ def config_from_args(args) -> BenchConfig:
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise SystemExit(f"bench: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    if args.size < 224:  # (every model runs at 224 and above) a clear message now, not PyTorch's mid-run
+        from ._summary import InputSizeError, summarize
+        for m in models:
+            try:
+                summarize(m, args.size, 1)
+            except InputSizeError as exc:
+                raise SystemExit(f"bench --size: {exc}") from None
     batches = tuple(args.batch or d["batches"])
     return BenchConfig(models=tuple(models), batches=batches, dtype=args.dtype or d["dtype"],
                        channels_last=d["channels_last"] if args.channels_last is None else args.channels_last,

@@ -2,7 +2,8 @@
 
 The extension registers the private ``fastconv::_<op>_cpu`` / ``_<op>_cuda`` kernels. It is
 optional at run time: when it is missing, or was built against another torch, ``import
-fastconv`` still works with the ``triton`` and ``reference`` backends, warns once, and
+fastconv`` still works with the ``auto``, ``torch``, ``reference`` and (where Triton runs)
+``triton`` backends, warns once, and
 ``fastconv.backend_status()`` carries the reason.
 """
 from __future__ import annotations

@@ -27,6 +27,7 @@ from ._table import fmt_count, fmt_si, render_table
 
 MODELS = ("alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
           "googlenet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+          "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
           "densenet121", "densenet161", "densenet169", "densenet201")
 
 
@@ -272,6 +273,10 @@ def prog() -> str:
 
 
 def main(args) -> int:
+    if args.aux and args.model != "googlenet":
+        print(f"{prog()} summary: error: argument --aux: only GoogLeNet has auxiliary heads, not {args.model}",
+              file=sys.stderr)
+        raise SystemExit(2)
     if args.gpu:
         try:
             _devices.gpu_spec(args.gpu)

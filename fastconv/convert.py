@@ -225,6 +225,8 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
     """
     if graph_tune_by not in ("wall", "gpu"):
         raise ValueError(f"fastconv.convert: graph_tune_by must be 'wall' or 'gpu', got {graph_tune_by!r}")
+    if graph_fallback not in ("eager", "raise"):
+        raise ValueError(f"fastconv.convert: graph_fallback must be 'eager' or 'raise', got {graph_fallback!r}")
     if cuda_graph:
         if not torch.cuda.is_available():
             raise RuntimeError("fastconv.convert(cuda_graph=True): CUDA graphs need a CUDA device, and none is "

@@ -312,6 +312,8 @@ def test_gpu_timing_mode_uses_its_timer_and_its_own_cache_key(monkeypatch, cache
             pass
     with pytest.raises(ValueError, match="graph_tune_by"):
         fastconv.convert(nn.Sequential(nn.Conv2d(3, 4, 3)), graph_tune_by="host")
+    with pytest.raises(ValueError, match="graph_fallback must be 'eager' or 'raise', got 'nope'"):
+        fastconv.convert(nn.Sequential(nn.Conv2d(3, 4, 3)), graph_fallback="nope")  # checked without cuda_graph too
 
 
 def test_gpu_time_timer_on_the_cpu_falls_back_to_wall_time():

@@ -109,3 +109,19 @@ def test_use_backend_inside_torch_compile():
     names = {e.name for e in prof.events()}
     assert "aten::convolution" in names and not any(n.startswith("fastconv::_conv2d_relu_") for n in names)
     torch.testing.assert_close(y, torch.relu(torch.nn.functional.conv2d(x, w)))
+
+
+def test_public_names_resolve_once_each():
+    """DESIGN §2's fixed names: each in __all__ once, and each importable (``from fastconv import *``)."""
+    import fastconv.models
+
+    for module in (fastconv, fastconv.models, fastconv.nn):
+        assert len(module.__all__) == len(set(module.__all__)), module.__name__
+        assert all(hasattr(module, name) for name in module.__all__), module.__name__
+    for name in ("conv2d_relu", "conv1x1", "max_pool2d", "dense_concat", "convert", "use_backend",
+                 "available_backends", "backend_status"):
+        assert name in fastconv.__all__
+    for name in fastconv.models.__all__:  # help() on a builder says what weights= takes
+        if name.islower():
+            doc = getattr(fastconv.models, name).__doc__
+            assert f"torchvision.models.{name}``" in doc and '"DEFAULT"' in doc, name

@@ -98,6 +98,22 @@ def test_gpu_spec_lookup():
         _devices.gpu_spec("voodoo2")
 
 
+@pytest.mark.parametrize("name,card", [
+    ("NVIDIA H200", "H200 SXM"), ("NVIDIA H100 NVL", "H100 NVL"), ("NVIDIA A100-SXM4-80GB", "A100 SXM 80GB"),
+    ("NVIDIA A100-SXM4-40GB", "A100 40GB"), ("NVIDIA A100-PCIE-40GB", "A100 40GB"),
+    ("NVIDIA A100 80GB PCIe", "A100 PCIe 80GB"), ("NVIDIA L4", "L4"), ("NVIDIA L40", "L40"), ("l40", "L40"),
+    ("NVIDIA L40S", "L40S")])
+def test_gpu_spec_matches_whole_words(name, card):
+    """By substring, an L40 was an L4 (a third of its bandwidth) and every A100 the 80 GB SXM."""
+    assert _devices.gpu_spec(name).name == card
+
+
+@pytest.mark.parametrize("name", ["NVIDIA GH200 480GB", "NVIDIA L400", "NVIDIA RTX A4000"])
+def test_gpu_spec_refuses_cards_it_does_not_know(name):
+    with pytest.raises(KeyError, match="unknown GPU"):
+        _devices.gpu_spec(name)
+
+
 def test_time_interleaved_rotates_order_and_inputs():
     calls = []
     fns = {"a": lambda x: calls.append(("a", x)), "b": lambda x: calls.append(("b", x))}

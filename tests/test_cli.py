@@ -22,7 +22,7 @@ def _summary(capsys, *argv) -> str:
 
 @pytest.mark.parametrize("model, params", [
     ("resnet50", 25_557_032), ("alexnet", 61_100_840), ("googlenet", 6_624_904), ("vgg16", 138_357_544),
-    ("densenet121", 7_978_856)])
+    ("densenet121", 7_978_856), ("resnext50_32x4d", 25_028_904), ("wide_resnet50_2", 68_883_240)])
 def test_summary_totals_match_torchvision(capsys, model, params):
     out = _summary(capsys, model)
     assert f"total: {params:,} parameters" in out
@@ -175,11 +175,19 @@ def test_bench_fails_on_a_wrong_result(monkeypatch, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--models", ","], "bench: --models names no model"),
     (["--json", "/nonexistent-folder/out.json"], "bench --json: cannot write '/nonexistent-folder/out.json'"),
+    (["--models", "resnet18,alexnet", "--size", "32"], "bench --size: alexnet needs an input of at least 63×63"),
 ])
 def test_bench_refuses_before_running(argv, message):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--models", "resnet18", *argv])
     assert str(exc.value.code).startswith(message)
+
+
+def test_summary_aux_is_googlenet_only(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["summary", "resnet18", "--aux"])
+    assert exc.value.code == 2
+    assert "argument --aux: only GoogLeNet has auxiliary heads" in capsys.readouterr().err
 
 
 def test_summary_overflowing_size_is_a_usage_error(capsys):

@@ -193,9 +193,31 @@ def resolve_weights(weights: Any, model_name: str) -> Any:
     return weights
 
 
+_BUILDER_DOC = """
+
+Arguments as torchvision's ``torchvision.models.{name}`` (the same layer tree and state-dict keys,
+so ``load_state_dict(torchvision_model.state_dict())`` works with ``strict=True``):
+
+- ``weights``: None (random initialization), a state dict, a path to one (``torch.load`` with
+  ``weights_only=True``), or torchvision's weights enum of this model or a member's name such as
+  ``"DEFAULT"`` or ``"IMAGENET1K_V1"`` (the enum downloads the file, as torchvision does). The
+  deprecated ``pretrained=True`` means ``weights="IMAGENET1K_V1"``, with torchvision's warning.
+- ``progress``: show the download's progress bar.
+- ``**kwargs``: passed to the model class as torchvision's builder passes them (``num_classes`` ...).
+
+In training mode, or whenever a parameter's gradient is wanted, the model runs its own layers and
+trains as torchvision's would; in ``eval()`` under ``torch.no_grad()`` / ``torch.inference_mode()``
+it runs a fused copy (BatchNorm folded, conv+ReLU fused, concat-free), as ``fastconv.convert`` makes.
+"""
+
+
 def builder(fn):
     """A model builder taking torchvision's ``weights`` (see ``resolve_weights``), and its
-    deprecated ``pretrained=True/False`` (the ImageNet weights torchvision maps it to, with its warning)."""
+    deprecated ``pretrained=True/False`` (the ImageNet weights torchvision maps it to, with its warning).
+    The builder's docstring gains the arguments' description (``help(fastconv.models.resnet50)``)."""
+    fn.__doc__ = (fn.__doc__ or f"{fn.__name__}: torchvision's model on fastconv's fused ops.").rstrip() \
+        + _BUILDER_DOC.format(name=fn.__name__)
+
     @functools.wraps(fn)
     def build(*, weights=None, progress: bool = True, **kwargs):
         if "pretrained" in kwargs:

@@ -34,6 +34,6 @@ class AlexNet(FusedEvalModel):
 
 @builder
 def alexnet(*, weights=None, progress: bool = True, **kwargs) -> AlexNet:
-    """AlexNet; ``weights``: a state dict, a path, or a torchvision weights enum."""
+    """AlexNet (Krizhevsky et al., 2012), torchvision's single-tower variant."""
     num_classes_from(weights, kwargs)
     return load_weights(AlexNet(**kwargs), weights, progress)

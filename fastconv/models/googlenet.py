@@ -141,7 +141,7 @@ class GoogLeNet(FusedEvalModel):
 
 @builder
 def googlenet(*, weights=None, progress: bool = True, **kwargs) -> GoogLeNet:
-    """GoogLeNet (Inception v1); arguments as torchvision's builder."""
+    """GoogLeNet (Inception v1; torchvision's uses 3×3 convs where the paper has 5×5)."""
     if weights is not None:
         # torchvision's rule: the auxiliary heads only when asked for (they are not pretrained);
         # loaded whenever the weights carry them (torchvision's checkpoint does), then dropped

@@ -198,10 +198,23 @@ def test_every_config(index, monkeypatch):
     _check_case(CONFIG_CASE, torch.float32, "cpu")
 
 
-def test_bad_config_index(monkeypatch):
-    monkeypatch.setenv("FASTCONV_TRITON_CONFIG", str(len(triton_conv.CONFIGS)))
-    with pytest.raises(ValueError, match="FASTCONV_TRITON_CONFIG"):
-        triton_conv.interpreter_config()
+@cpu_only
+@pytest.mark.parametrize("raw", ["past-the-end", "-1", "two"])
+@pytest.mark.parametrize("op", ["conv2d_relu", "conv1x1", "max_pool2d"])
+def test_bad_config_index(monkeypatch, raw, op):
+    """Every Triton op reads FASTCONV_TRITON_CONFIG the same way (conv1x1 and max_pool2d raised a
+    bare IndexError, and -1 quietly ran the last config)."""
+    import importlib
+
+    configs = importlib.import_module(f"fastconv.ops.triton.{op}").CONFIGS
+    monkeypatch.setenv("FASTCONV_TRITON_CONFIG", str(len(configs)) if raw == "past-the-end" else raw)
+    x = torch.randn(1, 16, 6, 6)
+    call = {"conv2d_relu": lambda: fastconv.conv2d_relu(x, torch.randn(16, 16, 3, 3)),
+            "conv1x1": lambda: fastconv.conv1x1(x, torch.randn(16, 16)),
+            "max_pool2d": lambda: fastconv.max_pool2d(x, 3, 2)}[op]
+    with fastconv.use_backend("triton"), \
+            pytest.raises(ValueError, match=r"FASTCONV_TRITON_CONFIG=.*expected an index into the \d+ configs"):
+        call()
 
 
 def test_configs_fit_every_dtype():

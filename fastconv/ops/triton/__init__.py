@@ -4,3 +4,19 @@ Each module exposes a launcher with the backend-kernel contract of its op (write
 place) and ``compile_specs()``, which ``compile_check`` uses to compile every config for real
 GPU targets without a GPU (DESIGN §6.3). Modules are imported lazily: Triton is optional.
 """
+
+import os as _os
+
+
+def pick_interpreter_config(configs):
+    """The one config an interpreted run uses (DESIGN §6.1: the autotuner is bypassed under
+    TRITON_INTERPRET=1): ``configs[$FASTCONV_TRITON_CONFIG]``, default 0, so tests pick each."""
+    raw = _os.environ.get("FASTCONV_TRITON_CONFIG", "0")
+    try:
+        index = int(raw)
+    except ValueError:
+        index = -1
+    if not 0 <= index < len(configs):  # (a negative index would quietly pick from the end)
+        raise ValueError(f"FASTCONV_TRITON_CONFIG={raw!r}: expected an index into the {len(configs)} configs "
+                         f"(0 to {len(configs) - 1})")
+    return configs[index]

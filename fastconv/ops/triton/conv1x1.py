@@ -8,7 +8,6 @@ owns those channels (up to 3 outs per launch: GoogLeNet's grouped 1x1s), through
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, List
 
 import torch
@@ -16,6 +15,7 @@ import triton
 import triton.language as tl
 
 from ..._backend import triton_interpreted as _interpreted
+from . import pick_interpreter_config
 
 # Tile shapes (tl.dot blocks >= 16; BLOCK_M >= 64 with 4-warp groups so that sm_90 gets wgmma;
 # the large tiles keep BLOCK_K = 32 so fp32 (tf32) stages fit sm_80's 163 KiB of shared memory). On a GPU all of them are autotuned per shape; under
@@ -191,7 +191,7 @@ def _launch(x, w, bias, residual, in_scale, in_shift, in_relu, stride, relu, out
         INPUT_PRECISION=_input_precision(x), DOT_IN_FP32=_interpreted() and x.dtype == torch.bfloat16,
     )
     if _interpreted():
-        cfg = CONFIGS[int(os.environ.get("FASTCONV_TRITON_CONFIG", "0"))]
+        cfg = pick_interpreter_config(CONFIGS)
         grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n_cols, cfg["BLOCK_N"]),)
         _conv1x1_kernel[grid](*args, **flags, **cfg)
     else:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from typing import Dict, List
 
 import torch
@@ -35,6 +34,7 @@ import triton
 import triton.language as tl
 
 from ..._backend import triton_interpreted as _interpreted
+from . import pick_interpreter_config
 
 OP = "conv2d_relu"
 
@@ -211,12 +211,7 @@ def _autotuned():
 
 def interpreter_config() -> triton.Config:
     """The single config interpreted runs use (DESIGN §6.1): CONFIGS[$FASTCONV_TRITON_CONFIG]."""
-    raw = os.environ.get("FASTCONV_TRITON_CONFIG", "0")
-    try:
-        index = int(raw)
-        return CONFIGS[index]
-    except (ValueError, IndexError):
-        raise ValueError(f"FASTCONV_TRITON_CONFIG={raw!r}: expected an index into the {len(CONFIGS)} CONFIGS") from None
+    return pick_interpreter_config(CONFIGS)
 
 
 def _sample_span(t: torch.Tensor) -> int:

@@ -14,7 +14,6 @@ bypassed and CONFIGS[$FASTCONV_TRITON_CONFIG] (default 0) runs, so tests pick ea
 from __future__ import annotations
 
 import functools
-import os
 from typing import Dict, List
 
 import torch
@@ -22,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ..._backend import triton_interpreted as _interpreted
+from . import pick_interpreter_config
 
 # (BLOCK_P output pixels, BLOCK_C channels, num_warps): wide-channel tiles for deep NHWC
 # layers, pixel-heavy tiles for few channels (or NCHW, where pixels are the contiguous axis).
@@ -96,7 +96,7 @@ def max_pool2d(x: torch.Tensor, kernel_size: List[int], stride: List[int], paddi
             kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
     pixels = n * oh * ow
     if _interpreted():
-        cfg = CONFIGS[int(os.environ.get("FASTCONV_TRITON_CONFIG", "0"))]
+        cfg = pick_interpreter_config(CONFIGS)
         grid = (triton.cdiv(pixels, cfg["BLOCK_P"]), triton.cdiv(c, cfg["BLOCK_C"]))
         _max_pool2d_kernel[grid](*args, BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"])
         return
