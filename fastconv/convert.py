@@ -45,7 +45,9 @@ def _convertible_bn(bn: nn.Module, conv: nn.Conv2d) -> bool:
             and bn.running_mean.numel() == conv.out_channels)
 
 
-def _convert_sequential(seq: nn.Sequential, dtype) -> nn.Sequential:
+def _convert_sequential(seq: nn.Module, dtype, keep=frozenset()) -> nn.Module:
+    """A chain of children (nn.Sequential, IntermediateLayerGetter) with Conv2d→BatchNorm2d→ReLU
+    runs fused; a child named in ``keep`` (an output the container hands out) ends a run."""
     names = list(seq._modules.keys())
     mods = list(seq._modules.values())
     new = []
@@ -53,9 +55,10 @@ def _convert_sequential(seq: nn.Sequential, dtype) -> nn.Sequential:
     while i < len(mods):
         m = mods[i]
         if fused.conv_relu_kind(m) is False:  # (a conv with its own ReLU cannot take a BatchNorm after it)
-            bn = mods[i + 1] if i + 1 < len(mods) and _convertible_bn(mods[i + 1], m) else None
+            bn = (mods[i + 1] if i + 1 < len(mods) and names[i] not in keep and _convertible_bn(mods[i + 1], m)
+                  else None)
             j = i + 1 + (bn is not None)
-            relu = j < len(mods) and fused.is_plain_relu(mods[j])
+            relu = j < len(mods) and names[j - 1] not in keep and fused.is_plain_relu(mods[j])
             new.append((names[i], fused.FusedConv.from_conv(m, bn, relu=relu, dtype=dtype)))
             new += [(names[k], nn.Identity()) for k in range(i + 1, j + relu)]
             i = j + relu
@@ -83,6 +86,15 @@ def _known(m: nn.Module, name: str) -> bool:
     return type(m).__name__ == name and type(m).__module__ in fused.KNOWN_MODULES
 
 
+def _known_layer_getter(m: nn.Module) -> bool:
+    """torchvision's IntermediateLayerGetter with its own forward: its children run in order, each
+    on the last one's output, and those named in ``return_layers`` are handed out."""
+    for cls in type(m).__mro__:
+        if cls.__name__ == "IntermediateLayerGetter" and cls.__module__ == "torchvision.models._utils":
+            return type(m).forward is cls.forward and isinstance(getattr(m, "return_layers", None), dict)
+    return False
+
+
 _BLOCKS = {
     "BasicBlock": fused.FusedResidualBlock,
     "Bottleneck": fused.FusedResidualBlock,
@@ -105,6 +117,8 @@ def _convert(m: nn.Module, dtype) -> nn.Module:
             pass  # e.g. another norm layer: convert the block's convs and pools one by one below
     if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward:
         return _convert_sequential(m, dtype)  # (a subclass with its own forward: one by one, below)
+    if _known_layer_getter(m):  # torchvision's backbone wrapper (detection, segmentation): a chain too
+        return _convert_sequential(m, dtype, keep=frozenset(m.return_layers))
     relu = fused.conv_relu_kind(m)
     if relu is not None:
         return fused.FusedConv.from_conv(m, None, relu=relu, dtype=dtype)

@@ -75,8 +75,19 @@ def is_plain_relu(m: nn.Module) -> bool:
 
 def is_plain_bn(m: nn.Module) -> bool:
     """A BatchNorm2d computing what BatchNorm2d's forward computes (a subclass with a forward of its
-    own, timm's BatchNormAct2d with an activation inside, does not), without hooks."""
-    return isinstance(m, nn.BatchNorm2d) and type(m).forward is nn.BatchNorm2d.forward and not has_hooks(m)
+    own, timm's BatchNormAct2d with an activation inside, does not), or torchvision's
+    FrozenBatchNorm2d (what its detection and segmentation builders put in a pretrained backbone:
+    the same eval-mode affine map from buffers), without hooks."""
+    return ((isinstance(m, nn.BatchNorm2d) and type(m).forward is nn.BatchNorm2d.forward) or _is_frozen_bn(m)) \
+        and not has_hooks(m)
+
+
+def _is_frozen_bn(m: nn.Module) -> bool:
+    """torchvision.ops.FrozenBatchNorm2d's own forward (looked up by name: no torchvision import)."""
+    for cls in type(m).__mro__:
+        if cls.__name__ == "FrozenBatchNorm2d" and cls.__module__ == "torchvision.ops.misc":
+            return type(m).forward is cls.forward
+    return False
 
 
 def is_plain_max_pool(m: nn.Module) -> bool:
@@ -112,7 +123,7 @@ def bn_scale_shift(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     """BatchNorm's eval-mode affine map ``y = x * scale + shift``, in float64."""
     if not is_plain_bn(bn):
         raise NotFusable(f"fastconv: cannot fold {type(bn).__name__}: only BatchNorm2d (its own forward, "
-                         "no hooks) folds into a conv")
+                         "no hooks) and torchvision's FrozenBatchNorm2d fold into a conv")
     if bn.running_mean is None or bn.running_var is None:
         raise NotFusable(f"fastconv: cannot fold {bn}: it has no running statistics (track_running_stats=False)")
     var = bn.running_var.detach().double()

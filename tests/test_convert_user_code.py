@@ -383,3 +383,87 @@ def test_loading_an_unconverted_checkpoint_into_a_converted_model_is_refused(str
     converted = fastconv.convert(tv_model("resnet18"))
     with pytest.raises(RuntimeError, match="BatchNorm layers folded into the convs.*convert it again"):
         converted.load_state_dict(torchvision.models.resnet18().state_dict(), strict=strict)
+
+
+def _randomize_frozen_bn(model, seed=0):
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                for name, lo in (("running_mean", -0.5), ("running_var", 0.5), ("weight", 0.5), ("bias", -0.5)):
+                    buf = getattr(m, name)
+                    buf.copy_(torch.rand(buf.shape, generator=gen) + lo)
+    return model
+
+
+def _count(model, name):
+    return sum(type(m).__name__ == name for m in model.modules())
+
+
+def test_frozen_batchnorm_folds():
+    """torchvision's detection and segmentation builders put FrozenBatchNorm2d in a pretrained
+    backbone: it folds as BatchNorm2d does (it was kept, and no ResNet block fused)."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    model = _randomize_frozen_bn(torchvision.models.resnet18(norm_layer=FrozenBatchNorm2d)).eval()
+    converted = fastconv.convert(model)
+    assert _count(converted, "FrozenBatchNorm2d") == 0 and _count(converted, "FusedResidualBlock") == 8
+    x = image(1, 48)
+    with torch.no_grad():
+        assert rel_err(converted(x), model(x)) < TOL
+
+
+def test_frozen_batchnorm_detection_backbone():
+    """A detection backbone (ResNet + FPN, dict of feature maps out) with FrozenBatchNorm2d."""
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    model = _randomize_frozen_bn(resnet_fpn_backbone(backbone_name="resnet18", weights=None,
+                                                     norm_layer=FrozenBatchNorm2d, trainable_layers=3)).eval()
+    converted = fastconv.convert(model)
+    assert _count(converted, "FrozenBatchNorm2d") == 0
+    x = image(1, 64)
+    with torch.no_grad():
+        want, got = model(x), converted(x)
+    assert list(got) == list(want)
+    for k in want:
+        assert rel_err(got[k], want[k]) < TOL, k
+
+
+def test_frozen_batchnorm_subclass_with_its_own_forward_is_kept():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    class FrozenBNAct(FrozenBatchNorm2d):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    model = _randomize_frozen_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), FrozenBNAct(8), nn.ReLU(),
+                                               nn.Conv2d(8, 8, 3), FrozenBatchNorm2d(8))).eval()
+    converted = fastconv.convert(model)
+    assert _count(converted, "FrozenBNAct") == 1 and _count(converted, "FrozenBatchNorm2d") == 0
+    x = image(2, 12)
+    with torch.no_grad():
+        assert rel_err(converted(x), model(x)) < TOL
+
+
+@pytest.mark.parametrize("returned", [{"relu": "r", "layer2": "x"}, {"bn1": "b", "layer1": "x"},
+                                      {"conv1": "c", "maxpool": "m"}, {"conv1": "c", "bn1": "b", "relu": "r"}])
+def test_intermediate_layer_getter_chain_keeps_returned_outputs(returned):
+    """torchvision's IntermediateLayerGetter runs its children as a chain: conv→BN→ReLU fuse there
+    too, but never across a child whose output it hands out."""
+    from torchvision.models._utils import IntermediateLayerGetter
+
+    model = tv_model("resnet18")
+    getter = IntermediateLayerGetter(model, return_layers=dict(returned)).eval()
+    converted = fastconv.convert(getter)
+    fused_stem = "conv1" not in returned and "bn1" not in returned
+    assert (_count(converted, "BatchNorm2d") == 0) == ("conv1" not in returned)
+    assert (type(converted.relu).__name__ == "Identity") == fused_stem
+    x = image(1, 64)
+    with torch.no_grad():
+        want, got = getter(x), converted(x)
+    assert list(got) == list(want)
+    for k in want:
+        assert rel_err(got[k], want[k]) < TOL, k
