@@ -59,7 +59,9 @@ def autotune_enabled() -> bool:
 def cache_dir() -> str:
     env = os.environ.get("FASTCONV_CACHE_DIR")
     if env:
-        return env
+        # "~" as a shell would expand it (a Dockerfile ENV or systemd Environment= does not), and
+        # absolute: a relative path would give every working directory a cache of its own
+        return os.path.abspath(os.path.expanduser(env))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "fastconv")
 

@@ -592,3 +592,12 @@ def test_slow_candidates_get_one_round(times, rounds_run):
     got = _autotune._time_candidates(["a", "b"], 3, timer, lambda t: None, torch.device("cpu"))
     assert got == times
     assert len(timer.timed) == 2 * rounds_run
+
+
+def test_cache_dir_expands_the_home_folder_and_is_absolute(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", "~/fastconv-cache")
+    assert _autotune.cache_dir() == str(tmp_path / "fastconv-cache")  # not ./~/fastconv-cache
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", "rel/cache")
+    assert _autotune.cache_dir() == str(tmp_path / "rel" / "cache")
