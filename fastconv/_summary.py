@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import _devices
+from ._summary_design import design_notes
 from ._table import fmt_count, fmt_si, render_table
 
 MODELS = ("alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
@@ -201,7 +202,7 @@ def summarize(name: str, input_size: int = 224, batch: int = 1, dtype: str = "fp
     finally:
         for h in handles:
             h.remove()
-    notes = []
+    notes = design_notes(name, model)
     if name == "googlenet":
         notes.append("auxiliary heads included (--aux; traced in training mode)" if aux
                      else "auxiliary heads excluded (inference; --aux to include them)")

@@ -202,3 +202,18 @@ def test_summary_into_a_closed_pipe_prints_no_traceback():
                           capture_output=True, text=True, timeout=300)
     assert proc.stdout.startswith("densenet201:")
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+
+
+def test_summary_shows_the_notes_parameter_arithmetic(capsys):
+    """DESIGN §1: the seed notes' arithmetic, counted on the model (figures worked by hand)."""
+    # AlexNet's fc: 9216·4096 + 4096 + 4096·4096 + 4096 + 4096·1000 + 1000
+    assert "fully connected layers: 58,631,144 of the 61,100,840 parameters (96%)" in _summary(capsys, "alexnet")
+    # VGG-16's stages: 3·64·9 + 64·64·9, 64·128·9 + 128·128·9, 128·256·9 + 2·256·256·9,
+    # 256·512·9 + 2·512·512·9, 3·512·512·9 against one 5×5 / 5×5 / 7×7 / 7×7 / 7×7 conv per stage
+    assert "the 5 stages hold 14,710,464 conv weights against 21,082,816 (70%)" in _summary(capsys, "vgg16")
+    out = _summary(capsys, "googlenet")
+    assert "the 18 reduce→3×3 branches of the 9 Inception modules hold" in out
+    assert "has 3×3 where the paper's branch 3 has 5×5" in out
+    assert "bottlenecks: the 16 blocks' 1×1→3×3→1×1" in _summary(capsys, "resnet50")
+    assert "note:" not in _summary(capsys, "resnet18")  # basic blocks: no bottleneck to count
+    assert "the 58 layers' 1×1 (to 4k) → 3×3 (to k)" in _summary(capsys, "densenet121")
