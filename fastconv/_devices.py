@@ -51,6 +51,8 @@ def gpu_spec(name: str) -> GPUSpec:
     if key in GPUS:
         return GPUS[key]
     words = set(re.split(r"[^a-z0-9]+", key)) - {"", "nvidia", "tesla"}
+    if "mig" in words:  # "NVIDIA A100-SXM4-40GB MIG 1g.5gb": a slice with a fraction of the card's peaks
+        raise KeyError(f"unknown GPU {name!r}: a MIG instance, whose peaks are a fraction of the whole card's")
     variant = None
     if "h200" in words:
         variant = "h200-nvl" if "nvl" in words else "h200"

@@ -25,12 +25,13 @@ def _cpu_channels_last_pre_hook(module: nn.Module, args):
     if torch.compiler.is_compiling() or _checks.transforms_active():
         return None
     x = args[0] if args else None
+    # (as the ops read strides: a one-channel NCHW image is channels_last-"contiguous" too)
     to_cl = (isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type == "cpu"
-             and not x.is_contiguous(memory_format=torch.channels_last))
+             and _checks.output_layout(x) != torch.channels_last)
     stack = _cpu_layout.__dict__.setdefault("restore", [])
     stack.append(bool(to_cl and x.is_contiguous()))  # hand back contiguous NCHW for contiguous NCHW in
     if to_cl:
-        return (x.contiguous(memory_format=torch.channels_last),) + tuple(args[1:])
+        return (_checks.as_layout(x, torch.channels_last),) + tuple(args[1:])
     return None
 
 
@@ -42,7 +43,7 @@ def _cpu_channels_last_hook(module: nn.Module, args, output):
     if not restore:
         return None
     if isinstance(output, torch.Tensor):  # the common case, on every forward: no container walk
-        return output.contiguous() if output.dim() == 4 else None
+        return _checks.as_layout(output, torch.contiguous_format) if output.dim() == 4 else None
     # Backbones (torchvision's IntermediateLayerGetter, detection bodies) return dicts of feature
     # maps and classifiers return (logits, features): their 4-D tensors go back too.
     restored = _restore_nchw(output)
@@ -54,7 +55,7 @@ def _restore_nchw(obj):
     ``obj`` itself, the same object, when none changes, so the caller can tell. Containers are
     rebuilt, never changed in place: the model may keep a reference to what it returned."""
     if isinstance(obj, torch.Tensor):
-        return obj.contiguous() if obj.dim() == 4 else obj  # contiguous() returns obj when it already is
+        return _checks.as_layout(obj, torch.contiguous_format) if obj.dim() == 4 else obj  # (obj when it already is)
     if isinstance(obj, dict):
         changed = {}
         for k, v in obj.items():

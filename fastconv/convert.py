@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 
 from . import _layout, fused
+from .ops import _checks
 from .nn.layers import MaxPool2d as FastMaxPool2d
 
 
@@ -202,7 +203,7 @@ class _InputCast(nn.Module):
         if self.dtype is not None and x.is_floating_point():
             x = x.to(self.dtype)
         if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = _checks.as_layout(x, torch.channels_last)  # (a one-channel NCHW image too)
         return x
 
     def forward(self, *args, **kwargs):

@@ -108,7 +108,8 @@ def test_gpu_spec_matches_whole_words(name, card):
     assert _devices.gpu_spec(name).name == card
 
 
-@pytest.mark.parametrize("name", ["NVIDIA GH200 480GB", "NVIDIA L400", "NVIDIA RTX A4000"])
+@pytest.mark.parametrize("name", ["NVIDIA GH200 480GB", "NVIDIA L400", "NVIDIA RTX A4000",
+                                  "NVIDIA A100-SXM4-40GB MIG 1g.5gb", "NVIDIA H200 MIG 1g.18gb"])
 def test_gpu_spec_refuses_cards_it_does_not_know(name):
     with pytest.raises(KeyError, match="unknown GPU"):
         _devices.gpu_spec(name)

@@ -149,3 +149,26 @@ def test_a_model_that_does_not_say_so_runs_its_own_forward_in_the_given_layout()
     _check(converted, ref, torch.randn(2, 3, 12, 10), channels_last_in=False)
     assert seen["stem"].is_contiguous()  # one conv: not worth two layout copies
     assert seen["body"].is_contiguous(memory_format=torch.channels_last) and not seen["body"].is_contiguous()
+
+
+@pytest.mark.parametrize("channels_last", [None, True])
+def test_one_channel_images_run_channels_last_inside(channels_last):
+    """An NCHW [N, 1, H, W] image is already channels_last-"contiguous", so .contiguous() left its
+    strides NCHW and the whole converted model ran NCHW: it is restrided (same memory) on the way in,
+    and the output comes back as eager's would."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 1)).eval()
+    randomize_bn(model)
+    converted = fastconv.convert(model, channels_last=channels_last)
+    inner = converted.model if channels_last else converted
+    seen = []
+    inner[3].register_forward_pre_hook(
+        lambda m, a: seen.append(torch._prims_common.suggest_memory_format(a[0]) == torch.channels_last))
+    x = torch.randn(2, 1, 12, 12)
+    with torch.no_grad():
+        y, want = converted(x), model(x)
+    assert seen == [True]
+    torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-5)
+    if channels_last is None:  # handed back in the layout it was given, as eager's strides say
+        assert torch._prims_common.suggest_memory_format(y) == torch._prims_common.suggest_memory_format(want)

@@ -89,6 +89,19 @@ def output_layout(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def as_layout(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``x.contiguous(memory_format=...)`` whose strides also say so: a tensor with a size-1
+    dimension can be contiguous in both layouts (an NCHW [N, 1, H, W] already "is" channels_last),
+    and then ``contiguous`` changes nothing and the ops read it as NCHW. Such a tensor is restrided
+    (same memory) to the strides the layout gives it."""
+    y = x.contiguous(memory_format=memory_format)
+    want_cl = memory_format == torch.channels_last
+    if y.dim() == 4 and y.numel() > 0 and _strides_like_channels_last(y.shape, y.stride()) != want_cl:
+        n, c, h, w = (max(d, 1) for d in y.shape)
+        y = y.as_strided(y.shape, (h * w * c, 1, w * c, c) if want_cl else (c * h * w, h * w, w, 1))
+    return y
+
+
 def _strides_like_channels_last(sizes, strides) -> bool:
     # c10's is_channels_last_strides_2d_s4: strides non-decreasing in the order C, W, H, N
     if strides[1] == 0:

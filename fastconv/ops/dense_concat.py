@@ -95,11 +95,16 @@ def _run(features, out):
     _autotune.dispatch(OP, out.device, KERNELS, (features, out), (list(features), out), ())
 
 
+def _layout(features) -> torch.memory_format:
+    """torch.cat's rule: channels_last when every feature is, else NCHW."""
+    cl = all(_checks.output_layout(f) == torch.channels_last for f in features)
+    return torch.channels_last if cl else torch.contiguous_format
+
+
 @torch.library.custom_op("fastconv::dense_concat", mutates_args=())
 def dense_concat_op(features: List[torch.Tensor]) -> torch.Tensor:
     shape = check_features(features)
-    out = torch.empty(shape, dtype=features[0].dtype, device=features[0].device,
-                      memory_format=_checks.output_layout(features[0]))
+    out = torch.empty(shape, dtype=features[0].dtype, device=features[0].device, memory_format=_layout(features))
     _run(features, out)
     return out
 
@@ -107,8 +112,7 @@ def dense_concat_op(features: List[torch.Tensor]) -> torch.Tensor:
 @dense_concat_op.register_fake
 def _(features):
     shape = check_features(features)
-    return torch.empty(shape, dtype=features[0].dtype, device=features[0].device,
-                       memory_format=_checks.output_layout(features[0]))
+    return torch.empty(shape, dtype=features[0].dtype, device=features[0].device, memory_format=_layout(features))
 
 
 def _vmap(info, in_dims, features):

@@ -170,3 +170,17 @@ def test_output_layout_follows_pytorch_on_ambiguous_strides(backend, case):
         expected_cl = torch._prims_common.suggest_memory_format(ref) == torch.channels_last
         assert (torch._prims_common.suggest_memory_format(y) == torch.channels_last) == expected_cl, op
         assert_close_rel(y, ref, torch.float32, op)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_concat_of_mixed_layouts_is_laid_out_as_torch_cat(backend):
+    """torch.cat is channels_last only when every input is (dense_concat followed features[0])."""
+    g = torch.Generator().manual_seed(12)
+    a = torch.randn(2, 3, 4, 5, generator=g).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(2, 4, 4, 5, generator=g)
+    for feats in ([a, b], [b, a], [a, a.clone()]):
+        with fastconv.use_backend(backend):
+            y = fastconv.dense_concat(feats)
+        ref = torch.cat(feats, 1)
+        assert y.stride() == ref.stride()
+        assert torch.equal(y, ref)
