@@ -33,7 +33,7 @@ std::string cuda_plan(c10::string_view op, const at::Tensor& x, const at::Tensor
     TORCH_CHECK(false, "_cuda_plan: cc=-1 needs a CUDA build; pass cc explicitly");
 #endif
   }
-  const bool tf32 = allow_tf32.has_value() ? *allow_tf32 : at::globalContext().allowTF32CuDNN();
+  const bool tf32 = allow_tf32.has_value() ? *allow_tf32 : conv_allows_tf32();
   const bool built = built_sm90a.has_value() ? *built_sm90a : kBuiltSm90a;
   const int sm80 = sm80_mode.has_value() ? static_cast<int>(*sm80_mode) : sm80_mode_from_env();
   TORCH_CHECK(sm80 >= 0 && sm80 <= 2, "_cuda_plan: sm80_mode must be 0 (off), 1 (on) or 2 (force), got ", sm80);

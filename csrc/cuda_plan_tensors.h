@@ -4,8 +4,11 @@
 
 #include "cuda_plan.h"
 
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
+#include <torch/version.h>
 
 #include <array>
 #include <cstdint>
@@ -68,6 +71,22 @@ inline bool sm90_tf32_from_env() {
   if (v == nullptr || *v == '\0' || std::strcmp(v, "0") == 0) return false;
   TORCH_CHECK(std::strcmp(v, "1") == 0, "FASTCONV_CUTLASS_SM90_TF32 must be 0 or 1, got '", v, "'");
   return true;
+}
+
+// Whether float32 convs may run as TF32, as PyTorch's cuDNN convs decide it. The legacy query
+// (allowTF32CuDNN() without an op) raises once a user sets the newer per-op setting, e.g.
+// torch.backends.cudnn.conv.fp32_precision = "ieee"; torch 2.14 (checked here) takes the conv op.
+// On older torch an ambiguous setting computes in IEEE float32 rather than raising.
+inline bool conv_allows_tf32() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 14)
+  return at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
+#else
+  try {
+    return at::globalContext().allowTF32CuDNN();
+  } catch (const c10::Error&) {
+    return false;
+  }
+#endif
 }
 
 // weight: 4-D [Co, Ci/groups, KH, KW] (conv2d_relu) or 2-D [Co, Ci] (conv1x1, then padding and

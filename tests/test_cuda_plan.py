@@ -339,3 +339,30 @@ def test_sm90_tf32_switch_comes_from_the_environment(monkeypatch):
         conv_plan(x, w, out, tf32=True, sm90_tf32=None)
     monkeypatch.delenv("FASTCONV_CUTLASS_SM90_TF32")
     assert conv_plan(x, w, out, tf32=True, sm90_tf32=None).startswith("direct:")
+
+
+@pytest.fixture
+def conv_precision():
+    """Restores torch's cuDNN float32 settings (legacy flag and the per-op one) after the test."""
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.conv.fp32_precision, cudnn.fp32_precision)
+    yield cudnn
+    cudnn.fp32_precision, cudnn.conv.fp32_precision = saved[1], saved[0]
+
+
+@pytest.mark.parametrize("setting,tf32", [("tf32", True), ("ieee", False), ("legacy-off", False)])
+def test_tf32_follows_the_conv_precision_setting(conv_precision, setting, tf32):
+    """torch.backends.cudnn.conv.fp32_precision = "ieee" (torch's newer API) made the planner's
+    legacy allowTF32CuDNN() query raise, and with it every float32 call of the cuda backend; the
+    Triton launchers read the legacy flag the same way."""
+    from fastconv.ops.triton import cudnn_conv_tf32
+
+    if setting == "legacy-off":
+        conv_precision.allow_tf32 = False
+    else:
+        conv_precision.conv.fp32_precision = setting
+    x, w, out = problem(dtype=torch.float32)
+    plan = torch.ops.fastconv._cuda_plan("conv2d_relu", x, w, None, out, [1, 1], [1, 1, 1, 1], [1, 1], 1, False,
+                                         90, None, True, 0, False)  # allow_tf32=None: the global setting
+    assert ("FASTCONV_CUTLASS_SM80=1" in plan) == tf32
+    assert cudnn_conv_tf32() == tf32

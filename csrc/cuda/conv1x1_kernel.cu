@@ -215,7 +215,7 @@ void conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, const c10::opti
   const auto* prop = at::cuda::getCurrentDeviceProperties();
   const int cc = prop->major * 10 + prop->minor;
   const bool prologue = in_scale.has_value() || in_shift.has_value() || in_relu;
-  const bool tf32 = at::globalContext().allowTF32CuDNN();
+  const bool tf32 = conv_allows_tf32();
   const int sm80_mode = sm80_mode_from_env();
   const bool sm90_tf32 = sm90_tf32_from_env();
 

@@ -92,7 +92,7 @@ void conv2d_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const std::
   const c10::cuda::CUDAGuard guard(x.device());
   const auto* prop = at::cuda::getCurrentDeviceProperties();
   const ConvPlan plan = plan_conv(plan_input(false, x, weight, residual, out, stride, padding, dilation, groups, false,
-                                             prop->major * 10 + prop->minor, at::globalContext().allowTF32CuDNN(),
+                                             prop->major * 10 + prop->minor, conv_allows_tf32(),
                                              kBuiltSm90a, sm80_mode_from_env(), sm90_tf32_from_env()));
   if (plan.path != "direct") {
     run_cutlass(plan, x, weight, bias, residual, g, padding, relu, out);

@@ -175,13 +175,24 @@ def test_float64_rejected():
         triton_conv.conv2d_relu(x, weight, None, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, True, out)
 
 
+@pytest.mark.parametrize("op", ["conv2d_relu", "conv1x1", "max_pool2d"])
+def test_float64_rejected_by_every_triton_op(op):
+    """conv1x1 had no dtype check: tl.dot on float64 operands returned garbage (6.9e-310)."""
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    call = {"conv2d_relu": lambda: fastconv.conv2d_relu(x, torch.randn(8, 4, 3, 3, dtype=torch.float64)),
+            "conv1x1": lambda: fastconv.conv1x1(x, torch.randn(8, 4, dtype=torch.float64)),
+            "max_pool2d": lambda: fastconv.max_pool2d(x, 2)}[op]
+    with fastconv.use_backend("triton"), pytest.raises(TypeError, match="backend 'triton' supports .*float64"):
+        call()
+
+
 def test_int32_offsets_rejected_before_launch():
     """A sample spanning more than 2**31 elements is refused with a RuntimeError (meta tensors:
     the check must fire before anything is allocated or launched)."""
     x = torch.empty(1, 3, 40000, 20000, device="meta")
     weight = torch.empty(8, 3, 3, 3, device="meta")
     out = torch.empty(1, 8, 39998, 19998, device="meta")
-    with pytest.raises(RuntimeError, match="int32.*x, out"):
+    with pytest.raises(RuntimeError, match="int32 .x, out per sample exceed .* Use another backend"):
         triton_conv.conv2d_relu(x, weight, None, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, True, out)
 
 

@@ -393,3 +393,20 @@ def test_triton_cuda(dtype):
             for layout in ("nchw", "nhwc"):
                 x = to_layout(torch.randn(4, c, h, h, device="cuda", dtype=dtype), layout)
                 assert_pool_equal(fastconv.max_pool2d(x, k, s, p, 1, ceil), F.max_pool2d(x, k, s, p, 1, ceil), name)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_triton_pixel_count_past_int32(n):
+    """The kernel's bound N*OH*OW came from int32 arguments and wrapped at 2**31 pixels: every pixel
+    was masked out and the output never written. One program of the launcher's grid, with the
+    sizes of x [n, 1, 32768, 32768] (an expanded x: no 4 GiB here) and an out holding its pixels."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("interpreted Triton runs only without a CUDA device (conftest sets TRITON_INTERPRET)")
+    from fastconv.ops.triton.max_pool2d import _max_pool2d_kernel
+
+    side = 32768
+    x = torch.full((1,), 5.0).expand(n, 1, side, side)  # kernel 1, stride 1: every output is 5
+    out = torch.full((64,), -1.0)
+    _max_pool2d_kernel[(1, 1)](x, out, n, 1, side, side, side, side, *x.stride(), side * side, 1, side, 1,
+                               1, 1, 1, 1, 0, 0, 1, 1, BLOCK_P=64, BLOCK_C=2)
+    assert torch.equal(out, torch.full((64,), 5.0))

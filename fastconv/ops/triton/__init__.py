@@ -20,3 +20,20 @@ def pick_interpreter_config(configs):
         raise ValueError(f"FASTCONV_TRITON_CONFIG={raw!r}: expected an index into the {len(configs)} configs "
                          f"(0 to {len(configs) - 1})")
     return configs[index]
+
+
+def cudnn_conv_tf32() -> bool:
+    """Whether float32 convs may run as TF32, as PyTorch's cuDNN convs decide it: the conv setting
+    ``torch.backends.cudnn.conv.fp32_precision`` where torch has it ("tf32" / "ieee"; "none" defers
+    to the legacy ``torch.backends.cudnn.allow_tf32``, whose read raises once the per-op settings
+    differ: then IEEE float32)."""
+    import torch
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    precision = getattr(conv, "fp32_precision", "none") if conv is not None else "none"
+    if precision in ("tf32", "ieee"):
+        return precision == "tf32"
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        return False

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ..._backend import triton_interpreted as _interpreted
-from . import pick_interpreter_config
+from . import cudnn_conv_tf32, pick_interpreter_config
 
 # Tile shapes (tl.dot blocks >= 16; BLOCK_M >= 64 with 4-warp groups so that sm_90 gets wgmma;
 # the large tiles keep BLOCK_K = 32 so fp32 (tf32) stages fit sm_80's 163 KiB of shared memory). On a GPU all of them are autotuned per shape; under
@@ -139,7 +139,7 @@ def _tuned_kernel():
 
 
 def _input_precision(x: torch.Tensor) -> str:
-    if x.dtype == torch.float32 and x.is_cuda and torch.backends.cudnn.allow_tf32:
+    if x.dtype == torch.float32 and x.is_cuda and cudnn_conv_tf32():
         return "tf32"  # as cuDNN does for float32 convolutions when allowed
     return "ieee"
 
@@ -161,6 +161,8 @@ def _check_int32(named) -> None:
 
 
 def _launch(x, w, bias, residual, in_scale, in_shift, in_relu, stride, relu, outs):
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):  # (float64: tl.dot computed garbage)
+        raise TypeError(f"fastconv.conv1x1: backend 'triton' supports float32, float16 and bfloat16, got {x.dtype}")
     _check_int32([("x", x), ("weight", w), ("residual", residual)] + [(f"outs[{i}]", o) for i, o in enumerate(outs)])
     n, _, _, _ = x.shape
     _, _, oh, ow = outs[0].shape

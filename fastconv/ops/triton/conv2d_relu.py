@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from ..._backend import triton_interpreted as _interpreted
-from . import pick_interpreter_config
+from . import cudnn_conv_tf32, pick_interpreter_config
 
 OP = "conv2d_relu"
 
@@ -221,7 +221,7 @@ def _sample_span(t: torch.Tensor) -> int:
 
 def _input_precision(x: torch.Tensor) -> str:
     # As PyTorch does for convs: tf32 for fp32 when cuDNN may use it. fp16/bf16 ignore it.
-    if x.dtype == torch.float32 and x.is_cuda and not _interpreted() and torch.backends.cudnn.allow_tf32:
+    if x.dtype == torch.float32 and x.is_cuda and not _interpreted() and cudnn_conv_tf32():
         return "tf32"
     return "ieee"
 
@@ -252,8 +252,8 @@ def conv2d_relu(x, weight, bias, residual, stride, padding, dilation, groups, re
     too_big = [name for name, span in spans.items() if span > _INT32_MAX]
     if m > _INT32_MAX - 256 or too_big:  # 256: the largest BLOCK_M, so row indices of the last tile fit too
         raise RuntimeError(
-            f"fastconv.{OP}: backend 'triton' indexes within one sample in int32; "
-            f"{', '.join(too_big) or 'N*OH*OW'} exceeds 2**31-1 elements per sample. Use a smaller batch or another backend."
+            f"fastconv.{OP}: backend 'triton' indexes in int32 ({', '.join(too_big) + ' per sample' if too_big else 'N*OH*OW output pixels in the batch'}"
+            f" exceed 2**31-1 elements). Use {'another backend' if too_big else 'a smaller batch or another backend'}."
         )
     if groups > 65535:
         raise RuntimeError(f"fastconv.{OP}: backend 'triton' supports at most 65535 groups (a CUDA grid limit), got {groups}")

@@ -25,10 +25,12 @@ def dense_concat_copy_kernel(
     pid = tl.program_id(0).to(tl.int64)
     idx = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = idx < numel
+    # (the sizes arrive as int32 and their products would wrap past 2^31 elements: divide the
+    # int64 index instead of multiplying the sizes)
     i3 = idx % size3
     i2 = (idx // size3) % size2
-    i1 = (idx // (size3 * size2)) % size1
-    i0 = idx // (size3 * size2 * size1)
+    i1 = (idx // size3 // size2) % size1
+    i0 = idx // size3 // size2 // size1
     value = tl.load(src + i0 * s_s0 + i1 * s_s1 + i2 * s_s2 + i3 * s_s3, mask=mask)
     tl.store(dst + i0 * d_s0 + i1 * d_s1 + i2 * d_s2 + i3 * d_s3, value, mask=mask)
 

@@ -52,11 +52,13 @@ def _max_pool2d_kernel(
     # int64 pixel and channel indices: offsets of > 2^31-element tensors must not wrap
     p = pid_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    p_ok = p < N * OH * OW
+    # (the sizes arrive as int32 and their product N * OH * OW would wrap at 2^31 pixels:
+    # divide the int64 index instead of multiplying the sizes)
     c_ok = c < C
     ow = p % OW
     oh = (p // OW) % OH
-    n = p // (OW * OH)
+    n = p // OW // OH
+    p_ok = n < N
     x_base = x_ptr + (n * sxn)[:, None] + (c * sxc)[None, :]
     acc = tl.full([BLOCK_P, BLOCK_C], float("-inf"), tl.float32)
     for a in range(KH):
