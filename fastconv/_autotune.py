@@ -505,7 +505,7 @@ def _time_candidates(cands: Sequence[str], rounds: int, timer, run: Callable[[st
                 unsupported.add(tactic)
                 continue
             timings[tactic] = min(t, timings.get(tactic, t))
-        if timings and min(timings.values()) > LONG_CALL_S:
+        if rounds > 1 and timings and min(timings.values()) > LONG_CALL_S:  # (a timer asked once: as asked)
             # every candidate is slow: no more rounds, which would cost seconds per candidate; but
             # the round's first call also paid the one-time costs (first touch of the output's
             # pages: 0.06-0.17 s of a 0.35 s pool), so that candidate is timed once more
