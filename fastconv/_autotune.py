@@ -496,7 +496,8 @@ def _time_candidates(cands: Sequence[str], rounds: int, timer, run: Callable[[st
     timings: Dict[str, float] = {}
     unsupported: set = set()
     for r in range(rounds):
-        for tactic in (cands if r % 2 == 0 else cands[::-1]):
+        order = cands if r % 2 == 0 else cands[::-1]
+        for tactic in order:
             if tactic in unsupported:
                 continue
             try:
@@ -509,7 +510,7 @@ def _time_candidates(cands: Sequence[str], rounds: int, timer, run: Callable[[st
             # every candidate is slow: no more rounds, which would cost seconds per candidate; but
             # the round's first call also paid the one-time costs (first touch of the output's
             # pages: 0.06-0.17 s of a 0.35 s pool), so that candidate is timed once more
-            first = next((c for c in (cands if r % 2 == 0 else cands[::-1]) if c in timings), None)
+            first = next((c for c in order if c in timings), None)
             if first is not None:
                 timings[first] = min(timings[first], float(timer(first, lambda t=first: run(t), device)))
             break

@@ -90,10 +90,8 @@ def _known(m: nn.Module, name: str) -> bool:
 def _known_layer_getter(m: nn.Module) -> bool:
     """torchvision's IntermediateLayerGetter with its own forward: its children run in order, each
     on the last one's output, and those named in ``return_layers`` are handed out."""
-    for cls in type(m).__mro__:
-        if cls.__name__ == "IntermediateLayerGetter" and cls.__module__ == "torchvision.models._utils":
-            return type(m).forward is cls.forward and isinstance(getattr(m, "return_layers", None), dict)
-    return False
+    return (fused.runs_forward_of(m, "torchvision.models._utils", "IntermediateLayerGetter")
+            and isinstance(getattr(m, "return_layers", None), dict))
 
 
 _BLOCKS = {

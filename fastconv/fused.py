@@ -83,9 +83,14 @@ def is_plain_bn(m: nn.Module) -> bool:
 
 
 def _is_frozen_bn(m: nn.Module) -> bool:
-    """torchvision.ops.FrozenBatchNorm2d's own forward (looked up by name: no torchvision import)."""
+    return runs_forward_of(m, "torchvision.ops.misc", "FrozenBatchNorm2d")
+
+
+def runs_forward_of(m: nn.Module, module: str, name: str) -> bool:
+    """Whether ``m`` is an instance of class ``module.name`` (or a subclass) that runs that class's
+    own forward. Looked up by name, so torchvision need not be imported."""
     for cls in type(m).__mro__:
-        if cls.__name__ == "FrozenBatchNorm2d" and cls.__module__ == "torchvision.ops.misc":
+        if cls.__name__ == name and cls.__module__ == module:
             return type(m).forward is cls.forward
     return False
 
