@@ -6,11 +6,12 @@
 #   bash benchmarks/build_for_gpu_machine.sh [TORCH_VERSION] [PYTHON] [ARCH_LIST] [OUT_DIR]
 #   defaults: 2.11.0, python3.12, 9.0a, .gpu_carry
 #
-# Makes a virtual environment with that torch (from the package index), builds in place for
-# ARCH_LIST only, and copies the .so and fastconv/_build_info.py into OUT_DIR/so/, plus the
-# nvidia-cutlass wheel into OUT_DIR/wheels/ (gpu_check installs it only if it must build after
-# all). On the GPU machine, before gpu_check.sh: `cp OUT_DIR/so/* fastconv/`. The build writes
-# fastconv/_build_info.py for the other torch: rebuild for this machine's torch afterwards.
+# Makes a virtual environment with that torch (from the package index), builds for ARCH_LIST
+# only in a copy of this tree (tracked and untracked-not-ignored files: the working tree's own
+# extension and fastconv/_build_info.py stay as they are, so the local install keeps working),
+# and copies the .so and that build's _build_info.py into OUT_DIR/so/, plus the nvidia-cutlass
+# wheel into OUT_DIR/wheels/ (gpu_check installs it only if it must build after all). On the GPU
+# machine, before gpu_check.sh: `cp OUT_DIR/so/* fastconv/`.
 # Used on 2026-11-28 for the H200 (torch 2.11.0+cu130, Python 3.12): 5 min here, 4 s there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +24,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install -q "torch==$TORCH_VERSION" setuptools wheel ninja nvidia-cutlass
 fi
-FASTCONV_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" MAX_JOBS="${MAX_JOBS:-2}" \
-  "$VENV/bin/python" setup.py build_ext --inplace
+SRC="$VENV/src"  # kept between runs: ninja then recompiles only what changed
+mkdir -p "$SRC"
+# (tar keeps the files' times, so an unchanged source is not rebuilt; deleted ones are skipped)
+git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$SRC"
+(cd "$SRC" && FASTCONV_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" \
+  MAX_JOBS="${MAX_JOBS:-2}" "$VENV/bin/python" setup.py build_ext --inplace)
 tag=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 mkdir -p "$OUT_DIR/so" "$OUT_DIR/wheels"
-cp "fastconv/_C$tag" fastconv/_build_info.py "$OUT_DIR/so/"
+cp "$SRC/fastconv/_C$tag" "$SRC/fastconv/_build_info.py" "$OUT_DIR/so/"
 "$VENV/bin/pip" download -q --no-deps -d "$OUT_DIR/wheels" nvidia-cutlass
 echo "built fastconv/_C$tag for torch $TORCH_VERSION, arch $ARCH; carry $OUT_DIR (add it to .git/info/exclude)"

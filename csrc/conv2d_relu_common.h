@@ -62,6 +62,9 @@ inline Conv2dGeometry check_conv2d_relu_args(
   TORCH_CHECK(g.cg * groups == g.c, op, ": weight ", weight.sizes(), " expects ", g.cg * groups,
               " input channels with groups=", groups, ", but x has ", g.c);
   TORCH_CHECK(g.kh > 0 && g.kw > 0, op, ": weight must have a non-empty kernel, got ", weight.sizes());
+  TORCH_CHECK(g.n == 0 || g.c == 0 || (g.h > 0 && g.w > 0), op,
+              ": x must have non-empty spatial dimensions (only the batch or the channels may be 0), got ",
+              x.sizes());
   g.cog = g.co / groups;
   g.sh = stride[0]; g.sw = stride[1];
   g.pt = padding[0]; g.pl = padding[2];

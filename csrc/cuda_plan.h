@@ -103,7 +103,12 @@ inline int64_t uniform_pixel_stride(const int64_t* s, int64_t n, int64_t h, int6
 // 16-byte strides (otherwise a per-call repack), and conv1x1's prologue temporary.
 inline ConvPlan finish_plan(const ConvPlanInput& p, const char* path, int64_t align) {
   ConvPlan plan{path, ""};
-  const bool w_krsc = p.ws[1] == 1 && p.ws[0] % align == 0 &&
+  // A 4-D weight must also be packed along R: CUTLASS 2.x's optimized filter iterator walks the
+  // R x S taps as one flat index with the S stride alone (a [..., :3] slice of a wider kernel, or
+  // an R/S transpose, would read the wrong taps), and no stride may overlap (an expanded weight).
+  const bool w_packed = p.conv1x1 ? p.ws[0] >= p.c
+                                  : at_least_packed(p.ws, p.c, p.kh, p.kw) && (p.kh == 1 || p.ws[2] == p.kw * p.ws[3]);
+  const bool w_krsc = p.ws[1] == 1 && p.ws[0] % align == 0 && w_packed &&
                       (p.conv1x1 || (p.ws[2] % align == 0 && p.ws[3] % align == 0)) && p.w_mis == 0;
   if (!w_krsc) {
     plan.repack_weight = true;
@@ -137,6 +142,7 @@ inline ConvPlan plan_sm80_rest(const ConvPlanInput& p, int64_t align, int64_t pa
   const int64_t elem = p.dtype == PlanDtype::kFloat ? 4 : 2, limit = INT32_MAX;
   const int64_t wspan = (p.co - 1) * p.ws[0] + (p.kh - 1) * p.ws[2] + (p.kw - 1) * p.ws[3] + p.c;
   if ((!p.has_prologue && pad_c == 0 && span_bytes(p.xs, p.n, p.c, p.h, p.w, elem) > limit) ||
+      (p.has_prologue && p.n * p.oh * p.ow * p.c * elem > limit) ||  // the prologue's temporary is x then
       (pad_c > 0 && p.n * p.h * p.w * pad_c * elem > limit) ||
       span_bytes(p.os, p.n, p.co, p.oh, p.ow, elem) > limit ||
       (p.has_residual && span_bytes(p.rs, p.n, p.co, p.oh, p.ow, elem) > limit) || wspan * elem > limit) {
@@ -168,7 +174,9 @@ inline ConvPlan plan_family(const ConvPlanInput& p, bool sm90) {
   const bool fp32 = p.dtype == PlanDtype::kFloat;
   const int64_t kAlign = fp32 ? 4 : 8;  // 16 bytes: TMA's global-address granule, cp.async's widest access
   if (p.groups != 1) return direct("groups=" + std::to_string(p.groups) + " (CUTLASS path needs groups == 1)");
-  if (p.n == 0 || p.oh == 0 || p.ow == 0 || p.co == 0) return direct("empty problem");
+  if (p.n == 0 || p.oh == 0 || p.ow == 0 || p.co == 0 || p.c == 0) return direct("empty problem");
+  // both CUTLASS problem shapes hold extents in 32-bit ints
+  if (p.h > INT32_MAX || p.w > INT32_MAX) return direct("input height or width exceeds 2^31-1");
   const std::string align_s = std::to_string(kAlign);
   // The 3-channel stems on the 2.x kernels: x and weight zero-padded to 4 channels (8 bytes for
   // 16-bit types: the few-channels kernel's access; 16 bytes for TF32: the regular kernel's).

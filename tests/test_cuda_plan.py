@@ -127,6 +127,35 @@ def test_nchw_weight_is_repacked():
     assert plan.startswith("cutlass_sm90") and "repacked" in plan
 
 
+@pytest.mark.parametrize("sm80", [0, 2])
+def test_weight_not_packed_along_r_is_repacked(sm80):
+    """CUTLASS 2.x's filter iterator steps over the R x S taps with the S stride alone: a weight whose
+    R stride is not S * (S stride), or whose strides overlap, must be copied to packed KRSC first."""
+    x, w, out = problem()
+    assert conv_plan(x, w, out, sm80=sm80) == f"cutlass_sm{80 if sm80 else 90}"  # packed CL: taken as is
+    wide = torch.empty(32, 32, 3, 5, dtype=torch.float16).contiguous(memory_format=CL)
+    transposed = torch.empty(32, 32, 3, 3, dtype=torch.float16).contiguous(memory_format=CL).transpose(2, 3)
+    expanded = torch.empty(1, 32, 3, 3, dtype=torch.float16).contiguous(memory_format=CL).expand(32, -1, -1, -1)
+    for bad in (wide[..., :3], transposed, expanded):
+        plan = conv_plan(x, bad, out, sm80=sm80)
+        assert plan.startswith(f"cutlass_sm{80 if sm80 else 90}") and "repacked" in plan, (bad.stride(), plan)
+    # a 3x1 slice of a channels_last 3x3 weight has R stride 3*C, S stride C: not flat either
+    tall = torch.empty(32, 32, 3, 3, dtype=torch.float16).contiguous(memory_format=CL)[..., :1]
+    plan = conv_plan(x, tall, out, padding=(1, 1, 0, 0), sm80=sm80)
+    assert "repacked" in plan, plan
+
+
+def test_empty_or_huge_extents_take_the_direct_kernel():
+    x, w, out = problem(c=0)
+    assert conv_plan(x, torch.empty(32, 0, 3, 3, dtype=torch.float16), out) == "direct: empty problem"
+    x = torch.empty(1, 32, 1, 2**31 + 8, dtype=torch.float16, device="meta").contiguous(memory_format=CL)
+    w = torch.empty(32, 32, 1, 1, dtype=torch.float16, device="meta").contiguous(memory_format=CL)
+    out = torch.empty(1, 32, 1, 2**28 + 1, dtype=torch.float16, device="meta").contiguous(memory_format=CL)
+    for sm80 in (0, 2):
+        plan = conv_plan(x, w, out, stride=(1, 8), padding=(0, 0, 0, 0), sm80=sm80)
+        assert plan.startswith("direct:") and "2^31-1" in plan, plan
+
+
 def test_projection_shortcut_stride_and_dilation():
     x, w, out = problem(k=1, stride=2, pad=0, h=16, w=16)
     assert conv_plan(x, w, out, stride=(2, 2), padding=(0, 0, 0, 0)) == "cutlass_sm90"
@@ -252,6 +281,17 @@ def test_sm80_refuses_tensors_of_2_gib():
     assert plan.startswith("direct:") and "2 GiB" in plan
     x, w, out = problem(n=1, c=64, h=2048, w=2048, co=64, device="meta")  # 512 MiB
     assert conv_plan(x, w, out, cc=80, sm80=1) == "cutlass_sm80"
+
+
+def test_sm80_refuses_a_prologue_temporary_of_2_gib():
+    """conv1x1's prologue writes an [N, C, OH, OW] temporary that the 2.x kernel then reads as x."""
+    def plan1x1(n):
+        x = torch.empty(n, 256, 56, 56, dtype=torch.bfloat16, device="meta")  # NCHW: the prologue reads any layout
+        w = torch.empty(128, 256, dtype=torch.bfloat16, device="meta")
+        out = torch.empty(n, 128, 56, 56, dtype=torch.bfloat16, device="meta").contiguous(memory_format=CL)
+        return torch.ops.fastconv._cuda_plan("conv1x1", x, w, None, out, [1, 1], [], [], 1, True, 80, False, True, 1)
+    assert plan1x1(1400).startswith("direct:") and "2 GiB" in plan1x1(1400)  # temporary 2.25 GB
+    assert plan1x1(600).startswith("cutlass_sm80") and "prologue" in plan1x1(600)
 
 
 def test_sm80_mode_comes_from_the_environment(monkeypatch):

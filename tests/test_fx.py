@@ -45,7 +45,30 @@ def test_fx_unsupported_arguments_are_named():
             self.w = torch.nn.Parameter(torch.randn(4, 3, 3, 3))
 
         def forward(self, x):
-            return fastconv.conv2d_relu(x, self.w, padding="same")
+            return fastconv.conv2d_relu(x, self.w * 2, padding="same")  # a computed weight: kernel unknown
 
     with pytest.raises(NotImplementedError, match="under torch.fx tracing"):
         torch.fx.symbolic_trace(Same())
+
+
+def test_same_padding_of_layers_and_dense_concat_trace():
+    """'same' padding traces where the weight is a module's tensor (a layer's, a converted conv's:
+    its kernel size is known), and dense_concat records its op, as the other functionals do."""
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(fastconv.nn.Conv2dReLU(3, 8, 3, padding="same"),
+                                 fastconv.nn.Conv2dReLU(8, 8, (2, 4), padding="same", dilation=(1, 2)))
+    converted = fastconv.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, padding="same"), torch.nn.ReLU()).eval())
+
+    class Concat(torch.nn.Module):
+        def forward(self, x):
+            return fastconv.dense_concat([x, fastconv.max_pool2d(x, 3, 1, 1)])
+
+    x = torch.randn(2, 3, 9, 10)
+    with torch.no_grad():
+        for model in (layers, converted, Concat()):
+            graph = torch.fx.symbolic_trace(model)
+            assert any(str(n.target).startswith("fastconv.") for n in graph.graph.nodes if n.op == "call_function")
+            torch.testing.assert_close(graph(x), model(x))
+        with pytest.raises(NotImplementedError, match="no out="):
+            torch.fx.symbolic_trace(type("ConcatOut", (torch.nn.Module,), {
+                "forward": lambda self, x: fastconv.dense_concat([x, x], out=torch.empty(2, 6, 9, 10))})())

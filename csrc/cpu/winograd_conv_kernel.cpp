@@ -62,8 +62,8 @@ struct Geometry {
 
 // V[e * vs + c] for one tile: the 16 transformed values of each channel, from 16 rows of C
 // contiguous floats (d[r * 4 + s] points at x[n, :, iy0 + r, ix0 + s], or at zeros outside x).
-// Returns a value that is 0 when the tile's inputs are all finite (NaN otherwise, or for sums that
-// overflow: x * 0 is 0 exactly for finite x).
+// Returns a value that is 0 when the tile's inputs are all finite (x * 0 is 0 exactly for finite x),
+// NaN otherwise. (Finite inputs whose transforms overflow are caught on the outputs: all_finite.)
 FASTCONV_SIMD_CLONES
 float input_transform_2(const float* const* d, int64_t C, float* __restrict__ v, int64_t vs) {
   const float *__restrict__ d00 = d[0], *__restrict__ d01 = d[1], *__restrict__ d02 = d[2], *__restrict__ d03 = d[3];
@@ -88,6 +88,17 @@ float input_transform_2(const float* const* d, int64_t C, float* __restrict__ v,
     z += ((u00 + u01 + u02 + u03) + (u10 + u11 + u12 + u13) + (u30 + u31 + u32 + u33)) * 0.0f;
   }
   return z;
+}
+
+// Whether y[0..n) holds no NaN or Inf: a tile whose finite inputs overflowed in the transforms
+// (values near FLT_MAX: F(4x4)'s input transform scales by up to 100) or met a non-finite
+// transformed weight comes out NaN or Inf where a direct conv may not.
+FASTCONV_SIMD_CLONES
+bool all_finite(const float* __restrict__ y, int64_t n) {
+  float z = 0.0f;
+#pragma omp simd reduction(+ : z)
+  for (int64_t i = 0; i < n; ++i) z += y[i] * 0.0f;
+  return z == 0.0f;
 }
 
 // The 2x2 outputs y[p * K + k] of one tile from its 16 GEMM rows (m[e * ms + k]): A^T M A + bias.
@@ -223,8 +234,9 @@ struct Transforms<4> {
 
 // The original 3x3 weight, for the tiles whose input is not all finite: the transforms combine a
 // tile's inputs with +-1, 2, 4, 5 (Inf - Inf = NaN, NaN * 0 = NaN), so a NaN or Inf would reach
-// outputs it does not touch in a direct conv, or turn an Inf result into NaN. Such tiles are
-// computed directly from the weight instead: the same products as a direct conv.
+// outputs it does not touch in a direct conv, or turn an Inf result into NaN. Such tiles, and
+// those whose outputs come out non-finite from finite inputs (an overflow inside the transforms),
+// are computed directly from the weight instead: the same products as a direct conv.
 struct DirectWeight {
   const float* p = nullptr;  // w[k * s0 + c * s1 + r * s2 + s * s3], or null: no fallback
   int64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -306,7 +318,7 @@ void winograd_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& u, 
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> zeros(C, 0.0f);
     std::vector<float> vbuf(E * Tb * C), mbuf(E * Tb * K), ybuf(M * M * K);
-    std::vector<char> direct(Tb, 0);  // tiles with a non-finite input, computed directly (wd)
+    std::vector<char> direct(Tb, 0);  // tiles with a non-finite input or output: computed directly (wd)
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t t0 = blk * Tb, nt = std::min(Tb, T - t0);
       // 1. input tiles -> V[e][t][c] (row stride C, matrix stride Tb * C)
@@ -335,11 +347,12 @@ void winograd_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& u, 
       for (int64_t t = 0; t < nt; ++t) {
         const int64_t tile = t0 + t, nimg = tile / (g.th * g.tw), r = tile % (g.th * g.tw);
         const int64_t oy0 = (r / g.tw) * M, ox0 = (r % g.tw) * M;
-        if (direct[t]) {
-          direct_tile(g, M, xp, xs0, xs2, xs3, nimg, oy0, ox0, wd, bias, ybuf.data());
-        } else {
+        if (!direct[t]) {
           Transforms<M>::output(mbuf.data() + t * K, Tb * K, bias, K, ybuf.data());
+          // (a true result beyond FLT_MAX is recomputed too, and comes out Inf again)
+          direct[t] = wd.p != nullptr && !all_finite(ybuf.data(), M * M * K);
         }
+        if (direct[t]) direct_tile(g, M, xp, xs0, xs2, xs3, nimg, oy0, ox0, wd, bias, ybuf.data());
         for (int p = 0; p < M * M; ++p) {
           const int64_t oy = oy0 + p / M, ox = ox0 + p % M;
           if (oy >= g.oh || ox >= g.ow) continue;  // the last tile row/column of an output not a multiple of m

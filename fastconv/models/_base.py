@@ -5,8 +5,9 @@ that does not require grad) runs a fused copy of the model
 (BatchNorm folded, conv+ReLU fused, concat-free, with convert()'s default layout policy: k x k conv
 weights channels_last, and on the CPU activations channels_last inside), built on the first such
 call and rebuilt whenever a parameter or buffer changed (load_state_dict, an optimizer step,
-``.to(dtype)``, BatchNorm statistics updated in training), a submodule is replaced, or the model
-is put in eval mode again (``.eval()``: after changing a layer's attributes in place). A model
+``.to(dtype)``, BatchNorm statistics updated in training), a submodule is replaced or a layer's
+settings change (a conv's stride, a pool's kernel size: the ``__constants__`` of its class), or
+the model is put in eval mode again (``.eval()``: after changing other attributes in place). A model
 whose submodules are not all in eval mode (Monte-Carlo dropout) and forwards under torch.compile
 run the model's own layers. Not seen: a write through ``.data``
 (``conv.weight.data.copy_(w)``), which moves neither the tensor's version counter nor its memory;
@@ -56,6 +57,17 @@ def _shallow_tree_copy(module: nn.Module) -> nn.Module:
     return clone
 
 
+_PLAIN = (int, float, bool, str, tuple, type(None))
+
+
+def _settings(module: nn.Module) -> tuple:
+    """A module's configuration as its class declares it (``__constants__``: a conv's stride,
+    padding, dilation and groups, a pool's kernel size and ceil_mode, a BatchNorm's eps), plain
+    values only."""
+    values = (getattr(module, name, None) for name in getattr(type(module), "__constants__", ()))
+    return tuple(v if isinstance(v, _PLAIN) else None for v in values)
+
+
 class FusedEvalModel(nn.Module):
     """Base of the fastconv.models classes; subclasses implement ``_forward_impl``."""
 
@@ -83,8 +95,11 @@ class FusedEvalModel(nn.Module):
     def _submodules_want_own_layers(self) -> bool:
         """A submodule in train mode, or one with forward hooks of its own (the fused copy has
         other modules: the hooks would never run, and a pre-hook that changes its input would
-        silently not apply), sends the forward through the model's own layers."""
+        silently not apply), or a lazy one not yet shaped (nn.LazyConv2d: its first call makes
+        its parameters, and a lazy module's forward pre-hook does so), sends the forward through
+        the model's own layers."""
         return any(m.training or ((m._forward_hooks or m._forward_pre_hooks) and m is not self)
+                   or (isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params())
                    for m in self.modules())
 
     def train(self, mode: bool = True):
@@ -107,26 +122,33 @@ class FusedEvalModel(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{type(self).__name__}: input must be a tensor, got {type(x).__name__}")
         want = self._in_channels()
-        if x.dim() != 4 or x.shape[1] != want:
-            raise ValueError(f"{type(self).__name__}: expected input of shape [N, {want}, H, W], got {tuple(x.shape)}")
+        if x.dim() != 4 or (want is not None and x.shape[1] != want):
+            raise ValueError(f"{type(self).__name__}: expected input of shape [N, {want if want is not None else 'C'}"
+                             f", H, W], got {tuple(x.shape)}")
 
-    def _in_channels(self) -> int:
+    def _in_channels(self):
+        """The first conv's input channels; None for a lazy one (nn.LazyConv2d: its first call sets them)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                return m.in_channels
+                return None if isinstance(m, nn.modules.lazy.LazyModuleMixin) else m.in_channels
         raise AssertionError("model without a conv")
 
     def _state_key(self):
         """What the fused copy was built from: every parameter and buffer (memory, version, dtype,
-        shape) and the module tree itself (a submodule replaced, ``model.avgpool = ...``, has
-        nothing of the former's in the copy)."""
-        tensors = list(self.parameters()) + [b for b in self.buffers() if b is not None]
+        shape), the module tree itself (a submodule replaced, ``model.avgpool = ...``, has nothing
+        of the former's in the copy) and each module's settings (a conv's stride or a pool's
+        kernel size changed in place: a CIFAR-style stem edit after an eval call). One walk of the
+        tree and its dicts: ``self.parameters()`` and ``self.buffers()`` walk it twice more, with
+        de-duplication, and cost ResNet-50 twice this key."""
+        modules = tuple(self.modules())
+        tensors = [t for m in modules for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
         # (an inference tensor, a model built or loaded under torch.inference_mode, has no version
         # counter: its memory, dtype and shape are the key; a write into it in place inside
         # inference mode other than load_state_dict is not seen: call .eval() after one)
-        return (tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, t.device, tuple(t.shape))
+        return (tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, t.device, t.shape)
                       for t in tensors),
-                tuple(map(id, self.modules())))
+                tuple(map(id, modules)),
+                tuple(_settings(m) for m in modules))
 
     def _fused_model(self) -> nn.Module:
         from ..convert import _convert

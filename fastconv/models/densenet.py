@@ -79,6 +79,10 @@ class Transition(nn.Sequential):
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
 
 
+# torchvision's names for the helper classes
+_DenseLayer, _DenseBlock, _Transition = DenseLayer, DenseBlock, Transition
+
+
 class DenseNet(FusedEvalModel):
     def __init__(self, growth_rate: int = 32, block_config: Tuple[int, int, int, int] = (6, 12, 24, 16),
                  num_init_features: int = 64, bn_size: int = 4, drop_rate: float = 0, num_classes: int = 1000,

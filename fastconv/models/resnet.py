@@ -5,6 +5,7 @@ and applies ReLU in its epilogue, and the projection shortcut is a strided 1×1 
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, List, Optional, Type, Union
 
 import torch
@@ -111,10 +112,15 @@ class ResNet(FusedEvalModel):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
         if zero_init_residual:
+            # torchvision's own block classes too (a model built with them, which is allowed);
+            # a block passed in was imported with its module, so nothing is imported here
+            tv = sys.modules.get("torchvision.models.resnet")
+            bottlenecks = (Bottleneck,) + ((tv.Bottleneck,) if tv is not None else ())
+            basics = (BasicBlock,) + ((tv.BasicBlock,) if tv is not None else ())
             for m in self.modules():
-                if isinstance(m, Bottleneck) and m.bn3.weight is not None:
+                if isinstance(m, bottlenecks) and m.bn3.weight is not None:
                     nn.init.constant_(m.bn3.weight, 0)
-                elif isinstance(m, BasicBlock) and m.bn2.weight is not None:
+                elif isinstance(m, basics) and m.bn2.weight is not None:
                     nn.init.constant_(m.bn2.weight, 0)
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:

@@ -22,6 +22,9 @@ class Conv2dReLU(nn.Conv2d):
     tail) and ``out`` may be a channel slice of a larger buffer (DenseNet / Inception concat).
     """
 
+    # (the settings a fastconv model's cached fused copy is keyed by, as nn.Conv2d's own)
+    __constants__ = nn.Conv2d.__constants__ + ["relu"]
+
     def __init__(self, *args, relu: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.relu = relu
@@ -65,6 +68,8 @@ class Conv1x1(nn.Module):
     ``forward(x, residual=None, out=None, in_scale=None, in_shift=None, in_relu=False)``: the
     optional per-channel prologue ``relu?(x * in_scale + in_shift)`` is applied as x is read.
     """
+
+    __constants__ = ["in_channels", "out_channels", "stride", "relu"]  # (as Conv2dReLU's)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=1, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,

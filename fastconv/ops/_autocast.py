@@ -21,6 +21,10 @@ Policies (those of the PyTorch ops each one replaces):
 - ``max_pool2d``: no rule, like ``max_pool2d`` in PyTorch (no arithmetic: it runs in the input's
   dtype); the dispatcher's autocast fallthrough applies.
 
+Weight-like arguments (weight, bias, in_scale, in_shift) are cast once and the cast cached on the
+tensor (keyed by its version counter) while no gradient flows through them, as PyTorch's autocast
+caches the casts of its parameters within a region: see ``_cast_param``.
+
 Casting happens only for tensors on the autocast device type (as PyTorch's autocast); float64
 tensors are left alone, so an autocast region does not change a float64 computation.
 """
@@ -29,6 +33,8 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import torch
+
+from . import _weight_cache
 
 DEVICE_TYPES = ("cpu", "cuda")
 
@@ -81,6 +87,24 @@ def promote_features(features):
     return [f.to(dtype) if isinstance(f, torch.Tensor) and f.is_floating_point() else f for f in features]
 
 
+def _cast_param(t, device_type: str, dtype: torch.dtype):
+    """A weight-like argument (weight, bias, in_scale, in_shift) cast to ``dtype``, the cast cached
+    on the tensor (keyed by its version counter, as the kernels' weight forms) while no gradient
+    needs to flow through it: PyTorch's autocast caches its weight casts for a region, and a
+    converted model re-casting every weight on every call ran slower than eager under autocast.
+    A tensor that requires grad under grad mode is cast per call (the cast is part of the graph)."""
+    if not _eligible(t, device_type) or t.dtype == dtype:
+        return t
+    if t.requires_grad and torch.is_grad_enabled():
+        return t.to(dtype)
+    def make():
+        with torch.inference_mode(False):  # a normal tensor: autograd may save it (backward to x)
+            return t.detach().to(dtype)
+
+    cached = _weight_cache.derived(t, ("autocast", dtype), make)
+    return cached if cached is not None else t.to(dtype)
+
+
 def _register(name: str, device_type: str, transform: Callable) -> None:
     """Register ``transform(args, device_type) -> args`` as the autocast rule of ``fastconv::name``."""
     key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
@@ -97,18 +121,27 @@ def _register(name: str, device_type: str, transform: Callable) -> None:
     _lib.impl(name, kernel, key, with_keyset=True)
 
 
-def _to_autocast_dtype(args, device_type):
-    return cast(args, device_type, torch.get_autocast_dtype(device_type))
+def _cast_args(args, device_type: str, dtype: torch.dtype, params: Sequence[int], skip: int = -1):
+    """``args`` cast to ``dtype``: the weight-like ones (indices ``params``) through the cast cache,
+    the others per call; ``args[skip]`` (an out) as it is."""
+    return [a if i == skip else _cast_param(a, device_type, dtype) if i in params else cast(a, device_type, dtype)
+            for i, a in enumerate(args)]
 
 
-def _to_out_dtype(out_index: int, *, is_list: bool = False):
+def _to_autocast_dtype(params: Sequence[int]):
+    def transform(args, device_type):
+        return _cast_args(args, device_type, torch.get_autocast_dtype(device_type), params)
+
+    return transform
+
+
+def _to_out_dtype(out_index: int, params: Sequence[int], *, is_list: bool = False):
     def transform(args, device_type):
         out = args[out_index]
         target = out[0] if is_list else out
         if not isinstance(target, torch.Tensor) or not target.is_floating_point():
             return args  # the op's checks report the bad out
-        inputs = [cast(a, device_type, target.dtype) if i != out_index else a for i, a in enumerate(args)]
-        return inputs
+        return _cast_args(args, device_type, target.dtype, params, skip=out_index)
 
     return transform
 
@@ -122,14 +155,16 @@ def _promote(args, device_type):
              else f for f in features],)
 
 
+# the positions of the weight-like arguments in each op's schema (weight, bias, in_scale, in_shift)
+_CONV_PARAMS, _CONV1X1_PARAMS, _MULTI_PARAMS = (1, 2), (1, 2, 4, 5), (1, 2, 3, 4)
 _RULES = {
-    "conv2d_relu": _to_autocast_dtype,
-    "conv1x1": _to_autocast_dtype,
-    "conv2d_relu_out": _to_out_dtype(9),
-    "conv1x1_out": _to_out_dtype(9),
-    "conv1x1_multi_out": _to_out_dtype(8, is_list=True),
+    "conv2d_relu": _to_autocast_dtype(_CONV_PARAMS),
+    "conv1x1": _to_autocast_dtype(_CONV1X1_PARAMS),
+    "conv2d_relu_out": _to_out_dtype(9, _CONV_PARAMS),
+    "conv1x1_out": _to_out_dtype(9, _CONV1X1_PARAMS),
+    "conv1x1_multi_out": _to_out_dtype(8, _MULTI_PARAMS, is_list=True),
     "dense_concat": _promote,
-    "dense_concat_out": _to_out_dtype(1),
+    "dense_concat_out": _to_out_dtype(1, ()),
 }
 
 

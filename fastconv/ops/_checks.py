@@ -245,6 +245,40 @@ def is_fx_proxy(x) -> bool:
     return isinstance(x, torch.fx.Proxy)
 
 
+def traced_shape(t):
+    """The shape of ``t`` under torch.fx tracing: a tensor's own, or that of the module attribute
+    a get_attr proxy stands for (a layer's weight); None when unknown (a computed proxy)."""
+    if isinstance(t, torch.Tensor):
+        return tuple(t.shape)
+    node = getattr(t, "node", None)
+    if node is None or node.op != "get_attr":
+        return None
+    # (through the modules' own dicts: while tracing, nn.Module attribute reads return proxies)
+    *path, name = node.target.split(".")
+    module = t.tracer.root
+    for part in path:
+        module = module._modules.get(part) if isinstance(module, torch.nn.Module) else None
+    if not isinstance(module, torch.nn.Module):
+        return None
+    value = module._parameters.get(name, module._buffers.get(name, module.__dict__.get(name)))
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def has_real_storage(tensors) -> bool:
+    """Whether every tensor has real memory to compare addresses of (not meta, not a FakeTensor,
+    nor a tensor of make_fx's tracing, whose storage has no data pointer)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    for t in tensors:
+        if t.device.type == "meta" or isinstance(t, FakeTensor):
+            return False
+        try:
+            t.untyped_storage().data_ptr()
+        except RuntimeError:  # "Cannot access data pointer of Tensor" (functional / proxy tensors)
+            return False
+    return True
+
+
 def transforms_active() -> bool:
     """Whether forward-mode AD or a torch.func transform is on (two attribute reads when neither
     is: the fast path asks on every call and leaves these calls to the full path)."""

@@ -384,6 +384,10 @@ def conv1x1_multi(
                     f"fastconv.{OP_MULTI}: weights[{j}] must be [C_out, {x.shape[1]}] or [C_out, {x.shape[1]}, 1, 1] "
                     f"for x of shape {tuple(x.shape)}, got {tuple(w.shape)}"
                 )
+            if w.is_floating_point() and _autocast.enabled(x.device.type):
+                w = w.to(x.dtype)  # autocast: the op casts to the outs' dtype anyway
+            # (torch.cat below would promote mixed dtypes, and the op's message name a "weight")
+            _checks.check_like(OP_MULTI, w, f"weights[{j}]", x)
             ws.append(w.reshape(w.shape[0], w.shape[1]))  # (-1 is ambiguous for a weight with 0 rows)
         weight = torch.cat(ws, 0)
         sizes = [w.shape[0] for w in ws]

@@ -79,6 +79,10 @@ def check_args(x, weight, bias, residual, stride, padding, dilation, groups) -> 
     if weight.shape[2] == 0 or weight.shape[3] == 0 or c_out == 0:
         raise ValueError(f"fastconv.{OP}: weight must have a non-empty kernel and output channels, got {tuple(weight.shape)}")
     _checks.check_shape(OP, bias, "bias", [c_out])
+    if x.shape[0] > 0 and c_in > 0 and (x.shape[2] == 0 or x.shape[3] == 0):
+        # as torch.nn.functional.conv2d: padding would otherwise make a non-empty output of bias alone
+        raise ValueError(f"fastconv.{OP}: x must have non-empty spatial dimensions (only the batch or the "
+                         f"channels may be 0), got shape {tuple(x.shape)}")
     padded = [x.shape[2] + padding[0] + padding[1], x.shape[3] + padding[2] + padding[3]]
     span = [dilation[0] * (weight.shape[2] - 1) + 1, dilation[1] * (weight.shape[3] - 1) + 1]
     if span[0] > padded[0] or span[1] > padded[1]:
@@ -193,8 +197,14 @@ def make_winograd_weight(weight: torch.Tensor, m: int = 4) -> torch.Tensor:
 
 def winograd_weight(weight: torch.Tensor, m: int) -> Optional[torch.Tensor]:
     """The cached F(m x m) transformed weight, or None where it cannot be cached (an inference
-    tensor, say): then the im2col kernel runs instead of transforming the weight on every call."""
-    return _weight_cache.derived(weight, ("winograd", m), lambda: make_winograd_weight(weight, m))
+    tensor, say) or the weight holds a NaN or Inf (G g Gᵀ would spread it over the tap's whole
+    transformed row as NaN, so every tile would be recomputed directly): then the im2col kernel
+    runs instead."""
+    def make() -> torch.Tensor:
+        u = make_winograd_weight(weight, m)
+        return u if bool(u.isfinite().all()) else u.new_empty(0)  # cached as "no Winograd form"
+    u = _weight_cache.derived(weight, ("winograd", m), make)
+    return u if u is not None and u.numel() > 0 else None
 
 
 def _cuda_kernel(x, weight, bias, residual, stride, padding, dilation, groups, relu, out):
@@ -375,12 +385,16 @@ def conv2d_relu(
 def _conv2d_relu(x, weight, bias, stride, padding, dilation, groups, relu, residual, out):
     """The full path of ``conv2d_relu``: argument checks, then the public torch.library op."""
     if _checks.is_fx_proxy(x):
-        if isinstance(padding, str) and padding != "valid" or out is not None:
-            raise NotImplementedError(f"fastconv.{OP} under torch.fx tracing takes int padding and no out=")
+        # 'same' needs the kernel size: a module's weight is traced as a get_attr of a known tensor
+        kernel = _checks.traced_shape(weight)
+        if isinstance(padding, str) and padding != "valid" and kernel is None or out is not None:
+            raise NotImplementedError(f"fastconv.{OP} under torch.fx tracing takes int padding (or 'same' with a "
+                                      "module's weight) and no out= (a fastconv layer traced as the root: "
+                                      "concrete_args={'residual': None, 'out': None})")
         stride_, dilation_ = _checks.pair(OP, stride, "stride"), _checks.pair(OP, dilation, "dilation")
         return torch.ops.fastconv.conv2d_relu(x, weight, bias, residual, stride_,
-                                              normalize_padding(padding, (), stride_, dilation_), dilation_, groups,
-                                              relu)
+                                              normalize_padding(padding, (kernel or [None] * 4)[2:], stride_,
+                                                                dilation_), dilation_, groups, relu)
     _checks.check_tensor(OP, x, "x", ndims=(3, 4))
     _checks.check_tensor(OP, weight, "weight", ndims=(4,))
     _checks.check_autodiff_mode(OP, (x, weight, bias, residual))

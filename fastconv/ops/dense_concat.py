@@ -159,17 +159,24 @@ def dense_concat(features: Sequence[torch.Tensor], *, out: Optional[torch.Tensor
     outside it they must share one dtype (a TypeError names the odd one: torch.cat would promote
     silently, fastconv's ops refuse mixed dtypes as F.conv2d does).
     """
+    if isinstance(features, (list, tuple)) and any(_checks.is_fx_proxy(f) for f in features):
+        # torch.fx tracing: record the op (a copy; the traced graph checks on real tensors)
+        if out is not None:
+            raise NotImplementedError(f"fastconv.{OP} under torch.fx tracing takes no out=")
+        return torch.ops.fastconv.dense_concat(list(features))
     features = _autocast.promote_features(features)
     check_features(features)
     if out is not None:
         # checked before dispatch: an out on another device (meta) would route the op to that
         # device's kernel (the fake one), which writes nothing
         _checks.check_out_call(OP, out, features[0], features)
-    # (no view under a torch.func transform: its wrapped tensors have no storage to compare)
-    # (and not while autograd records: the view would carry no dense_concat backward; under
-    # no_grad features that require grad take it, as torch.cat into its exact out accepts)
-    if not torch.compiler.is_compiling() and not _checks.transforms_active() and not (
-            torch.is_grad_enabled() and any(f.requires_grad for f in features)):
+    # (no view under a torch.func transform: its wrapped tensors have no storage to compare;
+    # nor while autograd records: the view would carry no dense_concat backward; under no_grad
+    # features that require grad take it, as torch.cat into its exact out accepts; nor under
+    # torch.jit.trace, which would record an as_strided with this call's strides for every later
+    # input size; nor for meta or fake tensors, whose storages all report address 0)
+    if not torch.compiler.is_compiling() and not _checks.transforms_active() and not torch.jit.is_tracing() and not (
+            torch.is_grad_enabled() and any(f.requires_grad for f in features)) and _checks.has_real_storage(features):
         view = adjacent_view(features)
         if view is not None:
             if out is None:

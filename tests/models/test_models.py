@@ -256,6 +256,50 @@ def test_fused_copy_follows_a_replaced_submodule_and_eval():
         assert rel_err(own(x), ref(x)) <= TOL
 
 
+def test_fused_copy_follows_layer_settings_changed_in_place():
+    """The CIFAR-style stem edit (conv1's stride, the max-pool's kernel) after an eval call, with no
+    .eval() in between: the cached fused copy kept the old stride (0.75 off torchvision)."""
+    ref, own = _pair()
+    x = image(n=2, size=64, seed=32)
+    with torch.no_grad():
+        own(x)
+        for m in (ref, own):
+            m.conv1.stride = (1, 1)
+            m.maxpool.kernel_size, m.maxpool.stride, m.maxpool.padding = 1, 1, 0
+        assert rel_err(own(x), ref(x)) <= TOL
+        ref.layer1[0].bn1.eps = own.layer1[0].bn1.eps = 0.5  # folded into the conv: a setting too
+        assert rel_err(own(x), ref(x)) <= TOL
+
+
+def test_lazy_stem_and_torchvision_blocks():
+    """A lazy stem (its input channels unknown until the first call) is not refused, and runs in
+    eval; zero_init_residual zeroes torchvision's block classes too (a model built with them)."""
+    from torchvision.models import resnet as tv_resnet
+
+    torch.manual_seed(0)
+    own = fastconv.models.resnet18(num_classes=5)
+    own.conv1 = torch.nn.LazyConv2d(64, 7, 2, 3, bias=False)
+    x = torch.randn(2, 4, 32, 32)
+    with torch.no_grad():
+        y = own.eval()(x)  # the first call shapes the lazy conv (the model's own layers)
+        assert y.shape == (2, 5) and own.conv1.in_channels == 4
+        assert rel_err(own(x), y) <= TOL  # now the fused copy
+    model = fastconv.models.ResNet(tv_resnet.BasicBlock, [1, 1, 1, 1], zero_init_residual=True)
+    blocks = [m for m in model.modules() if isinstance(m, tv_resnet.BasicBlock)]
+    assert blocks and all(torch.count_nonzero(b.bn2.weight) == 0 for b in blocks)
+    model = fastconv.models.ResNet(tv_resnet.Bottleneck, [1, 1, 1, 1], zero_init_residual=True)
+    blocks = [m for m in model.modules() if isinstance(m, tv_resnet.Bottleneck)]
+    assert blocks and all(torch.count_nonzero(b.bn3.weight) == 0 for b in blocks)
+
+
+def test_torchvision_helper_names():
+    from fastconv.models import densenet, vgg
+
+    assert vgg.cfgs["D"] == torchvision.models.vgg.cfgs["D"]
+    assert (densenet._DenseLayer, densenet._DenseBlock, densenet._Transition) == \
+        (densenet.DenseLayer, densenet.DenseBlock, densenet.Transition)
+
+
 def test_submodules_left_in_train_mode_are_honoured():
     """eval() then some submodules back in train mode (Monte-Carlo dropout, BatchNorm on batch
     statistics): the folded, all-eval fused copy computed something else, silently."""

@@ -272,6 +272,9 @@ def _bad_cases():
          ValueError, "outs"),
         (lambda: conv1x1_multi(x, torch.randn(9, 8), split_sizes=[4, 4]), ValueError, "split_sizes"),
         (lambda: conv1x1_multi(x, [w, torch.randn(3, 7)]), ValueError, "weight"),
+        # (torch.cat promoted a bfloat16 weight to x's float32, and a mismatch was blamed on "weight")
+        (lambda: conv1x1_multi(x, [w, torch.randn(3, 8, dtype=torch.bfloat16)]), TypeError, "weights[1]"),
+        (lambda: conv1x1_multi(x.half(), [w.bfloat16(), w.half()]), TypeError, "weights[0]"),
         (lambda: conv1x1_multi(x, [w, w], outs=[torch.empty(2, 4, 5, 5), torch.empty(2, 4, 5, 5, dtype=torch.float64)]),
          TypeError, "outs[1]"),
     ]

@@ -325,6 +325,8 @@ ERROR_CASES = {
     "padding_bad_string": (lambda t: _call(t["x"], t["w"], padding="full"), ValueError, r"padding"),
     "dilation_zero": (lambda t: _call(t["x"], t["w"], dilation=(1, 0)), ValueError, r"dilation"),
     "kernel_too_big": (lambda t: _call(t["x"], torch.randn(6, 4, 11, 3)), ValueError, r"kernel size"),
+    # padding would make a non-empty output of bias alone; torch refuses it too
+    "x_zero_height": (lambda t: _call(t["x"][:, :, :0], t["w"], t["b"], padding=1), ValueError, r"spatial"),
     "bias_shape": (lambda t: _call(t["x"], t["w"], torch.randn(5)), ValueError, r"bias must have shape"),
     "bias_dtype": (lambda t: _call(t["x"], t["w"], t["b"].half()), TypeError, r"bias has dtype"),
     "residual_shape": (lambda t: _call(t["x"], t["w"], residual=torch.randn(2, 6, 8, 8)), ValueError,
@@ -383,6 +385,8 @@ def test_densenet_slice_pattern_allowed(backend):
         ("groups", lambda a: a.__setitem__("groups", 3)),
         ("groups_zero", lambda a: a.__setitem__("groups", 0)),
         ("kernel_too_big", lambda a: a.__setitem__("weight", torch.randn(6, 4, 9, 3))),
+        ("x_zero_width", lambda a: (a.__setitem__("x", torch.randn(2, 4, 8, 0)), a.__setitem__("padding", [1, 1, 2, 2]),
+                                    a.__setitem__("out", torch.empty(2, 6, 8, 2)))),
         ("x_int", lambda a: (a.__setitem__("x", a["x"].long()), a.__setitem__("weight", a["weight"].long()),
                              a.__setitem__("out", a["out"].long()), a.__setitem__("bias", None))),
         ("out_is_x", lambda a: (a.__setitem__("weight", torch.randn(4, 4, 1, 1)), a.__setitem__("bias", None),

@@ -140,3 +140,39 @@ def test_exact_out_of_features_that_require_grad_under_no_grad():
         assert got is buf
         view = fastconv.dense_concat([buf[:, :3], buf[:, 3:]])
         assert view.data_ptr() == buf.data_ptr() and torch.equal(view, buf)
+
+
+def test_traced_adjacent_slices_copy_at_every_size():
+    """torch.jit.trace of the view recorded an as_strided with the traced call's strides: at another
+    H x W the traced function returned other elements (20.8 off) or raised. Traced, it copies."""
+    def f(x):
+        buf = x.new_empty(x.shape[0], 2 * x.shape[1], x.shape[2], x.shape[3])
+        buf[:, :x.shape[1]] = x
+        buf[:, x.shape[1]:] = x * 2
+        return fastconv.dense_concat([buf[:, :x.shape[1]], buf[:, x.shape[1]:]])
+
+    with torch.no_grad():
+        traced = torch.jit.trace(f, torch.randn(2, 3, 8, 8))
+        for shape in [(2, 3, 8, 8), (1, 3, 9, 9), (2, 3, 12, 10), (1, 3, 10, 6)]:
+            x = torch.randn(shape)
+            assert torch.equal(traced(x), torch.cat([x, x * 2], 1)), shape
+
+
+def test_meta_and_fake_slices_of_two_buffers_are_not_a_view():
+    """Every meta or fake storage reports address 0: slices of two different buffers looked adjacent
+    and came back as a view of the first (torch.cat gives a new tensor); make_fx's tensors have no
+    data pointer at all (it raised)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    ma, mb = torch.empty(2, 12, 5, 5, device="meta"), torch.empty(2, 12, 5, 5, device="meta")
+    y = fastconv.dense_concat([ma[:, :4], mb[:, 4:8]])
+    assert y._base is None and y.stride() == (200, 25, 5, 1)
+    with FakeTensorMode():
+        fa, fb = torch.empty(2, 12, 5, 5), torch.empty(2, 12, 5, 5)
+        y = fastconv.dense_concat([fa[:, :4], fb[:, 4:8]])
+        assert y._base is None and y.stride() == torch.cat([fa[:, :4], fb[:, 4:8]], 1).stride()
+    a, b = torch.randn(2, 12, 5, 5), torch.randn(2, 12, 5, 5)
+    for mode in ("fake", "symbolic"):
+        graph = make_fx(lambda a, b: fastconv.dense_concat([a[:, :4], b[:, 4:8]]), tracing_mode=mode)(a, b)
+        assert torch.equal(graph(a, b), torch.cat([a[:, :4], b[:, 4:8]], 1))

@@ -118,6 +118,44 @@ def test_non_finite_inputs_reach_exactly_the_outputs_of_a_direct_conv(m, values,
     torch.testing.assert_close(out[ok], ref[ok].float(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("m", [2, 4])
+def test_finite_inputs_that_overflow_in_the_transforms_are_computed_directly(m):
+    """Inputs near FLT_MAX: the input transform scales them by up to 100 (F(4x4)) and overflows to
+    Inf, and Inf - Inf = NaN came out of every tile, though the true outputs are finite."""
+    x, weight, bias, _ = _inputs(1, 16, 8, 8, 16, [1, 1, 1, 1], seed=3)
+    x = x.clamp(-1, 1) * 3e38  # F(2x2)'s transform adds up to four inputs, F(4x4)'s scales by up to 100
+    weight = weight * 1e-3
+    ref = _ref(x, weight, bias, None, [1, 1, 1, 1], False)
+    assert torch.isfinite(ref).all() and ref.abs().max() < 3e38
+    out = torch.full((1, 16, 8, 8), float("nan")).contiguous(memory_format=CL)
+    torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight, m), bias, None, [1, 1, 1, 1],
+                                            False, out, weight)
+    assert_close_rel(out, ref, torch.float32, f"F({m}x{m}) near FLT_MAX")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_a_non_finite_weight_keeps_the_conv_off_winograd(value):
+    """G g Gᵀ spreads a weight's Inf over its transformed row as Inf - Inf = NaN: the whole output
+    channel came out NaN where a direct conv gives +-Inf (and 0 after the ReLU). Such a weight has
+    no Winograd form (cached as such), so the im2col kernel runs; the kernel itself, handed that
+    form anyway, recomputes the non-finite tiles directly."""
+    x, weight, bias, _ = _inputs(1, 16, 6, 6, 16, [1, 1, 1, 1], seed=5)
+    weight[2, 1, 1, 1] = value  # the centre tap: every output of channel 2 meets it, none in padding
+    ref = _ref(x, weight, bias, None, [1, 1, 1, 1], True)
+    assert conv_mod.use_winograd(x, weight, [1, 1], [1, 1], 1)
+    assert conv_mod.winograd_weight(weight, 2) is None and conv_mod.winograd_weight(weight, 4) is None
+    with fastconv.use_backend("cpu"):
+        y = fastconv.conv2d_relu(x, weight, bias, padding=1)
+    torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight, 4), bias, None, [1, 1, 1, 1],
+                                            True, direct := torch.empty_like(y), weight)
+    for out in (y, direct):
+        assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.equal(torch.isinf(out), torch.isinf(ref))
+        ok = torch.isfinite(ref)
+        assert ok.sum() > 0
+        torch.testing.assert_close(out[ok], ref[ok].float(), rtol=1e-4, atol=1e-5)
+    _weight_cache.clear()
+
+
 def test_zero_batch():
     x = torch.empty(0, 16, 5, 5).contiguous(memory_format=CL)
     out = torch.empty(0, 16, 5, 5).contiguous(memory_format=CL)
