@@ -19,7 +19,8 @@ It applies only where it cannot change what a call means: plain CPU or CUDA tens
 functional or proxy tensors of tracing, nor meta tensors), eager mode (not torch.compile or torch.jit tracing,
 nor forward-mode AD or a torch.func transform, which the full path refuses or serves; nor under a
 dispatch mode, such as FlopCounterMode, which is to see the public op rather than a private kernel), no
-input requiring grad under grad mode, no autocast, and no ``kernel_stats`` collection. A choice
+input requiring grad under grad mode, and no ``kernel_stats`` collection. Under autocast a conv
+replays on its tensors cast as the op's autocast rule would cast them (autocast_conv_args). A choice
 ``auto`` has not finalized yet (untuned signature, CUDA-graph capture) is not remembered;
 storing or clearing any tuned choice (``_autotune.generation``) invalidates every plan.
 """
@@ -30,7 +31,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 import torch
 
 from . import _autotune, _backend
-from .ops import _checks
+from .ops import _autocast, _checks
 from .ops.conv1x1 import planned_kernel as conv1x1_planned_kernel
 from .ops.conv2d_relu import _mark_grad_free, _marks, normalize_padding
 from .ops.conv2d_relu import planned_kernel as conv2d_planned_kernel
@@ -66,7 +67,23 @@ def usable(x: torch.Tensor, *others: Optional[torch.Tensor]) -> bool:
     for t in others:  # (an nn.Parameter is a plain tensor here: a drop-in layer's weight)
         if t is not None and (type(t) not in _PLAIN or (grad and t.requires_grad)):
             return False
-    return not torch.is_autocast_enabled(device)
+    return True
+
+
+def autocast_conv_args(x, weight, bias, residual, out, in_scale, in_shift):
+    """Under autocast on x's device: the conv's tensors as the op's autocast rule casts them
+    (fastconv/ops/_autocast.py: to the region's dtype, or to ``out``'s; weight-like ones through
+    the cast cache), so that the replayed kernel sees what the full path's op would; else as given.
+    None: an ``out`` that is not floating, for the full path to report."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return x, weight, bias, residual, in_scale, in_shift
+    if out is not None and not out.is_floating_point():
+        return None
+    dtype = out.dtype if out is not None else torch.get_autocast_dtype(device)
+    param = _autocast.cast_param
+    return (_autocast.cast(x, device, dtype), param(weight, device, dtype), param(bias, device, dtype),
+            _autocast.cast(residual, device, dtype), param(in_scale, device, dtype), param(in_shift, device, dtype))
 
 
 def state() -> Tuple:
@@ -178,8 +195,10 @@ def conv(module: torch.nn.Module, full: Callable[[], torch.Tensor], x: torch.Ten
     these arguments) on the first call of a layout, its planned kernel afterwards. A weight that
     requires grad, in a call with autograd off, is marked grad-free around both, as the public
     functional marks it (it decides whether the cpu tactic may run Winograd, and keys auto's choice)."""
-    tensors = (x, weight, bias, residual, in_scale, in_shift)
     if not usable(x, weight, bias, residual, out, in_scale, in_shift):
+        return full()
+    tensors = autocast_conv_args(x, weight, bias, residual, out, in_scale, in_shift)
+    if tensors is None:
         return full()
     marked = _mark_grad_free(weight)
     try:

@@ -102,22 +102,22 @@ def test_weight_casts_are_cached_while_no_gradient_flows(backend):
     g = torch.Generator().manual_seed(1)
     x, w, b = torch.randn(2, 4, 8, 8, generator=g), torch.randn(6, 4, 3, 3, generator=g), torch.randn(6, generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        first = _autocast._cast_param(w, "cpu", torch.bfloat16)
-        assert first.dtype == torch.bfloat16 and _autocast._cast_param(w, "cpu", torch.bfloat16) is first
-        assert _autocast._cast_param(w, "cpu", torch.float16) is not first  # one form per dtype
+        first = _autocast.cast_param(w, "cpu", torch.bfloat16)
+        assert first.dtype == torch.bfloat16 and _autocast.cast_param(w, "cpu", torch.bfloat16) is first
+        assert _autocast.cast_param(w, "cpu", torch.float16) is not first  # one form per dtype
         with fastconv.use_backend(backend):
             y = fastconv.conv2d_relu(x, w, b, padding=1)
             w.mul_(-1)  # in place: the cached cast is stale now
             y_neg = fastconv.conv2d_relu(x, w, b, padding=1)
-        assert _autocast._cast_param(w, "cpu", torch.bfloat16) is not first
+        assert _autocast.cast_param(w, "cpu", torch.bfloat16) is not first
         with torch.inference_mode():  # a cast made there is a normal tensor: autograd may save it later
-            assert not _autocast._cast_param(w, "cpu", torch.bfloat16).is_inference()
+            assert not _autocast.cast_param(w, "cpu", torch.bfloat16).is_inference()
         # requires grad under grad mode: a per-call cast, inside the graph
         p = torch.nn.Parameter(w.clone())
-        c1, c2 = _autocast._cast_param(p, "cpu", torch.bfloat16), _autocast._cast_param(p, "cpu", torch.bfloat16)
+        c1, c2 = _autocast.cast_param(p, "cpu", torch.bfloat16), _autocast.cast_param(p, "cpu", torch.bfloat16)
         assert c1 is not c2 and c1.grad_fn is not None
         with torch.no_grad():
-            assert _autocast._cast_param(p, "cpu", torch.bfloat16) is _autocast._cast_param(p, "cpu", torch.bfloat16)
+            assert _autocast.cast_param(p, "cpu", torch.bfloat16) is _autocast.cast_param(p, "cpu", torch.bfloat16)
         with fastconv.use_backend(backend):
             fastconv.conv2d_relu(x, p, b, padding=1).float().sum().backward()
     assert p.grad is not None and p.grad.abs().sum() > 0

@@ -1,7 +1,7 @@
 """The fused modules' eager fast path (fastconv/_fastpath.py): after one full call per call
 layout, a converted model runs its kernels directly — and still computes the same thing, checks
-overlapping outs, follows backend switches and retuning, and leaves autograd, autocast and
-tracing to the full op path."""
+overlapping outs, follows backend switches and retuning, replays under autocast on the tensors the
+op's autocast rule would cast, and leaves autograd and tracing to the full op path."""
 from __future__ import annotations
 
 import sys
@@ -109,7 +109,7 @@ def test_overlapping_out_is_still_rejected():
             conv(buf[:, 8:], out=buf[:, 8:])  # same layout key, but reads the channels it writes
 
 
-def test_autograd_and_autocast_take_the_full_path(monkeypatch):
+def test_autograd_takes_the_full_path(monkeypatch):
     pool = fastconv.nn.MaxPool2d(3, 2, 1)
     x = torch.randn(1, 4, 9, 9, requires_grad=True)
     with fastconv.use_backend("torch"):
@@ -119,10 +119,35 @@ def test_autograd_and_autocast_take_the_full_path(monkeypatch):
         y.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert not _fastpath.usable(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not _fastpath.usable(x.detach())
     with torch.inference_mode():
         assert _fastpath.usable(x.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_replays_on_the_tensors_the_op_would_see(dtype, monkeypatch):
+    """Under autocast the convs replay on x cast to the region's dtype and the cached weight casts
+    (as the op's autocast rule casts them: the full path cost converted models 1.3x eager there);
+    the result equals the full path's, in the autocast dtype; an out= keeps its own dtype."""
+    eager = _net()
+    fast = fastconv.convert(eager)
+    conv = fused.FusedConv(torch.randn(8, 4, 3, 3), torch.randn(8), padding=1)
+    x = torch.randn(2, 4, 12, 12)
+    with torch.inference_mode(), fastconv.use_backend("cpu" if "cpu" in fastconv.available_backends() else "torch"):
+        with torch.autocast("cpu", dtype=dtype):
+            want = fast(x)  # full path once
+            fast(x)
+            out32 = torch.full((2, 8, 12, 12), float("nan"))
+            conv(x, out=out32)
+            want_conv = conv(x)
+            _full_path_forbidden(monkeypatch)
+            got = fast(x)
+            conv(x, out=out32)
+            got_conv = conv(x)
+        monkeypatch.undo()
+        assert got.dtype == want.dtype == got_conv.dtype == dtype and torch.equal(got, want)
+        assert torch.equal(got_conv, want_conv)
+        assert_close_rel(out32, conv(x), torch.float32, "out= keeps float32 under autocast")
+        assert_close_rel(got.float(), eager(x), dtype, "autocast replay vs float32 eager", tol=5e-2)
 
 
 def test_traced_and_compiled_calls_see_the_ops():

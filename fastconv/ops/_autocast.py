@@ -23,7 +23,7 @@ Policies (those of the PyTorch ops each one replaces):
 
 Weight-like arguments (weight, bias, in_scale, in_shift) are cast once and the cast cached on the
 tensor (keyed by its version counter) while no gradient flows through them, as PyTorch's autocast
-caches the casts of its parameters within a region: see ``_cast_param``.
+caches the casts of its parameters within a region: see ``cast_param``.
 
 Casting happens only for tensors on the autocast device type (as PyTorch's autocast); float64
 tensors are left alone, so an autocast region does not change a float64 computation.
@@ -87,7 +87,7 @@ def promote_features(features):
     return [f.to(dtype) if isinstance(f, torch.Tensor) and f.is_floating_point() else f for f in features]
 
 
-def _cast_param(t, device_type: str, dtype: torch.dtype):
+def cast_param(t, device_type: str, dtype: torch.dtype):
     """A weight-like argument (weight, bias, in_scale, in_shift) cast to ``dtype``, the cast cached
     on the tensor (keyed by its version counter, as the kernels' weight forms) while no gradient
     needs to flow through it: PyTorch's autocast caches its weight casts for a region, and a
@@ -124,7 +124,7 @@ def _register(name: str, device_type: str, transform: Callable) -> None:
 def _cast_args(args, device_type: str, dtype: torch.dtype, params: Sequence[int], skip: int = -1):
     """``args`` cast to ``dtype``: the weight-like ones (indices ``params``) through the cast cache,
     the others per call; ``args[skip]`` (an out) as it is."""
-    return [a if i == skip else _cast_param(a, device_type, dtype) if i in params else cast(a, device_type, dtype)
+    return [a if i == skip else cast_param(a, device_type, dtype) if i in params else cast(a, device_type, dtype)
             for i, a in enumerate(args)]
 
 
