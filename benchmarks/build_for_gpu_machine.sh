@@ -24,10 +24,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install -q "torch==$TORCH_VERSION" setuptools wheel ninja nvidia-cutlass
 fi
-SRC="$VENV/src"  # kept between runs: ninja then recompiles only what changed
+# The copy: one per checkout (keyed by its path), emptied but for its build folder before every
+# run (a file deleted or renamed here must not stay there: setup.py compiles csrc/*/*.cpp by glob),
+# so ninja recompiles only what changed (tar keeps the files' times). Files deleted here but still
+# in git's index are left out.
+SRC="$VENV/src-$(pwd | cksum | cut -d' ' -f1)"
 mkdir -p "$SRC"
-# (tar keeps the files' times, so an unchanged source is not rebuilt; deleted ones are skipped)
-git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$SRC"
+find "$SRC" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+git ls-files -z --cached --others --exclude-standard \
+  | "$VENV/bin/python" -c 'import os, sys; sys.stdout.write("".join(p + "\0" for p in sys.stdin.read().split("\0") if p and os.path.exists(p)))' \
+  | tar --null -T - -cf - | tar -xf - -C "$SRC"
 (cd "$SRC" && FASTCONV_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" \
   MAX_JOBS="${MAX_JOBS:-2}" "$VENV/bin/python" setup.py build_ext --inplace)
 tag=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")

@@ -244,7 +244,13 @@ def main(argv=None) -> int:
                    "skipped (default 120; --full: 3600)")
     p.add_argument("--ops", default=",".join(KINDS), help=f"which shape lists, of {','.join(KINDS)}")
     p.add_argument("--dtypes", default="bf16,fp32")
+    p.add_argument("--providers", default=",".join(PROVIDERS), help=f"which of {','.join(PROVIDERS)} "
+                   "(gpu_check times the never-run kernels in a process of their own)")
     args = p.parse_args(argv)
+    providers = tuple(args.providers.split(","))
+    unknown = sorted(set(providers) - set(PROVIDERS))
+    if unknown:
+        p.error(f"unknown providers {unknown}")
     import torch
 
     if not torch.cuda.is_available():
@@ -267,9 +273,13 @@ def main(argv=None) -> int:
             report["not_run"] = [f"{d} {S.shape_id(s)}" for d, s in cases[i:]]
             break
         print(f"[{i + 1}/{len(cases)}, {time.time() - t0:.0f} s] {dtype_name} {S.shape_id(shape)}", flush=True)
-        report["results"] += run_case(dtype_name, shape, args.batch, spec)
+        try:
+            report["results"] += run_case(dtype_name, shape, args.batch, spec, providers=providers)
+            torch.cuda.empty_cache()
+        except Exception as exc:  # (a kernel that trapped leaves the CUDA context unusable: the next cases say so)
+            report.setdefault("errors", []).append(f"{dtype_name} {S.shape_id(shape)}: {type(exc).__name__}: {exc}")
+            print(report["errors"][-1], flush=True)
         write(report, args.json, args.markdown)
-        torch.cuda.empty_cache()
     write(report, args.json, args.markdown)
     print(markdown(report))
     return 0

@@ -200,12 +200,17 @@ def conv(module: torch.nn.Module, full: Callable[[], torch.Tensor], x: torch.Ten
     tensors = autocast_conv_args(x, weight, bias, residual, out, in_scale, in_shift)
     if tensors is None:
         return full()
+    replay = _conv_replay
+    if tensors[0] is not x or torch.is_autocast_enabled(x.device.type):
+        # as the op's autocast rule runs its kernel: with autocast off below it (a kernel that
+        # calls F.conv2d, the torch tactic or the reference, would otherwise be cast again)
+        replay = _autocast.without_autocast(x.device.type, _conv_replay)
     marked = _mark_grad_free(weight)
     try:
         settings = (stride, padding, dilation, groups, relu, pointwise, in_relu)
         return call(module, (*tensors, out), settings, full,
                     lambda y: _conv_plan(tensors, in_relu, stride, padding, dilation, groups, relu, pointwise, y),
-                    lambda plan: _conv_replay(plan, tensors, in_relu, relu, pointwise, out))
+                    lambda plan: replay(plan, tensors, in_relu, relu, pointwise, out))
     finally:
         if marked:
             _marks.ids.pop()

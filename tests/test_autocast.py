@@ -121,6 +121,19 @@ def test_weight_casts_are_cached_while_no_gradient_flows(backend):
         with fastconv.use_backend(backend):
             fastconv.conv2d_relu(x, p, b, padding=1).float().sum().backward()
     assert p.grad is not None and p.grad.abs().sum() > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):  # as PyTorch: a cast per call
+        q = torch.randn(6, 4, 3, 3)
+        assert _autocast.cast_param(q, "cpu", torch.bfloat16) is not _autocast.cast_param(q, "cpu", torch.bfloat16)
+        assert "_fastconv_forms" not in q.__dict__
+    # a module cast to the autocast dtype: its weights' casts of the old memory are released
+    # (they pin that memory) the next time the weight meets autocast, not kept for its lifetime
+    layer = fastconv.nn.Conv2dReLU(4, 6, 3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x)
+        assert "_fastconv_forms" in layer.weight.__dict__
+        layer.bfloat16()
+        layer(x)
+    assert "_fastconv_forms" not in layer.weight.__dict__
     w.mul_(-1)
     with fastconv.use_backend(backend):
         ref, ref_neg = fastconv.conv2d_relu(x, w, b, padding=1), fastconv.conv2d_relu(x, -w, b, padding=1)

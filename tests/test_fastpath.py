@@ -123,16 +123,21 @@ def test_autograd_takes_the_full_path(monkeypatch):
         assert _fastpath.usable(x.detach())
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast_replays_on_the_tensors_the_op_would_see(dtype, monkeypatch):
+def test_autocast_replays_on_the_tensors_the_op_would_see(backend, dtype, monkeypatch):
     """Under autocast the convs replay on x cast to the region's dtype and the cached weight casts
-    (as the op's autocast rule casts them: the full path cost converted models 1.3x eager there);
-    the result equals the full path's, in the autocast dtype; an out= keeps its own dtype."""
+    (as the op's autocast rule casts them: the full path cost converted models 1.3x eager there),
+    with autocast off below, as the rule runs the op (the reference kernel's F.conv2d was cast
+    again: a float32 out= came back with bf16 error); the result equals the full path's, in the
+    autocast dtype; an out= keeps its own dtype."""
+    if backend not in fastconv.available_backends():
+        pytest.skip(fastconv.backend_status()[backend])
     eager = _net()
     fast = fastconv.convert(eager)
     conv = fused.FusedConv(torch.randn(8, 4, 3, 3), torch.randn(8), padding=1)
     x = torch.randn(2, 4, 12, 12)
-    with torch.inference_mode(), fastconv.use_backend("cpu" if "cpu" in fastconv.available_backends() else "torch"):
+    with torch.inference_mode(), fastconv.use_backend(backend):
         with torch.autocast("cpu", dtype=dtype):
             want = fast(x)  # full path once
             fast(x)
@@ -146,7 +151,7 @@ def test_autocast_replays_on_the_tensors_the_op_would_see(dtype, monkeypatch):
         monkeypatch.undo()
         assert got.dtype == want.dtype == got_conv.dtype == dtype and torch.equal(got, want)
         assert torch.equal(got_conv, want_conv)
-        assert_close_rel(out32, conv(x), torch.float32, "out= keeps float32 under autocast")
+        assert_close_rel(out32, conv(x), torch.float32, "out= keeps float32 under autocast (replayed)")
         assert_close_rel(got.float(), eager(x), dtype, "autocast replay vs float32 eager", tol=5e-2)
 
 

@@ -243,30 +243,36 @@ struct DirectWeight {
 };
 
 // y[p * K + k] for the m x m outputs of one tile at (oy0, ox0) of image nimg, computed directly:
-// bias + sum over (r, s, c) of x * w in float32, skipping taps in the padding.
+// bias + sum over (r, s, c) of x * w, skipping taps in the padding. Accumulated in float64 (these
+// tiles are few): products of floats are exact there and sums of values near FLT_MAX do not
+// overflow, so a finite true result comes out finite (a float32 sum could meet +Inf and -Inf),
+// and a NaN or Inf input reaches exactly the outputs it reaches in a direct conv.
 void direct_tile(const Geometry& g, int m, const float* xp, int64_t xs0, int64_t xs2, int64_t xs3, int64_t nimg,
                  int64_t oy0, int64_t ox0, const DirectWeight& w, const float* bias, float* y) {
   const int64_t C = g.c, K = g.k;
+  std::vector<double> sum(K);
   for (int p = 0; p < m * m; ++p) {
     const int64_t oy = oy0 + p / m, ox = ox0 + p % m;
     float* yp = y + p * K;
-    for (int64_t k = 0; k < K; ++k) yp[k] = bias[k];
-    if (oy >= g.oh || ox >= g.ow) continue;
-    for (int r = 0; r < 3; ++r) {
-      const int64_t iy = oy - g.pt + r;
-      if (iy < 0 || iy >= g.h) continue;
-      for (int s = 0; s < 3; ++s) {
-        const int64_t ix = ox - g.pl + s;
-        if (ix < 0 || ix >= g.w) continue;
-        const float* xr = xp + nimg * xs0 + iy * xs2 + ix * xs3;
-        for (int64_t k = 0; k < K; ++k) {
-          const float* wk = w.p + k * w.s0 + r * w.s2 + s * w.s3;
-          float acc = 0.0f;
-          for (int64_t c = 0; c < C; ++c) acc += xr[c] * wk[c * w.s1];
-          yp[k] += acc;
+    for (int64_t k = 0; k < K; ++k) sum[k] = bias[k];
+    if (oy < g.oh && ox < g.ow) {  // (else an unused output of the tile's last row/column)
+      for (int r = 0; r < 3; ++r) {
+        const int64_t iy = oy - g.pt + r;
+        if (iy < 0 || iy >= g.h) continue;
+        for (int s = 0; s < 3; ++s) {
+          const int64_t ix = ox - g.pl + s;
+          if (ix < 0 || ix >= g.w) continue;
+          const float* xr = xp + nimg * xs0 + iy * xs2 + ix * xs3;
+          for (int64_t k = 0; k < K; ++k) {
+            const float* wk = w.p + k * w.s0 + r * w.s2 + s * w.s3;
+            double acc = 0.0;
+            for (int64_t c = 0; c < C; ++c) acc += double(xr[c]) * double(wk[c * w.s1]);
+            sum[k] += acc;
+          }
         }
       }
     }
+    for (int64_t k = 0; k < K; ++k) yp[k] = float(sum[k]);
   }
 }
 

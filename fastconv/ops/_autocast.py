@@ -92,10 +92,15 @@ def cast_param(t, device_type: str, dtype: torch.dtype):
     on the tensor (keyed by its version counter, as the kernels' weight forms) while no gradient
     needs to flow through it: PyTorch's autocast caches its weight casts for a region, and a
     converted model re-casting every weight on every call ran slower than eager under autocast.
-    A tensor that requires grad under grad mode is cast per call (the cast is part of the graph)."""
+    Unlike PyTorch's, the cast outlives the region (like the other weight forms: one copy in the
+    autocast dtype per weight, freed with the weight or when it changes), and like them it misses
+    a write through ``.data``. A tensor that requires grad under grad mode is cast per call (the
+    cast is part of the graph), and so is every tensor under ``autocast(cache_enabled=False)``."""
     if not _eligible(t, device_type) or t.dtype == dtype:
+        if isinstance(t, torch.Tensor) and _weight_cache.has_forms(t):
+            _weight_cache.drop_stale(t)  # (a module cast to this dtype: free the old storage's casts)
         return t
-    if t.requires_grad and torch.is_grad_enabled():
+    if (t.requires_grad and torch.is_grad_enabled()) or not torch.is_autocast_cache_enabled():
         return t.to(dtype)
     def make():
         with torch.inference_mode(False):  # a normal tensor: autograd may save it (backward to x)
@@ -103,6 +108,19 @@ def cast_param(t, device_type: str, dtype: torch.dtype):
 
     cached = _weight_cache.derived(t, ("autocast", dtype), make)
     return cached if cached is not None else t.to(dtype)
+
+
+def without_autocast(device_type: str, fn: Callable) -> Callable:
+    """``fn`` run with the dispatcher's autocast key of ``device_type`` excluded, as a registered
+    rule runs the op below it (the fast path's replay of a kernel whose inputs it cast)."""
+    keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey,
+                                             "Autocast" + torch._C._dispatch_key_for_device(device_type)))
+
+    def run(*args):
+        with torch._C._ExcludeDispatchKeyGuard(keyset):
+            return fn(*args)
+
+    return run
 
 
 def _register(name: str, device_type: str, transform: Callable) -> None:

@@ -32,15 +32,18 @@ def check_tensor(op: str, t, name: str, ndims: Sequence[int] = ()) -> torch.Tens
     return t
 
 
-def check_like(op: str, t: Optional[torch.Tensor], name: str, ref: torch.Tensor, ref_name: str = "x") -> None:
-    """``t`` (if given) must be a floating tensor with ``ref``'s dtype and device."""
+def check_like(op: str, t: Optional[torch.Tensor], name: str, ref: torch.Tensor, ref_name: str = "x",
+               dtype: Optional[torch.dtype] = None) -> None:
+    """``t`` (if given) must be a floating tensor with ``ref``'s device and dtype (``dtype`` if given)."""
     if t is None:
         return
     check_tensor(op, t, name)
     if t.device != ref.device:
         raise RuntimeError(f"fastconv.{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
-    if t.dtype != ref.dtype:
-        raise TypeError(f"fastconv.{op}: {name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
+    want = ref.dtype if dtype is None else dtype
+    if t.dtype != want:
+        raise TypeError(f"fastconv.{op}: {name} has dtype {t.dtype} but "
+                        + (f"{ref_name} has dtype {want}" if dtype is None else f"the op computes in {want}"))
 
 
 def check_shape(op: str, t: Optional[torch.Tensor], name: str, shape: Sequence[int]) -> None:

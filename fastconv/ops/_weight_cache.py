@@ -10,6 +10,9 @@ Two kernels read a transformed weight:
   ``FASTCONV_ONEDNN_PREPACK=0`` turns this one off.
 - fastconv's Winograd kernel (the ``cpu`` tactic's 3×3 stride-1 path) reads ``G g Gᵀ``.
 
+Under ``torch.autocast`` (any device) the weight-like arguments' casts to the autocast dtype are
+cached here too (``fastconv/ops/_autocast.py``'s ``cast_param``).
+
 Each costs one extra copy of the weight in memory (e.g. ~94 MB for ResNet-50's convs in oneDNN's
 layout) for as long as the weight lives. The entries live on the weight's base tensor itself (the
 weight, or what it is a view of, e.g. conv1x1's 2-D weight seen as [C_out, C_in, 1, 1]) in a
@@ -20,7 +23,8 @@ tensor (a weak reference makes ``torch.utils.swap_tensors`` refuse it, and with
 in-place update, such as ``load_state_dict`` or an optimizer step, remakes them) and its data
 pointer (``param.data = new`` and ``module.half().float()`` round trips give the tensor other
 memory without bumping the counter; the entry holds the storage it was made from, so that memory
-cannot come back at the same address while the entry exists), and a key naming the form and the
+cannot come back at the same address while the entry exists: after ``module.half()`` the old
+memory is freed when the weight is next asked for a form, or by ``clear()``), and a key naming the form and the
 call geometry (oneDNN picks its layout for the input size); at most ``MAX_PER_WEIGHT`` per
 weight, least recently used first out. Not seen: an in-place write through ``weight.data``
 (``w.data.mul_(2)``), which PyTorch does not count on ``w``'s version counter either; update
@@ -84,6 +88,27 @@ def _current(owner: torch.Tensor) -> Optional[_Forms]:
     if type(forms) is _Forms and forms.data_ptr == owner.data_ptr() and forms.version == owner._version:
         return forms
     return None
+
+
+def has_forms(t: torch.Tensor) -> bool:
+    """Whether ``t`` (or the base it is a view of) holds cached forms, current or stale."""
+    owner = t if t._base is None else t._base
+    return _ATTR in owner.__dict__
+
+
+def drop_stale(t: torch.Tensor) -> None:
+    """Forget ``t``'s forms if they are stale (its memory or version changed since), releasing the
+    storage they pin: the next derived() would replace them, but a tensor that is never asked for
+    a form again (a module cast to the autocast dtype) would otherwise keep the old memory."""
+    owner = t if t._base is None else t._base
+    if _current(owner) is not None:  # (the common case, current forms: no lock)
+        return
+    with _lock:
+        forms = owner.__dict__.get(_ATTR)
+        if type(forms) is _Forms and _current(owner) is None:
+            forms.values.clear()
+            forms.storage = None
+            del owner.__dict__[_ATTR]
 
 
 def derived(weight: torch.Tensor, key: tuple, make: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
@@ -151,10 +176,11 @@ def onednn_blocked(weight: torch.Tensor, padding: List[int], stride: List[int], 
 
 
 def clear() -> None:
-    """Drop every cached form."""
+    """Drop every cached form, and release the memory stale entries pin."""
     with _lock:
         for forms in list(_all_forms):
             forms.values.clear()
+            forms.storage, forms.data_ptr = None, -1  # never current again: the next form starts anew
 
 
 def cached_count() -> int:

@@ -359,6 +359,19 @@ def conv1x1_multi(
         # outs[0]= the caller may never have passed)
         raise RuntimeError(f"fastconv.{OP_MULTI} is not differentiable (it writes its outputs in place); an input "
                            "requires grad: call it under torch.no_grad(), or fastconv.conv1x1 once per weight")
+    # under autocast the op computes in the given outs' dtype, else in autocast's (see _autocast.py):
+    # the weights and biases of a list are cast to it before they are concatenated
+    amp_dtype = None
+    if x.is_floating_point() and x.dtype != torch.float64 and _autocast.enabled(x.device.type):
+        given = [o for o in (outs if isinstance(outs, (list, tuple)) else ()) if isinstance(o, torch.Tensor)]
+        amp_dtype = given[0].dtype if given else torch.get_autocast_dtype(x.device.type)
+
+    def like(t, name):
+        if amp_dtype is not None and isinstance(t, torch.Tensor) and t.is_floating_point():
+            t = t.to(amp_dtype)
+        _checks.check_like(OP_MULTI, t, name, x, dtype=amp_dtype)
+        return t
+
     if isinstance(weights, torch.Tensor):
         weight = weights
         user_split = split_sizes is not None
@@ -384,10 +397,8 @@ def conv1x1_multi(
                     f"fastconv.{OP_MULTI}: weights[{j}] must be [C_out, {x.shape[1]}] or [C_out, {x.shape[1]}, 1, 1] "
                     f"for x of shape {tuple(x.shape)}, got {tuple(w.shape)}"
                 )
-            if w.is_floating_point() and _autocast.enabled(x.device.type):
-                w = w.to(x.dtype)  # autocast: the op casts to the outs' dtype anyway
             # (torch.cat below would promote mixed dtypes, and the op's message name a "weight")
-            _checks.check_like(OP_MULTI, w, f"weights[{j}]", x)
+            w = like(w, f"weights[{j}]")
             ws.append(w.reshape(w.shape[0], w.shape[1]))  # (-1 is ambiguous for a weight with 0 rows)
         weight = torch.cat(ws, 0)
         sizes = [w.shape[0] for w in ws]
@@ -402,12 +413,9 @@ def conv1x1_multi(
             parts = []
             for j, (b, size) in enumerate(zip(biases, sizes)):
                 if b is None:
-                    parts.append(x.new_zeros(size))
+                    parts.append(x.new_zeros(size, dtype=amp_dtype or x.dtype))
                 else:
-                    if isinstance(b, torch.Tensor) and b.is_floating_point() and _autocast.enabled(x.device.type):
-                        b = b.to(x.dtype)  # autocast: the op casts to the outs' dtype anyway
-                    _checks.check_like(OP_MULTI, b, f"biases[{j}]", x)
-                    parts.append(b.reshape(-1))
+                    parts.append(like(b, f"biases[{j}]").reshape(-1))
             bias = torch.cat(parts)
     if outs is not None and len(outs) != len(sizes):
         raise ValueError(f"fastconv.{OP_MULTI}: got {len(outs)} outs for {len(sizes)} weights")
@@ -422,11 +430,7 @@ def conv1x1_multi(
     oh = (h - 1) // stride_[0] + 1 if h and stride_[0] > 0 else 0
     ow = (w - 1) // stride_[1] + 1 if w and stride_[1] > 0 else 0
     layout = _checks.output_layout(x)
-    dtype = x.dtype
-    if x.is_floating_point() and x.dtype != torch.float64 and _autocast.enabled(x.device.type):
-        # autocast: the op computes in the given outs' dtype (see _autocast.py), else in autocast's
-        given = [o for o in (outs or ()) if isinstance(o, torch.Tensor)]
-        dtype = given[0].dtype if given else torch.get_autocast_dtype(x.device.type)
+    dtype = amp_dtype or x.dtype
     result = [
         o if o is not None else torch.empty([n, size, oh, ow], dtype=dtype, device=x.device, memory_format=layout)
         for o, size in zip(outs if outs is not None else [None] * len(sizes), sizes)

@@ -175,13 +175,15 @@ def dense_concat(features: Sequence[torch.Tensor], *, out: Optional[torch.Tensor
     # features that require grad take it, as torch.cat into its exact out accepts; nor under
     # torch.jit.trace, which would record an as_strided with this call's strides for every later
     # input size; nor for meta or fake tensors, whose storages all report address 0)
-    if not torch.compiler.is_compiling() and not _checks.transforms_active() and not torch.jit.is_tracing() and not (
+    # (under torch.jit.trace only the exact-out case: returning out records nothing to go stale)
+    if not torch.compiler.is_compiling() and not _checks.transforms_active() and not (
             torch.is_grad_enabled() and any(f.requires_grad for f in features)) and _checks.has_real_storage(features):
         view = adjacent_view(features)
         if view is not None:
             if out is None:
-                return view
-            if out.data_ptr() == view.data_ptr() and out.stride() == view.stride() and out.shape == view.shape:
+                if not torch.jit.is_tracing():
+                    return view
+            elif out.data_ptr() == view.data_ptr() and out.stride() == view.stride() and out.shape == view.shape:
                 return out  # the producers already wrote into out
     _checks.check_autodiff_mode(OP, features)
     if out is None:

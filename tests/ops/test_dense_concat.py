@@ -158,6 +158,22 @@ def test_traced_adjacent_slices_copy_at_every_size():
             assert torch.equal(traced(x), torch.cat([x, x * 2], 1)), shape
 
 
+def test_traced_exact_out_is_returned():
+    """Features that already are out's slices, traced: out is returned (the copy path refused the
+    overlap), at every size."""
+    def f(x):
+        buf = x.new_empty(x.shape[0], 2 * x.shape[1], x.shape[2], x.shape[3])
+        buf[:, :x.shape[1]] = x
+        buf[:, x.shape[1]:] = x * 2
+        return fastconv.dense_concat([buf[:, :x.shape[1]], buf[:, x.shape[1]:]], out=buf)
+
+    with torch.no_grad():
+        traced = torch.jit.trace(f, torch.randn(2, 3, 4, 4), check_trace=False)
+        for shape in [(2, 3, 4, 4), (1, 3, 7, 5)]:
+            x = torch.randn(shape)
+            assert torch.equal(traced(x), torch.cat([x, x * 2], 1)), shape
+
+
 def test_meta_and_fake_slices_of_two_buffers_are_not_a_view():
     """Every meta or fake storage reports address 0: slices of two different buffers looked adjacent
     and came back as a view of the first (torch.cat gives a new tensor); make_fx's tensors have no

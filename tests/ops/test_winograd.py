@@ -133,6 +133,22 @@ def test_finite_inputs_that_overflow_in_the_transforms_are_computed_directly(m):
     assert_close_rel(out, ref, torch.float32, f"F({m}x{m}) near FLT_MAX")
 
 
+def test_recomputed_tiles_do_not_overflow_where_the_true_result_is_finite():
+    """Inputs ~3e37 with unit weights: the recomputed (overflowed) tiles summed per tap in float32,
+    where +Inf and -Inf met as NaN though the float64 result is finite (or 0 after the ReLU)."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(1, 16, 12, 12, generator=gen) * 3e37).contiguous(memory_format=CL)
+    weight, bias = torch.randn(16, 16, 3, 3, generator=gen), torch.randn(16, generator=gen)
+    ref = _ref(x, weight, bias, None, [1, 1, 1, 1], True)
+    for m in (2, 4):
+        out = torch.empty(1, 16, 12, 12).contiguous(memory_format=CL)
+        torch.ops.fastconv._conv2d_winograd_cpu(x, conv_mod.make_winograd_weight(weight, m), bias, None,
+                                                [1, 1, 1, 1], True, out, weight)
+        fits = ref.abs() < 3.4e38
+        assert not out.isnan().any() and torch.equal(torch.isinf(out), ~fits)
+        torch.testing.assert_close(out[fits].double(), ref[fits], rtol=1e-4, atol=0)
+
+
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 def test_a_non_finite_weight_keeps_the_conv_off_winograd(value):
     """G g Gᵀ spreads a weight's Inf over its transformed row as Inf - Inf = NaN: the whole output
