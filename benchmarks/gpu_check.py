@@ -104,28 +104,57 @@ def _install_missing(wheels: str) -> list:
     return done
 
 
+_current_stage = []  # the running stage's process, for the signal handler
+
+
+def _kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _run_stage(cmd: str, log_path: str, deadline: float) -> str:
     """Run ``cmd`` in a shell of its own process group; past ``deadline`` kill the whole group (a
     killed shell alone left pytest and its workers running into the next stages: a lease's
-    tests stage "cut off at 150 s" reported 211 s of tests)."""
+    tests stage "cut off at 150 s" reported 211 s of tests), and after a normal exit too (workers
+    a stage left behind)."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, shell=True, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _current_stage[:] = [proc]
         try:
             rc = proc.wait(timeout=deadline)
             return "ok" if rc == 0 else f"failed (exit {rc})"
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_group(proc)
             proc.wait()
             return f"cut off at {deadline} s"
+        finally:
+            _kill_group(proc)
+            _current_stage.clear()
 
 
 def _pack(raw: str, out: str) -> None:
-    """The stages' own files as one archive in ``out`` (a lease returns at most 8 files)."""
-    with tarfile.open(os.path.join(out, "raw.tar.gz"), "w:gz") as tar:
+    """The stages' own files as one archive in ``out`` (a lease returns at most 8 files), replaced
+    whole (a kill while packing leaves the previous archive)."""
+    path = os.path.join(out, "raw.tar.gz")
+    with tarfile.open(path + ".tmp", "w:gz") as tar:
         tar.add(raw, arcname="raw")
+    os.replace(path + ".tmp", path)
+
+
+def _on_signal(raw: str, out: str):
+    """Killed from outside (a command's time limit): end the running stage's whole group, keep its
+    log in the archive, and exit."""
+    def handler(signum, frame):
+        for proc in list(_current_stage):
+            _kill_group(proc)
+        try:
+            _pack(raw, out)
+        finally:
+            os._exit(128 + signum)
+
+    return handler
 
 
 def _write(out: str, raw: str, report: dict) -> None:
@@ -159,6 +188,8 @@ def main() -> int:
     os.environ.setdefault("FASTCONV_CUDA", "1")
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
     raw = tempfile.mkdtemp(prefix="gpu_check_raw_")
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _on_signal(raw, args.out))
     report = {"env": _environment(), "installed": _install_missing(args.wheels), "stages": []}
     print(json.dumps(report["env"]), flush=True)
     wanted = args.stages.split(",")

@@ -87,6 +87,8 @@ def markdown(report: dict) -> str:
     lines.append(render_table(HEADERS, [row_cells(r) for r in report["results"]], markdown=True))
     if report.get("not_run"):
         lines += ["", f"not run (time budget): {len(report['not_run'])} cases"]
+    if report.get("errors"):
+        lines += ["", "cases that raised:"] + [f"- {e}" for e in report["errors"]]
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,7 @@ storing or clearing any tuned choice (``_autotune.generation``) invalidates ever
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
@@ -71,13 +72,12 @@ def usable(x: torch.Tensor, *others: Optional[torch.Tensor]) -> bool:
 
 
 def autocast_conv_args(x, weight, bias, residual, out, in_scale, in_shift):
-    """Under autocast on x's device: the conv's tensors as the op's autocast rule casts them
-    (fastconv/ops/_autocast.py: to the region's dtype, or to ``out``'s; weight-like ones through
-    the cast cache), so that the replayed kernel sees what the full path's op would; else as given.
+    """For a call under autocast on x's device: the conv's tensors as the op's autocast rule casts
+    them (fastconv/ops/_autocast.py: to the region's dtype, or to ``out``'s; weight-like ones
+    through the cast cache), so that the replayed kernel sees what the full path's op would. The
+    replay must then run with autocast off below it, as the rule runs the op (``replayed``).
     None: an ``out`` that is not floating, for the full path to report."""
     device = x.device.type
-    if not torch.is_autocast_enabled(device):
-        return x, weight, bias, residual, in_scale, in_shift
     if out is not None and not out.is_floating_point():
         return None
     dtype = out.dtype if out is not None else torch.get_autocast_dtype(device)
@@ -197,14 +197,14 @@ def conv(module: torch.nn.Module, full: Callable[[], torch.Tensor], x: torch.Ten
     functional marks it (it decides whether the cpu tactic may run Winograd, and keys auto's choice)."""
     if not usable(x, weight, bias, residual, out, in_scale, in_shift):
         return full()
-    tensors = autocast_conv_args(x, weight, bias, residual, out, in_scale, in_shift)
-    if tensors is None:
-        return full()
     replay = _conv_replay
-    if tensors[0] is not x or torch.is_autocast_enabled(x.device.type):
-        # as the op's autocast rule runs its kernel: with autocast off below it (a kernel that
-        # calls F.conv2d, the torch tactic or the reference, would otherwise be cast again)
-        replay = _autocast.without_autocast(x.device.type, _conv_replay)
+    if torch.is_autocast_enabled(x.device.type):
+        tensors = autocast_conv_args(x, weight, bias, residual, out, in_scale, in_shift)
+        if tensors is None:
+            return full()
+        replay = replayed(x.device.type, _conv_replay)
+    else:
+        tensors = (x, weight, bias, residual, in_scale, in_shift)
     marked = _mark_grad_free(weight)
     try:
         settings = (stride, padding, dilation, groups, relu, pointwise, in_relu)
@@ -214,6 +214,12 @@ def conv(module: torch.nn.Module, full: Callable[[], torch.Tensor], x: torch.Ten
     finally:
         if marked:
             _marks.ids.pop()
+
+
+def replayed(device_type: str, fn: Callable) -> Callable:
+    """``fn`` run as the op's autocast rule runs its kernel: with autocast off below it (a kernel
+    that calls F.conv2d, the torch tactic or the reference, would otherwise be cast again)."""
+    return functools.partial(_autocast.run_without_autocast, device_type, fn)
 
 
 def _conv_plan(tensors, in_relu, stride, padding, dilation, groups, relu, pointwise, y):

@@ -332,12 +332,20 @@ class FusedInception(_InferenceOnly):
 
         if not _fastpath.usable(x) or x.numel() == 0:
             return full()
+        x_, w, b, run = x, self.reduce_weight, self.reduce_bias, _call_kernel
+        if torch.is_autocast_enabled(x.device.type):  # as conv1x1_multi_out's autocast rule: to outs' dtype
+            x_, w, b, *_ = _fastpath.autocast_conv_args(x, w, b, None, outs[0], None, None)
+            run = _fastpath.replayed(x.device.type, _call_kernel)
 
         def args(o):  # conv1x1's kernel arguments (weight 2-D, stride [1, 1], ReLU, no prologue)
-            return x, self.reduce_weight, self.reduce_bias, None, None, None, False, [1, 1], True, o
+            return x_, w, b, None, None, None, False, [1, 1], True, o
 
-        _fastpath.call(self, (x, self.reduce_weight, self.reduce_bias, *outs), (), full,
-                       lambda result: conv1x1_planned_kernel(*args(result)), lambda kernel: kernel(*args(outs)))
+        _fastpath.call(self, (x_, w, b, *outs), (), full,
+                       lambda result: conv1x1_planned_kernel(*args(result)), lambda kernel: run(kernel, args(outs)))
+
+
+def _call_kernel(kernel, args):
+    return kernel(*args)
 
 
 class FusedDenseBlock(_InferenceOnly):

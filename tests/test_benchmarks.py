@@ -241,6 +241,30 @@ def test_gpu_check_kills_a_stage_whole_and_packs_its_files(tmp_path):
     gpu_check._pack(str(raw), str(out))
     with tarfile.open(out / "raw.tar.gz") as tar:
         assert "raw/ops.json" in tar.getnames()
+    # gpu_check itself terminated (a command's time limit): the running stage's group goes too,
+    # and the stage's log is packed
+    import signal
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pid_file = tmp_path / "grandchild.pid"
+    driver = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys; sys.path.insert(0, %r); from benchmarks import gpu_check as g; "
+        "signal.signal(signal.SIGTERM, g._on_signal(%r, %r)); "
+        "g._run_stage('sleep 30 & echo $! > %s; wait', %r, 60)") % (
+            root, str(raw), str(out), pid_file, str(raw / "stage.log"))])
+    for _ in range(100):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGTERM)
+    assert driver.wait(timeout=10) == 128 + signal.SIGTERM
+    time.sleep(0.3)
+    pid = int(pid_file.read_text())
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    with tarfile.open(out / "raw.tar.gz") as tar:
+        assert "raw/stage.log" in tar.getnames()
 
 
 def test_gpu_graphs_markdown():

@@ -419,3 +419,22 @@ def test_functional_max_pool2d_replays_exactly(backend, monkeypatch):
         monkeypatch.undo()
         with pytest.raises(TypeError, match="ceil_mode"):
             fastconv.max_pool2d(x, (2, 3), None, ceil_mode=1)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_inception_reduce_replays_under_autocast(backend):
+    """A converted Inception block's grouped 1x1 reduce replayed its kernel on uncast tensors with
+    autocast on: from the second call a bfloat16 input met float32 weights (the cpu kernel raised)
+    and a float32 input came back with bf16 error on the reference kernel."""
+    import importlib
+
+    if backend not in fastconv.available_backends():
+        pytest.skip(fastconv.backend_status()[backend])
+    googlenet = importlib.import_module("torchvision.models.googlenet")
+    torch.manual_seed(0)
+    block = fastconv.convert(googlenet.Inception(16, 8, 8, 16, 4, 8, 8).eval())
+    with torch.inference_mode(), fastconv.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16):
+        for x in (torch.randn(2, 16, 9, 9), torch.randn(2, 16, 9, 9).bfloat16()):
+            first = block(x)
+            for _ in range(2):
+                torch.testing.assert_close(block(x), first, rtol=0, atol=0)

@@ -30,6 +30,7 @@ tensors are left alone, so an autocast region does not change a float64 computat
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -41,7 +42,7 @@ DEVICE_TYPES = ("cpu", "cuda")
 _lib = torch.library.Library("fastconv", "IMPL")
 
 
-def _eligible(t, device_type: str) -> bool:
+def eligible(t, device_type: str) -> bool:
     return (isinstance(t, torch.Tensor) and t.is_floating_point() and t.device.type == device_type
             and t.dtype is not torch.float64)
 
@@ -49,7 +50,7 @@ def _eligible(t, device_type: str) -> bool:
 def cast(value, device_type: str, dtype: torch.dtype):
     """``value`` (a tensor, a list/tuple of tensors, or anything else) with its eligible tensors cast."""
     if isinstance(value, torch.Tensor):
-        return value.to(dtype) if _eligible(value, device_type) else value
+        return value.to(dtype) if eligible(value, device_type) else value
     if isinstance(value, (list, tuple)):
         return type(value)(cast(v, device_type, dtype) for v in value)
     return value
@@ -96,7 +97,7 @@ def cast_param(t, device_type: str, dtype: torch.dtype):
     autocast dtype per weight, freed with the weight or when it changes), and like them it misses
     a write through ``.data``. A tensor that requires grad under grad mode is cast per call (the
     cast is part of the graph), and so is every tensor under ``autocast(cache_enabled=False)``."""
-    if not _eligible(t, device_type) or t.dtype == dtype:
+    if not eligible(t, device_type) or t.dtype == dtype:
         if isinstance(t, torch.Tensor) and _weight_cache.has_forms(t):
             _weight_cache.drop_stale(t)  # (a module cast to this dtype: free the old storage's casts)
         return t
@@ -110,17 +111,17 @@ def cast_param(t, device_type: str, dtype: torch.dtype):
     return cached if cached is not None else t.to(dtype)
 
 
-def without_autocast(device_type: str, fn: Callable) -> Callable:
-    """``fn`` run with the dispatcher's autocast key of ``device_type`` excluded, as a registered
-    rule runs the op below it (the fast path's replay of a kernel whose inputs it cast)."""
-    keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey,
-                                             "Autocast" + torch._C._dispatch_key_for_device(device_type)))
+@functools.lru_cache(maxsize=None)
+def _autocast_keyset(device_type: str):
+    return torch._C.DispatchKeySet(getattr(torch._C.DispatchKey,
+                                           "Autocast" + torch._C._dispatch_key_for_device(device_type)))
 
-    def run(*args):
-        with torch._C._ExcludeDispatchKeyGuard(keyset):
-            return fn(*args)
 
-    return run
+def run_without_autocast(device_type: str, fn: Callable, *args):
+    """``fn(*args)`` with the dispatcher's autocast key of ``device_type`` excluded, as a
+    registered rule runs the op below it (the fast path's replay of a kernel whose inputs it cast)."""
+    with torch._C._ExcludeDispatchKeyGuard(_autocast_keyset(device_type)):
+        return fn(*args)
 
 
 def _register(name: str, device_type: str, transform: Callable) -> None:

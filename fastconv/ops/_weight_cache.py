@@ -125,8 +125,11 @@ def derived(weight: torch.Tensor, key: tuple, make: Callable[[], torch.Tensor]) 
             if value is not None:
                 forms.values.move_to_end(key)
                 return value
+    made_from = (owner.data_ptr(), owner._version)
     value = make()
     with _lock:
+        if (owner.data_ptr(), owner._version) != made_from:
+            return value  # written while make() read it (another thread): right for this call, not cached
         forms = _current(owner)
         if forms is None:
             forms = _Forms(owner)

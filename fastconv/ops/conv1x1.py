@@ -364,13 +364,19 @@ def conv1x1_multi(
     amp_dtype = None
     if x.is_floating_point() and x.dtype != torch.float64 and _autocast.enabled(x.device.type):
         given = [o for o in (outs if isinstance(outs, (list, tuple)) else ()) if isinstance(o, torch.Tensor)]
-        amp_dtype = given[0].dtype if given else torch.get_autocast_dtype(x.device.type)
+        amp_dtype = given[0].dtype if given and given[0].is_floating_point() else torch.get_autocast_dtype(
+            x.device.type)  # (a non-floating out: its own check names it)
 
     def like(t, name):
-        if amp_dtype is not None and isinstance(t, torch.Tensor) and t.is_floating_point():
+        if amp_dtype is not None and _autocast.eligible(t, x.device.type):  # (float64 is not cast, as the rule)
             t = t.to(amp_dtype)
         _checks.check_like(OP_MULTI, t, name, x, dtype=amp_dtype)
         return t
+
+    def cat(tensors):  # (not through autocast's promote policy: it refuses float16 in a bfloat16 region)
+        if amp_dtype is None:
+            return torch.cat(tensors)
+        return _autocast.run_without_autocast(x.device.type, torch.cat, tensors)
 
     if isinstance(weights, torch.Tensor):
         weight = weights
@@ -400,7 +406,7 @@ def conv1x1_multi(
             # (torch.cat below would promote mixed dtypes, and the op's message name a "weight")
             w = like(w, f"weights[{j}]")
             ws.append(w.reshape(w.shape[0], w.shape[1]))  # (-1 is ambiguous for a weight with 0 rows)
-        weight = torch.cat(ws, 0)
+        weight = cat(ws)
         sizes = [w.shape[0] for w in ws]
     if biases is None or isinstance(biases, torch.Tensor):
         bias = biases
@@ -416,7 +422,7 @@ def conv1x1_multi(
                     parts.append(x.new_zeros(size, dtype=amp_dtype or x.dtype))
                 else:
                     parts.append(like(b, f"biases[{j}]").reshape(-1))
-            bias = torch.cat(parts)
+            bias = cat(parts)
     if outs is not None and len(outs) != len(sizes):
         raise ValueError(f"fastconv.{OP_MULTI}: got {len(outs)} outs for {len(sizes)} weights")
     if torch.jit.is_tracing() or (outs is None and _checks.transforms_active()):

@@ -447,3 +447,13 @@ def test_multi_weight_list_under_autocast_computes_in_the_outs_dtype():
     assert_close_rel(torch.cat(outs, 1), ref, torch.float32, "float32 outs under autocast")
     assert all(o.dtype == torch.bfloat16 for o in fresh)
     assert_close_rel(torch.cat(fresh, 1), ref, torch.bfloat16, "bfloat16 under autocast")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        # a float16 out in a bfloat16 region: the weights are concatenated in float16 (autocast's
+        # promote policy refused that mix inside torch.cat)
+        half = conv1x1_multi(x, ws, bs, outs=[torch.empty(2, 3, 5, 5, dtype=torch.float16), None])
+        assert [o.dtype for o in half] == [torch.float16, torch.float16]
+        with pytest.raises(TypeError, match=r"weights\[0\] has dtype torch.float64"):  # not cast, as the rule
+            conv1x1_multi(x, [ws[0].double(), ws[1]], bs)
+        with pytest.raises(TypeError, match=r"outs\[0\] must be a floating"):  # named, not a weight
+            conv1x1_multi(x, ws, bs, outs=[torch.empty(2, 3, 5, 5, dtype=torch.int32), None])
+    assert_close_rel(torch.cat(half, 1), ref, torch.float16, "float16 outs in a bfloat16 region")

@@ -257,3 +257,30 @@ def test_batch_sizes_share_one_onednn_form():
                 assert_close_rel(fastconv.conv2d_relu(x, w, padding=1), reference.conv2d_relu(
                     x, w, None, None, [1, 1], [1, 1, 1, 1], [1, 1], 1, True), torch.float32, f"batch {n}")
     assert _weight_cache.cached_count() == 1
+
+
+def test_a_form_made_while_the_weight_changed_is_not_cached():
+    """make() runs outside the lock: a weight written meanwhile (another thread's optimizer step)
+    must not have the form of its old values cached as current for the new version."""
+    v = torch.nn.Parameter(torch.zeros(4))
+
+    def make():
+        r = v.detach() * 10
+        with torch.no_grad():
+            v.add_(1)  # the write that lands while the form is made
+        return r
+
+    assert _weight_cache.derived(v, ("k",), make).tolist() == [0.0] * 4  # right for that call
+    assert _weight_cache.derived(v, ("k",), lambda: v.detach() * 10).tolist() == [10.0] * 4
+    _weight_cache.clear()
+
+
+def test_clear_releases_the_memory_stale_forms_pin():
+    w = torch.nn.Parameter(torch.randn(8, 8, 3, 3))
+    _weight_cache.derived(w, ("k",), lambda: w.detach() * 2)
+    w.data = torch.randn(8, 8, 3, 3)  # other memory: the form is stale and pins the old storage
+    forms = w.__dict__["_fastconv_forms"]
+    _weight_cache.clear()
+    assert forms.storage is None and not forms.values
+    assert torch.equal(_weight_cache.derived(w, ("k",), lambda: w.detach() * 2), w.detach() * 2)
+    _weight_cache.clear()
