@@ -54,7 +54,7 @@ class Progress:
     total: int
     done: int = 0
     t0: float = field(default_factory=time.perf_counter)
-    stream: object = sys.stderr
+    stream: object = field(default_factory=lambda: sys.stderr)  # (the stderr of now, not of the import)
 
     def step(self, what: str) -> None:
         msg = f"[{self.done}/{self.total}, {time.perf_counter() - self.t0:.0f} s] {what}"

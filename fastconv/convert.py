@@ -125,6 +125,8 @@ def _convert(m: nn.Module, dtype) -> nn.Module:
         return m  # its own forward or padding mode: left to compute what it computes
     if isinstance(m, nn.MaxPool2d):
         return _pool(m)
+    if fused.is_plain_linear(m):
+        return fused.FusedLinear.from_linear(m, dtype)
     if type(m).__module__ == fused.__name__:
         return m  # already converted
     if hasattr(type(m), "_fastconv_fused"):
@@ -217,7 +219,8 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_l
     """An inference module computing what ``model.eval()`` computes, on fastconv's fused ops.
 
     BatchNorm is folded into the preceding conv, conv+bias(+residual)+ReLU fused, max-pooling and
-    concatenation run on fastconv kernels. ``dtype`` casts the weights (folding is done in
+    concatenation run on fastconv kernels; plain ``nn.Linear`` layers stay ``F.linear`` but cache
+    their weight's cast under ``torch.autocast`` (``fused.FusedLinear``). ``dtype`` casts the weights (folding is done in
     float64 first) and the incoming activations; ``channels_last=True`` makes incoming
     activations channels_last (fastconv keeps the layout through the network), ``False`` keeps
     the layout it is given, and the default ``None`` runs CPU activations channels_last (faster

@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import _fastpath, ops
 from .ops.conv1x1 import planned_kernel as conv1x1_planned_kernel
@@ -346,6 +347,46 @@ class FusedInception(_InferenceOnly):
 
 def _call_kernel(kernel, args):
     return kernel(*args)
+
+
+class FusedLinear(_InferenceOnly):
+    """A plain ``nn.Linear`` in a converted model: the same ``F.linear``, except under autocast,
+    where its weight's cast is cached (``ops._autocast.cast_param``) instead of made on every call.
+    PyTorch's autocast casts a Linear's weight on every call (its cast cache lives for one region):
+    AlexNet's and VGG's classifiers (58M and 120M parameters) cost most of their autocast forward
+    in those casts. Outside autocast it is ``F.linear`` on the weight as it was."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        self.register_buffer("weight", _as_dtype(weight, dtype))
+        self.register_buffer("bias", _as_dtype(bias, dtype))
+        self.in_features, self.out_features = self.weight.shape[1], self.weight.shape[0]
+
+    @classmethod
+    def from_linear(cls, m: nn.Linear, dtype: Optional[torch.dtype] = None) -> "FusedLinear":
+        return cls(m.weight, m.bias, dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self._buffers["weight"], self._buffers["bias"]
+        if ops._checks.is_fx_proxy(x) or torch.compiler.is_compiling():
+            return F.linear(x, w, b)  # (traced: the graph's own autocast handling, if any)
+        device = x.device.type
+        if not ops._autocast.enabled(device):
+            return F.linear(x, w, b)
+        # what autocast's rule for linear does (every eligible argument to the region's dtype, then
+        # the op below autocast), the weights' casts cached
+        dtype = torch.get_autocast_dtype(device)
+        return ops._autocast.run_without_autocast(device, F.linear, ops._autocast.cast(x, device, dtype),
+                                                  ops._autocast.cast_param(w, device, dtype),
+                                                  ops._autocast.cast_param(b, device, dtype))
+
+
+def is_plain_linear(m: nn.Module) -> bool:
+    """An nn.Linear computing what nn.Linear computes, without hooks: FusedLinear may replace it."""
+    return isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward and not has_hooks(m)
 
 
 class FusedDenseBlock(_InferenceOnly):

@@ -181,3 +181,32 @@ def test_converted_model_under_autocast(name):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             y2 = fm(x)
         assert y2.dtype == torch.bfloat16 and rel_err(y2, ref) < 5e-2
+
+
+def test_converted_linear_caches_its_weight_cast():
+    """convert() turns a plain nn.Linear into FusedLinear: F.linear as before, but under autocast its
+    weight's cast is cached (PyTorch recasts a Linear's weight on every call: AlexNet's and VGG's
+    classifiers cost most of an autocast forward in those casts). Same values as nn.Linear under
+    autocast, bit for bit; plain float32 outside it; a Linear with hooks or its own forward stays."""
+    from fastconv import fused
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    converted = fastconv.convert(model)
+    assert [type(m) for m in converted if isinstance(m, fused.FusedLinear)] == [fused.FusedLinear] * 2
+    x = torch.randn(4, 3, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(converted(x), model(x))
+        for dtype in (torch.bfloat16, torch.float16):
+            with torch.autocast("cpu", dtype=dtype):
+                want, got = model(x), converted(x)
+                again = converted(x)
+                cast = converted[1]._buffers["weight"].__dict__["_fastconv_forms"]
+            assert want.dtype == got.dtype == dtype and torch.equal(got, want) and torch.equal(again, want)
+            assert any(v.dtype == dtype for v in cast.values.values())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+            assert converted(x).dtype == torch.float32
+
+    hooked = nn.Sequential(nn.Linear(4, 4))
+    hooked[0].register_forward_hook(lambda *a: None)
+    assert type(fastconv.convert(hooked.eval())[0]) is nn.Linear
