@@ -121,7 +121,8 @@ def _channels_last_targets(m: nn.Module, root: bool = True):
 
 
 def _convs(m: nn.Module) -> int:
-    return sum(isinstance(s, nn.Conv2d) or "weight" in s._buffers and type(s).__module__ == "fastconv.fused"
+    return sum(isinstance(s, nn.Conv2d) or (type(s).__module__ == "fastconv.fused" and "weight" in s._buffers
+                                            and s._buffers["weight"].dim() == 4)  # (not FusedLinear)
                for s in m.modules())
 
 

@@ -350,16 +350,25 @@ def _call_kernel(kernel, args):
 
 
 class FusedLinear(_InferenceOnly):
-    """A plain ``nn.Linear`` in a converted model: the same ``F.linear``, except under autocast,
-    where its weight's cast is cached (``ops._autocast.cast_param``) instead of made on every call.
+    """A plain ``nn.Linear`` in a converted model: the same ``F.linear`` (its weight and bias frozen
+    Parameters, the same state-dict keys), except under autocast, where its weight's cast is cached
+    (``ops._autocast.cast_param``) instead of made on every call.
     PyTorch's autocast casts a Linear's weight on every call (its cast cache lives for one region):
     AlexNet's and VGG's classifiers (58M and 120M parameters) cost most of their autocast forward
     in those casts. Outside autocast it is ``F.linear`` on the weight as it was."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
-        self.register_buffer("weight", _as_dtype(weight, dtype))
-        self.register_buffer("bias", _as_dtype(bias, dtype))
+        # frozen Parameters (a converted classifier keeps ``next(model.parameters())``) on the
+        # Linear's own memory where no cast is asked for: tied weights stay tied, and a
+        # fastconv.models eval copy holds no second classifier
+        def frozen(t):
+            if t is None:
+                return None
+            return nn.Parameter(t.detach() if dtype in (None, t.dtype) else _as_dtype(t, dtype), requires_grad=False)
+
+        self.register_parameter("weight", frozen(weight))
+        self.register_parameter("bias", frozen(bias))  # (None registered too: state-dict keys as nn.Linear's)
         self.in_features, self.out_features = self.weight.shape[1], self.weight.shape[0]
 
     @classmethod
@@ -370,9 +379,9 @@ class FusedLinear(_InferenceOnly):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self._buffers["weight"], self._buffers["bias"]
-        if ops._checks.is_fx_proxy(x) or torch.compiler.is_compiling():
-            return F.linear(x, w, b)  # (traced: the graph's own autocast handling, if any)
+        w, b = self._parameters["weight"], self._parameters["bias"]
+        if ops._checks.is_fx_proxy(x) or torch.compiler.is_compiling() or ops._checks.transforms_active():
+            return F.linear(x, w, b)  # (traced or transformed: autocast's own handling, if any)
         device = x.device.type
         if not ops._autocast.enabled(device):
             return F.linear(x, w, b)
@@ -385,8 +394,14 @@ class FusedLinear(_InferenceOnly):
 
 
 def is_plain_linear(m: nn.Module) -> bool:
-    """An nn.Linear computing what nn.Linear computes, without hooks: FusedLinear may replace it."""
-    return isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward and not has_hooks(m)
+    """nn.Linear itself (or the subclass nn.MultiheadAttention holds, the same layer), holding only
+    its own weight and bias, without hooks or parametrizations: FusedLinear may replace it
+    (a subclass may carry more state, a parametrization has other state-dict keys)."""
+    return (type(m) is nn.Linear or type(m) is nn.modules.linear.NonDynamicallyQuantizableLinear) and \
+        set(m._parameters) <= {"weight", "bias"} and not m._buffers and not has_hooks(m) and \
+        not (m._state_dict_hooks or m._state_dict_pre_hooks or m._load_state_dict_pre_hooks
+             or m._load_state_dict_post_hooks) and \
+        not isinstance(m.weight, nn.parameter.UninitializedParameter)
 
 
 class FusedDenseBlock(_InferenceOnly):

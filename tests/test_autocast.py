@@ -201,7 +201,7 @@ def test_converted_linear_caches_its_weight_cast():
             with torch.autocast("cpu", dtype=dtype):
                 want, got = model(x), converted(x)
                 again = converted(x)
-                cast = converted[1]._buffers["weight"].__dict__["_fastconv_forms"]
+                cast = converted[1]._parameters["weight"].__dict__["_fastconv_forms"]
             assert want.dtype == got.dtype == dtype and torch.equal(got, want) and torch.equal(again, want)
             assert any(v.dtype == dtype for v in cast.values.values())
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
@@ -210,3 +210,35 @@ def test_converted_linear_caches_its_weight_cast():
     hooked = nn.Sequential(nn.Linear(4, 4))
     hooked[0].register_forward_hook(lambda *a: None)
     assert type(fastconv.convert(hooked.eval())[0]) is nn.Linear
+    # a parametrized Linear (other state-dict keys) stays; a bias-free one keeps its keys
+    normed = nn.Sequential(torch.nn.utils.parametrizations.weight_norm(nn.Linear(4, 4)), nn.Linear(4, 2, bias=False))
+    conv_normed = fastconv.convert(normed.eval())
+    assert type(conv_normed[0]) is type(normed[0]) and type(conv_normed[1]) is fused.FusedLinear
+    assert list(conv_normed.state_dict()) == list(normed.state_dict())
+    # frozen Parameters on the Linear's own memory: tied weights stay tied, parameters() still answers
+    tied = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)).eval()
+    tied[2].weight = tied[0].weight
+    conv_tied = fastconv.convert(tied)
+    assert conv_tied[0].weight.data_ptr() == conv_tied[2].weight.data_ptr()
+    assert not next(conv_tied.parameters()).requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(conv_tied(x[:, 0, 0]), tied(x[:, 0, 0]), rtol=0, atol=0)
+
+
+def test_fake_or_transformed_calls_leave_no_cached_cast():
+    """A pass under FakeTensorMode (shape inference) or a torch.func transform inside an autocast
+    region must not cache its fake or wrapped cast for the real calls after it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 5)).eval()
+    converted = fastconv.convert(model)
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            converted(torch.empty(2, 3, 4, 4))
+        y = converted(x)
+        assert type(y) is torch.Tensor
+        torch.testing.assert_close(y.float(), model(x).float(), rtol=2e-2, atol=2e-2)
+        xs = torch.randn(3, 2, 64)
+        assert torch.equal(torch.func.vmap(converted[3])(xs), torch.func.vmap(model[3])(xs))  # as nn.Linear

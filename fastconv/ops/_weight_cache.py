@@ -117,6 +117,10 @@ def derived(weight: torch.Tensor, key: tuple, make: Callable[[], torch.Tensor]) 
     owner = weight if weight._base is None else weight._base  # views share their base's version counter
     if owner.is_inference() or type(owner) not in (torch.Tensor, torch.nn.Parameter):
         return None
+    if torch._C._len_torch_dispatch_stack() or torch._C._functorch.maybe_current_level() is not None:
+        # under a dispatch mode (FakeTensorMode: make() would return a fake tensor, cached for
+        # the real calls after) or a torch.func transform (a wrapped weight has no storage)
+        return None
     key = (tuple(weight.shape), weight.stride(), weight.storage_offset(), weight.dtype) + key
     with _lock:
         forms = _current(owner)
