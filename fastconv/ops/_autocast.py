@@ -103,6 +103,7 @@ def cast_param(t, device_type: str, dtype: torch.dtype):
         return t
     if (t.requires_grad and torch.is_grad_enabled()) or not torch.is_autocast_cache_enabled():
         return t.to(dtype)
+
     def make():
         with torch.inference_mode(False):  # a normal tensor: autograd may save it (backward to x)
             return t.detach().to(dtype)
