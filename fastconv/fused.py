@@ -361,11 +361,15 @@ class FusedLinear(_InferenceOnly):
         super().__init__()
         # frozen Parameters (a converted classifier keeps ``next(model.parameters())``) on the
         # Linear's own memory where no cast is asked for: tied weights stay tied, and a
-        # fastconv.models eval copy holds no second classifier
+        # fastconv.models eval copy holds no second classifier. Not an inference tensor's memory
+        # (a model built under inference_mode): its autocast casts could not be cached (no
+        # version counter), so it is copied into a normal tensor (the copy is made outside
+        # inference mode: convert() and the models' fused copy both build there)
         def frozen(t):
             if t is None:
                 return None
-            return nn.Parameter(t.detach() if dtype in (None, t.dtype) else _as_dtype(t, dtype), requires_grad=False)
+            shared = dtype in (None, t.dtype) and not t.is_inference()
+            return nn.Parameter(t.detach() if shared else _as_dtype(t, dtype), requires_grad=False)
 
         self.register_parameter("weight", frozen(weight))
         self.register_parameter("bias", frozen(bias))  # (None registered too: state-dict keys as nn.Linear's)

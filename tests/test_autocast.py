@@ -242,3 +242,25 @@ def test_fake_or_transformed_calls_leave_no_cached_cast():
         torch.testing.assert_close(y.float(), model(x).float(), rtol=2e-2, atol=2e-2)
         xs = torch.randn(3, 2, 64)
         assert torch.equal(torch.func.vmap(converted[3])(xs), torch.func.vmap(model[3])(xs))  # as nn.Linear
+        # a mode that sees real tensors (FlopCounterMode) keeps the cache
+        from fastconv.ops import _autocast
+        from torch.utils.flop_counter import FlopCounterMode
+
+        w = torch.randn(4, 4)
+        with FlopCounterMode(display=False):
+            assert _autocast.cast_param(w, "cpu", torch.bfloat16) is _autocast.cast_param(w, "cpu", torch.bfloat16)
+
+
+def test_linear_of_a_model_built_under_inference_mode_gets_a_normal_weight():
+    """A Linear made under inference_mode holds inference tensors, which have no version counter:
+    FusedLinear copies it into a normal tensor (else its autocast cast is made on every call)."""
+    from fastconv import fused
+    from fastconv.ops import _autocast
+
+    with torch.inference_mode():
+        lin = nn.Linear(8, 4)
+    fl = fused.FusedLinear.from_linear(lin)
+    assert not fl.weight.is_inference() and torch.equal(fl.weight, lin.weight)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _autocast.cast_param(fl.weight, "cpu", torch.bfloat16) is _autocast.cast_param(
+            fl.weight, "cpu", torch.bfloat16)

@@ -111,15 +111,29 @@ def drop_stale(t: torch.Tensor) -> None:
             del owner.__dict__[_ATTR]
 
 
+_TRACING_MODES = tuple(getattr(torch._C._TorchDispatchModeKey, k) for k in ("FAKE", "PROXY", "FUNCTIONAL")
+                       if hasattr(torch._C, "_TorchDispatchModeKey"))
+
+
+def _tracing_mode_active() -> bool:
+    """A fake, proxy (make_fx) or functional dispatch mode is on: tensors made now are not real."""
+    if not torch._C._len_torch_dispatch_stack():
+        return False
+    if not _TRACING_MODES:  # (an older torch without the mode keys: any mode counts)
+        return True
+    return any(torch._C._get_dispatch_mode(k) is not None for k in _TRACING_MODES)
+
+
 def derived(weight: torch.Tensor, key: tuple, make: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
     """``make()`` (a form of ``weight`` that depends only on its values and ``key``), cached; None
     where ``weight`` cannot be cached (an inference tensor, a tensor subclass): make it per call."""
     owner = weight if weight._base is None else weight._base  # views share their base's version counter
     if owner.is_inference() or type(owner) not in (torch.Tensor, torch.nn.Parameter):
         return None
-    if torch._C._len_torch_dispatch_stack() or torch._C._functorch.maybe_current_level() is not None:
-        # under a dispatch mode (FakeTensorMode: make() would return a fake tensor, cached for
-        # the real calls after) or a torch.func transform (a wrapped weight has no storage)
+    if _tracing_mode_active() or torch._C._functorch.maybe_current_level() is not None:
+        # under a tracing dispatch mode (FakeTensorMode: make() would return a fake tensor, cached
+        # for the real calls after) or a torch.func transform (a wrapped weight has no storage);
+        # other modes (FlopCounterMode, DebugMode) see real tensors and keep the cache
         return None
     key = (tuple(weight.shape), weight.stride(), weight.storage_offset(), weight.dtype) + key
     with _lock:
@@ -132,8 +146,10 @@ def derived(weight: torch.Tensor, key: tuple, make: Callable[[], torch.Tensor]) 
     made_from = (owner.data_ptr(), owner._version)
     value = make()
     with _lock:
-        if (owner.data_ptr(), owner._version) != made_from:
-            return value  # written while make() read it (another thread): right for this call, not cached
+        if (owner.data_ptr(), owner._version) != made_from or type(value) is not torch.Tensor:
+            # written while make() read it (another thread): right for this call, not cached; or
+            # not a plain tensor (a mode's subclass)
+            return value
         forms = _current(owner)
         if forms is None:
             forms = _Forms(owner)
