@@ -81,9 +81,8 @@ def autocast_conv_args(x, weight, bias, residual, out, in_scale, in_shift):
     if out is not None and not out.is_floating_point():
         return None
     dtype = out.dtype if out is not None else torch.get_autocast_dtype(device)
-    param = _autocast.cast_param
-    return (_autocast.cast(x, device, dtype), param(weight, device, dtype), param(bias, device, dtype),
-            _autocast.cast(residual, device, dtype), param(in_scale, device, dtype), param(in_shift, device, dtype))
+    tensors = (x, weight, bias, residual, in_scale, in_shift)  # (conv1x1's schema order: its weight-like positions)
+    return tuple(_autocast.cast_args(tensors, device, dtype, _autocast.CONV1X1_PARAMS))
 
 
 def state() -> Tuple:

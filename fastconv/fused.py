@@ -391,10 +391,8 @@ class FusedLinear(_InferenceOnly):
             return F.linear(x, w, b)
         # what autocast's rule for linear does (every eligible argument to the region's dtype, then
         # the op below autocast), the weights' casts cached
-        dtype = torch.get_autocast_dtype(device)
-        return ops._autocast.run_without_autocast(device, F.linear, ops._autocast.cast(x, device, dtype),
-                                                  ops._autocast.cast_param(w, device, dtype),
-                                                  ops._autocast.cast_param(b, device, dtype))
+        args = ops._autocast.cast_args((x, w, b), device, torch.get_autocast_dtype(device), (1, 2))
+        return ops._autocast.run_without_autocast(device, F.linear, *args)
 
 
 def is_plain_linear(m: nn.Module) -> bool:

@@ -141,16 +141,17 @@ def _register(name: str, device_type: str, transform: Callable) -> None:
     _lib.impl(name, kernel, key, with_keyset=True)
 
 
-def _cast_args(args, device_type: str, dtype: torch.dtype, params: Sequence[int], skip: int = -1):
+def cast_args(args, device_type: str, dtype: torch.dtype, params: Sequence[int], skip: int = -1):
     """``args`` cast to ``dtype``: the weight-like ones (indices ``params``) through the cast cache,
-    the others per call; ``args[skip]`` (an out) as it is."""
+    the others per call; ``args[skip]`` (an out) as it is. The rules below, and the calls that
+    replay a kernel without them (fastconv/_fastpath.py, fused.FusedLinear), cast through it."""
     return [a if i == skip else cast_param(a, device_type, dtype) if i in params else cast(a, device_type, dtype)
             for i, a in enumerate(args)]
 
 
 def _to_autocast_dtype(params: Sequence[int]):
     def transform(args, device_type):
-        return _cast_args(args, device_type, torch.get_autocast_dtype(device_type), params)
+        return cast_args(args, device_type, torch.get_autocast_dtype(device_type), params)
 
     return transform
 
@@ -161,7 +162,7 @@ def _to_out_dtype(out_index: int, params: Sequence[int], *, is_list: bool = Fals
         target = out[0] if is_list else out
         if not isinstance(target, torch.Tensor) or not target.is_floating_point():
             return args  # the op's checks report the bad out
-        return _cast_args(args, device_type, target.dtype, params, skip=out_index)
+        return cast_args(args, device_type, target.dtype, params, skip=out_index)
 
     return transform
 
@@ -176,12 +177,12 @@ def _promote(args, device_type):
 
 
 # the positions of the weight-like arguments in each op's schema (weight, bias, in_scale, in_shift)
-_CONV_PARAMS, _CONV1X1_PARAMS, _MULTI_PARAMS = (1, 2), (1, 2, 4, 5), (1, 2, 3, 4)
+_CONV_PARAMS, CONV1X1_PARAMS, _MULTI_PARAMS = (1, 2), (1, 2, 4, 5), (1, 2, 3, 4)
 _RULES = {
     "conv2d_relu": _to_autocast_dtype(_CONV_PARAMS),
-    "conv1x1": _to_autocast_dtype(_CONV1X1_PARAMS),
+    "conv1x1": _to_autocast_dtype(CONV1X1_PARAMS),
     "conv2d_relu_out": _to_out_dtype(9, _CONV_PARAMS),
-    "conv1x1_out": _to_out_dtype(9, _CONV1X1_PARAMS),
+    "conv1x1_out": _to_out_dtype(9, CONV1X1_PARAMS),
     "conv1x1_multi_out": _to_out_dtype(8, _MULTI_PARAMS, is_list=True),
     "dense_concat": _promote,
     "dense_concat_out": _to_out_dtype(1, ()),
